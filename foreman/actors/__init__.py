@@ -1,0 +1,1 @@
+"""Actors: Trio tasks that talk to each other only over memory channels."""

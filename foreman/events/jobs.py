@@ -1,0 +1,266 @@
+"""The jobs projection: each job's current state, folded from its stream.
+
+State machine (an event outside it is refused before anything is appended)::
+
+    (none) --JobSubmitted--> queued --JobStarted--> running
+    running --JobAttemptFailed--> running      (the attempt's error is kept)
+    running --JobRequeued(retry|interrupted)--> queued
+    running --JobSucceeded--> succeeded
+    running --JobFailed--> failed
+    queued | running --JobCancelled--> cancelled
+    succeeded | failed | cancelled --JobPruned--> (row removed)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, Literal, NamedTuple
+
+from foreman.events.projection import IllegalTransition
+from foreman.events.types import (
+    JobAttemptFailed,
+    JobCancelled,
+    JobFailed,
+    JobPruned,
+    JobRequeued,
+    JobStarted,
+    JobSubmitted,
+    JobSucceeded,
+    RecordedEvent,
+)
+
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class JobError(NamedTuple):
+    message: str
+    status: int | None = None
+
+
+class Job(NamedTuple):
+    """A job's current state. A NamedTuple: immutable, and ``_replace`` is cheap."""
+
+    id: str
+    kind: str
+    model: str
+    state: JobState
+    priority: int
+    origin: str
+    attempts: int
+    version: int
+    """Version of the job's stream after the last event folded in."""
+    created_at: str
+    updated_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    state_webhook_url: str | None = None
+    idempotency_key: str | None = None
+    error: JobError | None = None
+    result_seq: int | None = None
+    """The ``seq`` of the JobSucceeded event holding the result and artifact references:
+    they live in the log once, not copied into every projection row (ADR-0002)."""
+    cancel_reason: str | None = None
+
+
+def _require(job: Job | None, event: RecordedEvent, *states: str) -> Job:
+    if job is None:
+        raise IllegalTransition(event.stream, None, event.type, "no such job was submitted")
+    if job.state not in states:
+        raise IllegalTransition(
+            event.stream, job.state, event.type, f"the job must be {' or '.join(states)}"
+        )
+    return job
+
+
+def evolve(job: Job | None, recorded: RecordedEvent) -> Job | None:
+    """The job after ``recorded``; pure, and raises IllegalTransition on a refused event."""
+    event = recorded.event
+    at = recorded.recorded_at
+    if isinstance(event, JobSubmitted):
+        if job is not None:
+            raise IllegalTransition(recorded.stream, job.state, event.type, "already submitted")
+        return Job(
+            id=recorded.stream,
+            kind=event.kind,
+            model=event.model,
+            state="queued",
+            priority=event.priority,
+            origin=event.origin,
+            attempts=0,
+            version=recorded.version,
+            created_at=at,
+            updated_at=at,
+            state_webhook_url=event.state_webhook_url,
+            idempotency_key=event.idempotency_key,
+        )
+    if isinstance(event, JobStarted):
+        job = _require(job, recorded, "queued")
+        if event.attempt != job.attempts + 1:
+            raise IllegalTransition(
+                recorded.stream,
+                job.state,
+                event.type,
+                f"attempt {event.attempt} follows attempt {job.attempts}; "
+                f"expected {job.attempts + 1}",
+            )
+        return job._replace(
+            state="running",
+            attempts=event.attempt,
+            started_at=at,
+            version=recorded.version,
+            updated_at=at,
+        )
+    if isinstance(event, JobAttemptFailed):
+        job = _require(job, recorded, "running")
+        if event.attempt != job.attempts:
+            raise IllegalTransition(
+                recorded.stream,
+                job.state,
+                event.type,
+                f"attempt {event.attempt} is not the running attempt {job.attempts}",
+            )
+        return job._replace(error=JobError(event.error), version=recorded.version, updated_at=at)
+    if isinstance(event, JobRequeued):
+        job = _require(job, recorded, "running")
+        return job._replace(state="queued", version=recorded.version, updated_at=at)
+    if isinstance(event, JobSucceeded):
+        job = _require(job, recorded, "running")
+        return job._replace(
+            state="succeeded",
+            result_seq=recorded.seq,
+            error=None,
+            finished_at=at,
+            version=recorded.version,
+            updated_at=at,
+        )
+    if isinstance(event, JobFailed):
+        job = _require(job, recorded, "running")
+        return job._replace(
+            state="failed",
+            error=JobError(event.error, event.status),
+            finished_at=at,
+            version=recorded.version,
+            updated_at=at,
+        )
+    if isinstance(event, JobCancelled):
+        job = _require(job, recorded, "queued", "running")
+        return job._replace(
+            state="cancelled",
+            cancel_reason=event.reason,
+            finished_at=at,
+            version=recorded.version,
+            updated_at=at,
+        )
+    if isinstance(event, JobPruned):
+        _require(job, recorded, *sorted(TERMINAL_STATES))
+        return None
+    raise IllegalTransition(
+        recorded.stream, job.state if job else None, recorded.type, "not a job event"
+    )
+
+
+_COLUMNS = Job._fields
+_ERROR = _COLUMNS.index("error")
+_JOB_EVENT_TYPES = frozenset(
+    {
+        "JobSubmitted",
+        "JobStarted",
+        "JobAttemptFailed",
+        "JobRequeued",
+        "JobSucceeded",
+        "JobFailed",
+        "JobCancelled",
+        "JobPruned",
+    }
+)
+
+
+def _to_row(job: Job) -> tuple[Any, ...]:
+    """The row of a job: its fields in order, the error as a JSON pair."""
+    error = job.error
+    if error is None:
+        return job
+    return (*job[:_ERROR], json.dumps(error), *job[_ERROR + 1 :])
+
+
+def _from_row(row: tuple[Any, ...]) -> Job:
+    job = Job._make(row)
+    error = job.error
+    if error is None:
+        return job
+    return job._replace(error=JobError(*json.loads(error)))  # type: ignore[arg-type]
+
+
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+_UPSERT = (
+    f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+)
+_LOAD_CHUNK = 500
+
+
+class JobsProjection:
+    """Stores :class:`Job` rows in the ``jobs`` table."""
+
+    name: ClassVar[str] = "jobs"
+    version: ClassVar[int] = 1
+
+    def create(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS jobs (
+                id TEXT PRIMARY KEY,
+                kind TEXT NOT NULL,
+                model TEXT NOT NULL,
+                state TEXT NOT NULL,
+                priority INTEGER NOT NULL,
+                origin TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                version INTEGER NOT NULL,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                started_at TEXT,
+                finished_at TEXT,
+                state_webhook_url TEXT,
+                idempotency_key TEXT,
+                error TEXT,
+                result_seq INTEGER,
+                cancel_reason TEXT
+            ) WITHOUT ROWID"""
+        )
+        # Only unfinished jobs are indexed by state: recovery finds them without a scan,
+        # and finished jobs cost no index upkeep.
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) "
+            "WHERE state IN ('queued', 'running')"
+        )
+
+    def drop(self, conn: sqlite3.Connection) -> None:
+        conn.execute("DROP TABLE IF EXISTS jobs")
+
+    def key(self, event: RecordedEvent) -> str | None:
+        return event.stream if event.event.type in _JOB_EVENT_TYPES else None
+
+    def evolve(self, state: Job | None, event: RecordedEvent) -> Job | None:
+        return evolve(state, event)
+
+    def load(self, conn: sqlite3.Connection, keys: Iterable[str]) -> dict[str, Job]:
+        keys = list(keys)
+        jobs: dict[str, Job] = {}
+        for start in range(0, len(keys), _LOAD_CHUNK):
+            chunk = keys[start : start + _LOAD_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for row in conn.execute(f"{_SELECT} WHERE id IN ({marks})", chunk):
+                job = _from_row(row)
+                jobs[job.id] = job
+        return jobs
+
+    def save(self, conn: sqlite3.Connection, states: Mapping[str, Job | None]) -> None:
+        conn.executemany(_UPSERT, [_to_row(job) for job in states.values() if job is not None])
+        gone = [(key,) for key, job in states.items() if job is None]
+        if gone:
+            conn.executemany("DELETE FROM jobs WHERE id = ?", gone)
+
+    def load_all(self, conn: sqlite3.Connection) -> dict[str, Job]:
+        return {row[0]: _from_row(row) for row in conn.execute(f"{_SELECT} ORDER BY id")}

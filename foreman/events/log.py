@@ -1,0 +1,399 @@
+"""The event log: an append-only, hash-chained SQLite table (ADR-0001..0005).
+
+One ``EventLog`` owns one ``sqlite3`` connection and must stay on the thread
+that opened it (the journal actor runs it on a dedicated thread). Appends are
+validated (stream versions, each projection's state machine) and written in
+one transaction together with the projections they change and their
+checkpoints; :meth:`EventLog.append_many` takes many writers' appends in that
+one transaction and one fsync (group commit).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from foreman.events.chain import GENESIS, chain_hash
+from foreman.events.jobs import JobsProjection
+from foreman.events.projection import Fold, IllegalTransition, Projection
+from foreman.events.types import Event, RecordedEvent, decode, encode
+from foreman.ids import new_ulids
+
+LOG_FORMAT = 1
+"""Version of the table layout below; stored in ``meta`` and checked on open."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL,
+    stream TEXT NOT NULL,
+    version INTEGER NOT NULL CHECK (version >= 1),
+    type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    UNIQUE (stream, version)
+);
+CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'events is append-only: rows cannot be updated'); END;
+CREATE TRIGGER IF NOT EXISTS events_are_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'events is append-only: rows cannot be deleted'); END;
+CREATE TABLE IF NOT EXISTS projections (
+    name TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    head_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+EVENT_COLUMNS = (
+    "seq",
+    "id",
+    "stream",
+    "version",
+    "type",
+    "schema_version",
+    "data",
+    "recorded_at",
+    "hash",
+)
+_SELECT_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
+_INSERT_EVENT = f"INSERT INTO events VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+_LOOKUP_CHUNK = 500
+STATE_CACHE = 100_000
+"""Projection states and stream versions an appending log keeps in memory."""
+
+
+class Durability(StrEnum):
+    """SQLite's ``synchronous`` setting for the log (ADR-0005)."""
+
+    FULL = "full"
+    """fsync on every commit: an acknowledged append survives power loss."""
+    NORMAL = "normal"
+    """fsync at WAL checkpoints: survives a process crash, may lose the last commits on
+    power loss."""
+    OFF = "off"
+    """no fsync at all: for throwaway logs and tests."""
+
+
+class LogError(Exception):
+    """The log file cannot be used as it is."""
+
+
+class ConcurrencyError(ValueError):
+    """A stale writer: the stream is not at the version the writer expected."""
+
+    def __init__(self, stream: str, expected: int, actual: int) -> None:
+        self.stream, self.expected, self.actual = stream, expected, actual
+        super().__init__(
+            f"stream {stream} is at version {actual}, but the writer expected {expected}: "
+            "reload the stream and decide again"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One writer's events for one stream, appended all or nothing."""
+
+    stream: str
+    events: Sequence[Event]
+    expected_version: int | None = None
+    """The stream's version the writer decided on (0: a new stream); None skips the check."""
+
+    def __post_init__(self) -> None:
+        if not self.stream:
+            raise ValueError("an append needs a stream name")
+        if not self.events:
+            raise ValueError(f"an append to {self.stream} has no events")
+
+
+AppendResult = list[RecordedEvent] | ConcurrencyError | IllegalTransition
+
+
+def format_timestamp(moment: datetime) -> str:
+    """A timezone-aware moment as the log writes it: UTC ISO-8601, microseconds, ``Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def utc_now() -> str:
+    return format_timestamp(datetime.now(UTC))
+
+
+def decode_row(row: Sequence[Any]) -> RecordedEvent:
+    seq, id_, stream, version, type_, schema_version, data, recorded_at, hash_ = row
+    return RecordedEvent(
+        seq=seq,
+        id=id_,
+        stream=stream,
+        version=version,
+        recorded_at=recorded_at,
+        hash=hash_,
+        event=decode(type_, schema_version, data),
+    )
+
+
+class EventLog:
+    def __init__(self, conn: sqlite3.Connection, projections: Sequence[Projection[Any]]) -> None:
+        self.conn = conn
+        self.db = sqlite_utils.Database(conn)
+        self.projections = tuple(projections)
+        # What this writer knows of the log, trusted only while the head is the one it
+        # last wrote: another writer's append invalidates it (see _refresh_caches).
+        self._known_head: tuple[int, str] | None = None
+        self._versions: dict[str, int] = {}
+        self._folds = [
+            Fold(projection, conn, cache_limit=STATE_CACHE) for projection in self.projections
+        ]
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        durability: Durability = Durability.FULL,
+        projections: Sequence[Projection[Any]] | None = None,
+        read_only: bool = False,
+    ) -> EventLog:
+        """Open the log at ``path`` and bring its projections up to date.
+
+        A writable log is created if missing; a ``read_only`` one (for the audit
+        tools) must exist, and is neither changed nor caught up.
+        """
+        if read_only:
+            if not Path(path).is_file():
+                raise LogError(f"{path}: no such event log")
+            conn = sqlite3.connect(
+                f"{Path(path).absolute().as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+        else:
+            conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            log = cls(conn, [JobsProjection()] if projections is None else projections)
+            if read_only:
+                log._check_format()
+                return log
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode != "wal":
+                raise LogError(f"{path}: cannot switch the database to WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous = {Durability(durability).value.upper()}")
+            log._create_schema()
+            from foreman.events.replay import catch_up  # noqa: PLC0415 - replay imports us
+
+            for projection in log.projections:
+                catch_up(log, projection)
+        except BaseException:
+            conn.close()
+            raise
+        return log
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _create_schema(self) -> None:
+        self.conn.executescript(
+            f"BEGIN IMMEDIATE;{_SCHEMA}"
+            f"INSERT OR IGNORE INTO meta VALUES ('log_format', '{LOG_FORMAT}');COMMIT;"
+        )
+        self._check_format()
+
+    def _check_format(self) -> None:
+        try:
+            stored = self.conn.execute("SELECT value FROM meta WHERE key = 'log_format'").fetchone()
+        except sqlite3.DatabaseError as error:
+            raise LogError(f"not a Foreman event log: {error}") from error
+        if stored is None or int(stored[0]) != LOG_FORMAT:
+            found = "no log format" if stored is None else f"log format {stored[0]}"
+            raise LogError(f"{found}, but this Foreman reads log format {LOG_FORMAT}")
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.conn)
+
+    # -- reading ---------------------------------------------------------------
+
+    def head(self) -> tuple[int, str]:
+        """The last ``seq`` and its hash; ``(0, GENESIS)`` for an empty log."""
+        row = self.conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (0, GENESIS) if row is None else (row[0], row[1])
+
+    def rows(
+        self, after: int = 0, until: int | None = None, *, chunk: int = 5000
+    ) -> Iterator[tuple[Any, ...]]:
+        """Raw event rows (columns as in ``EVENT_COLUMNS``) with ``after < seq <= until``."""
+        last = after
+        while True:
+            limit = chunk if until is None else min(chunk, until - last)
+            if limit <= 0:
+                return
+            batch = self.conn.execute(
+                f"{_SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?", (last, limit)
+            ).fetchall()
+            yield from batch
+            if len(batch) < limit:
+                return
+            last = batch[-1][0]
+
+    def read(self, after: int = 0, until: int | None = None) -> Iterator[RecordedEvent]:
+        for row in self.rows(after, until):
+            yield decode_row(row)
+
+    def read_stream(self, stream: str) -> list[RecordedEvent]:
+        return [
+            decode_row(row)
+            for row in self.conn.execute(
+                f"{_SELECT_EVENTS} WHERE stream = ? ORDER BY version", (stream,)
+            )
+        ]
+
+    def checkpoint(self, projection: Projection[Any]) -> tuple[int, int, str] | None:
+        """``(version, seq, head_hash)`` recorded for ``projection``, if any."""
+        row = self.conn.execute(
+            "SELECT version, seq, head_hash FROM projections WHERE name = ?", (projection.name,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def set_checkpoint(self, projection: Projection[Any], seq: int, head_hash: str) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO projections VALUES (?, ?, ?, ?)",
+            (projection.name, projection.version, seq, head_hash),
+        )
+
+    def _stream_versions(self, streams: Sequence[str]) -> dict[str, int]:
+        versions = dict.fromkeys(streams, 0)
+        for start in range(0, len(streams), _LOOKUP_CHUNK):
+            chunk = streams[start : start + _LOOKUP_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            versions.update(
+                self.conn.execute(
+                    f"SELECT stream, max(version) FROM events WHERE stream IN ({marks}) "
+                    "GROUP BY stream",
+                    chunk,
+                ).fetchall()
+            )
+        return versions
+
+    # -- appending -------------------------------------------------------------
+
+    def append(
+        self, stream: str, events: Sequence[Event], expected_version: int | None = None
+    ) -> list[RecordedEvent]:
+        """Append one stream's events in their own transaction; raises if refused."""
+        (result,) = self.append_many([Append(stream, events, expected_version)])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def append_many(self, appends: Sequence[Append]) -> list[AppendResult]:
+        """Append many writers' events in one transaction (group commit).
+
+        Each append is all or nothing: a stale ``expected_version`` or an event a
+        projection refuses yields that append's exception in the result list,
+        and the other appends go ahead.
+        """
+        try:
+            with self.transaction():
+                return self._append_in_transaction(appends)
+        except BaseException:
+            self._forget()
+            raise
+
+    def _forget(self) -> None:
+        self._known_head = None
+        self._versions.clear()
+        for fold in self._folds:
+            fold.forget()
+
+    def _append_in_transaction(self, appends: Sequence[Append]) -> list[AppendResult]:
+        seq, head = self.head()
+        if (seq, head) != self._known_head:
+            self._forget()
+        last_time = self.conn.execute(
+            "SELECT recorded_at FROM events WHERE seq = ?", (seq,)
+        ).fetchone()
+        recorded_at = max(utc_now(), last_time[0]) if last_time else utc_now()
+        streams = list(dict.fromkeys(append.stream for append in appends))
+        versions = self._versions
+        versions.update(self._stream_versions([s for s in streams if s not in versions]))
+        folds = self._folds
+        for fold in folds:
+            fold.prefetch(streams)
+        ids = iter(new_ulids(sum(len(append.events) for append in appends)))
+        rows: list[tuple[Any, ...]] = []
+        results: list[AppendResult] = []
+        for append in appends:
+            stream, current = append.stream, versions[append.stream]
+            if append.expected_version is not None and append.expected_version != current:
+                results.append(ConcurrencyError(stream, append.expected_version, current))
+                continue
+            recorded: list[RecordedEvent] = []
+            pending_rows: list[tuple[Any, ...]] = []
+            chain = head
+            for offset, event in enumerate(append.events, start=1):
+                row = (
+                    seq + offset,
+                    next(ids),
+                    stream,
+                    current + offset,
+                    event.type,
+                    event.SCHEMA_VERSION,
+                    encode(event),
+                    recorded_at,
+                )
+                chain = chain_hash(chain, *row)
+                pending_rows.append((*row, chain))
+                recorded.append(
+                    RecordedEvent(
+                        seq=row[0],
+                        id=row[1],
+                        stream=stream,
+                        version=row[3],
+                        recorded_at=recorded_at,
+                        hash=chain,
+                        event=event,
+                    )
+                )
+            try:
+                changes = [fold.evolve(recorded) for fold in folds]
+            except IllegalTransition as refused:
+                results.append(refused)
+                continue
+            for fold, change in zip(folds, changes, strict=True):
+                fold.keep(change)
+            rows.extend(pending_rows)
+            results.append(recorded)
+            seq, head = recorded[-1].seq, chain
+            versions[stream] = recorded[-1].version
+        if rows:
+            self.conn.executemany(_INSERT_EVENT, rows)
+            for fold in folds:
+                fold.flush()
+                self.set_checkpoint(fold.projection, seq, head)
+        if len(versions) > STATE_CACHE:
+            versions.clear()
+        self._known_head = (seq, head)
+        return results
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._conn.execute("COMMIT")
+        else:
+            self._conn.execute("ROLLBACK")

@@ -1,0 +1,133 @@
+"""Projections: state derived from the log by a pure fold.
+
+A projection keys its state (one job, one delivery, ...), and its ``evolve``
+is a pure function ``(state | None, event) -> state | None`` that raises
+:class:`IllegalTransition` for an event its state machine refuses. The log
+runs the same fold when appending (to validate, then to write the new state in
+the same transaction) and when replaying (to rebuild), so the two cannot
+disagree (ADR-0002).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Iterable, Mapping
+from typing import ClassVar, Generic, Protocol, TypeVar
+
+from foreman.events.types import RecordedEvent
+
+S = TypeVar("S")
+
+
+class IllegalTransition(ValueError):
+    """An event that its projection's state machine refuses; nothing was appended."""
+
+    def __init__(self, key: str, state: str | None, event_type: str, reason: str) -> None:
+        self.key = key
+        self.state = state
+        self.event_type = event_type
+        where = f"in state {state!r}" if state is not None else "that does not exist"
+        super().__init__(f"{event_type} is not allowed for {key} {where}: {reason}")
+
+
+class Projection(Protocol[S]):
+    """What the log needs of a projection; the jobs projection is the model."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+    """Bump when the stored shape or the fold changes: the projection is rebuilt."""
+
+    def create(self, conn: sqlite3.Connection) -> None: ...
+
+    def drop(self, conn: sqlite3.Connection) -> None: ...
+
+    def key(self, event: RecordedEvent) -> str | None:
+        """The key of the state ``event`` changes, or None when it changes none."""
+        ...
+
+    def evolve(self, state: S | None, event: RecordedEvent) -> S | None: ...
+
+    def load(self, conn: sqlite3.Connection, keys: Iterable[str]) -> dict[str, S]: ...
+
+    def save(self, conn: sqlite3.Connection, states: Mapping[str, S | None]) -> None:
+        """Store new states; None deletes the key's row."""
+        ...
+
+    def load_all(self, conn: sqlite3.Connection) -> dict[str, S]: ...
+
+
+class Fold(Generic[S]):
+    """A working set of one projection's states while events are folded in.
+
+    States are read from the database the first time a key is needed (or up
+    front with :meth:`prefetch`) and, up to ``cache_limit``, kept after they are
+    written, so a long-lived fold (the log's own) rarely reads them back.
+    :meth:`apply` is all-or-nothing for the events it is given (:meth:`evolve`
+    then :meth:`keep` splits it for callers that fold into several projections),
+    so one refused append leaves the rest of a batch untouched.
+    """
+
+    def __init__(
+        self,
+        projection: Projection[S],
+        conn: sqlite3.Connection | None,
+        *,
+        cache_limit: int = 0,
+    ) -> None:
+        self.projection = projection
+        self._conn = conn
+        self._cache_limit = cache_limit
+        self.states: dict[str, S | None] = {}
+        self.dirty: set[str] = set()
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        missing = [key for key in keys if key not in self.states]
+        if missing and self._conn is not None:
+            found = self.projection.load(self._conn, missing)
+            for key in missing:
+                self.states[key] = found.get(key)
+
+    def _current(self, key: str) -> S | None:
+        if key not in self.states:
+            self.prefetch((key,))
+        return self.states.get(key)
+
+    def evolve(self, events: Iterable[RecordedEvent]) -> dict[str, S | None]:
+        """The states ``events`` lead to, without keeping them; raises on a refused event."""
+        evolve = self.projection.evolve
+        key_of = self.projection.key
+        events = list(events)
+        self.prefetch({key for key in map(key_of, events) if key is not None})
+        changes: dict[str, S | None] = {}
+        for event in events:
+            key = key_of(event)
+            if key is None:
+                continue
+            state = changes[key] if key in changes else self._current(key)
+            changes[key] = evolve(state, event)
+        return changes
+
+    def keep(self, changes: Mapping[str, S | None]) -> None:
+        self.states.update(changes)
+        self.dirty.update(changes)
+
+    def apply(self, events: Iterable[RecordedEvent]) -> None:
+        self.keep(self.evolve(events))
+
+    def flush(self) -> None:
+        """Write the changed states; keep at most ``cache_limit`` states, oldest out first."""
+        if self.dirty and self._conn is not None:
+            self.projection.save(self._conn, {key: self.states[key] for key in self.dirty})
+        self.dirty.clear()
+        excess = len(self.states) - self._cache_limit
+        if excess >= len(self.states):
+            self.states.clear()
+        elif excess > 0:
+            for key in list(itertools.islice(self.states, excess)):
+                del self.states[key]
+
+    def forget(self) -> None:
+        """Drop every state held, written or not (after a rollback)."""
+        self.states.clear()
+        self.dirty.clear()

@@ -1,0 +1,117 @@
+"""Replay: rebuild projections from the log, catch them up, or fold to a point in time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from foreman.events.chain import GENESIS
+from foreman.events.log import decode_row, format_timestamp
+from foreman.events.projection import Fold, Projection
+from foreman.events.types import RecordedEvent
+
+if TYPE_CHECKING:
+    from foreman.events.log import EventLog
+
+S = TypeVar("S")
+Progress = Callable[[int, int], None]
+"""Called with (events folded so far, events to fold in all)."""
+
+CHUNK = 20_000
+"""Events folded between writes of the projection: bounds the memory a replay holds."""
+
+
+def catch_up(log: EventLog, projection: Projection[Any], progress: Progress | None = None) -> int:
+    """Fold the events after the projection's checkpoint; rebuild it when it is missing
+    or was built by another version of its code. Returns the number of events folded."""
+    checkpoint = log.checkpoint(projection)
+    if checkpoint is None or checkpoint[0] != projection.version:
+        return rebuild(log, projection, progress)
+    head_seq, _ = log.head()
+    if checkpoint[1] >= head_seq:
+        return 0
+    with log.transaction():
+        return _fold_into(log, projection, checkpoint[1], progress)
+
+
+def rebuild(
+    log: EventLog,
+    projection: Projection[Any],
+    progress: Progress | None = None,
+    *,
+    chunk: int = CHUNK,
+) -> int:
+    """Drop the projection and fold every event into it again, in one transaction:
+    readers see the old projection or the new one, never half of it."""
+    with log.transaction():
+        projection.drop(log.conn)
+        projection.create(log.conn)
+        log.set_checkpoint(projection, 0, GENESIS)
+        return _fold_into(log, projection, 0, progress, chunk=chunk)
+
+
+def _chunks(log: EventLog, after: int, until: int, chunk: int) -> Iterator[list[RecordedEvent]]:
+    batch: list[RecordedEvent] = []
+    for row in log.rows(after, until):
+        batch.append(decode_row(row))
+        if len(batch) == chunk:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _fold_into(
+    log: EventLog,
+    projection: Projection[Any],
+    after: int,
+    progress: Progress | None,
+    *,
+    chunk: int = CHUNK,
+) -> int:
+    head_seq, _ = log.head()
+    fold = Fold(projection, log.conn)
+    done = 0
+    for batch in _chunks(log, after, head_seq, chunk):
+        fold.apply(batch)
+        fold.flush()
+        done += len(batch)
+        log.set_checkpoint(projection, batch[-1].seq, batch[-1].hash)
+        if progress is not None:
+            progress(done, head_seq - after)
+    return done
+
+
+def state_at(
+    log: EventLog,
+    projection: Projection[S],
+    until: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, S]:
+    """The projection's states as they stood after event ``until`` (default: the head),
+    folded in memory; the stored projection is not touched."""
+    head_seq, _ = log.head()
+    last = head_seq if until is None else min(until, head_seq)
+    fold: Fold[S] = Fold(projection, None)
+    done = 0
+    for batch in _chunks(log, 0, last, CHUNK):
+        fold.apply(batch)
+        done += len(batch)
+        if progress is not None:
+            progress(done, last)
+    return {key: state for key, state in fold.states.items() if state is not None}
+
+
+def seq_at(log: EventLog, when: datetime) -> int:
+    """The last ``seq`` recorded at or before ``when`` (0 if none).
+
+    ``recorded_at`` never decreases along ``seq`` (the log makes sure of it), so
+    this is exactly the log's state at that moment.
+    """
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    row = log.conn.execute(
+        "SELECT max(seq) FROM events WHERE recorded_at <= ?", (format_timestamp(when),)
+    ).fetchone()
+    return int(row[0] or 0)

@@ -1,0 +1,179 @@
+"""The domain events: immutable pydantic models, one class per type.
+
+Each class carries ``type`` (the discriminator, also stored in its own column)
+and a ``SCHEMA_VERSION``. A row is decoded by its stored ``type`` and
+``schema_version``; an older version is first upcast to the current shape
+(see :meth:`Event.upcast`), so old logs keep loading. Webhook delivery events
+join this module with the webhook issue.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+JobKind = Literal["chat", "generate", "embed"]
+Origin = Literal["sync", "async"]
+RequeueReason = Literal["retry", "interrupted"]
+
+
+class UnknownEventType(ValueError):
+    """A stored row names an event type this build does not know."""
+
+
+class UnsupportedSchemaVersion(ValueError):
+    """A stored row was written with a schema version this build cannot read."""
+
+
+class Event(BaseModel):
+    """Base of every domain event."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    SCHEMA_VERSION: ClassVar[int] = 1
+    type: str
+
+    @classmethod
+    def upcast(cls, schema_version: int, data: dict[str, Any]) -> dict[str, Any]:
+        """Turn the stored data of an older ``schema_version`` into the current shape.
+
+        Override in an event class when its schema changes; the base knows no
+        older versions because every event type is still at version 1.
+        """
+        raise UnsupportedSchemaVersion(
+            f"{cls.__name__} has no upcaster from schema version {schema_version} "
+            f"to {cls.SCHEMA_VERSION}"
+        )
+
+
+class JobSubmitted(Event):
+    type: Literal["JobSubmitted"] = "JobSubmitted"
+    kind: JobKind
+    model: Annotated[str, Field(min_length=1)]
+    request: dict[str, Any]
+    """The backend request body, exactly as the backend will receive it."""
+    priority: int = 0
+    state_webhook_url: str | None = None
+    origin: Origin
+    idempotency_key: str | None = None
+
+
+class JobStarted(Event):
+    type: Literal["JobStarted"] = "JobStarted"
+    attempt: Annotated[int, Field(ge=1)]
+    backend: str
+
+
+class JobAttemptFailed(Event):
+    type: Literal["JobAttemptFailed"] = "JobAttemptFailed"
+    attempt: Annotated[int, Field(ge=1)]
+    error: str
+    retryable: bool
+
+
+class JobRequeued(Event):
+    type: Literal["JobRequeued"] = "JobRequeued"
+    reason: RequeueReason
+
+
+class ArtifactRef(BaseModel):
+    """A content-addressed output of a job, stored before the event naming it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    media_type: str
+    size: Annotated[int, Field(ge=0)]
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class JobSucceeded(Event):
+    type: Literal["JobSucceeded"] = "JobSucceeded"
+    result: dict[str, Any]
+    artifacts: tuple[ArtifactRef, ...] = ()
+
+
+class JobFailed(Event):
+    type: Literal["JobFailed"] = "JobFailed"
+    error: str
+    status: int | None = None
+    """The backend's HTTP status, when the failure was an error answer."""
+
+
+class JobCancelled(Event):
+    type: Literal["JobCancelled"] = "JobCancelled"
+    reason: Annotated[str, Field(min_length=1)]
+
+
+class JobPruned(Event):
+    type: Literal["JobPruned"] = "JobPruned"
+
+
+AnyEvent = Annotated[
+    JobSubmitted
+    | JobStarted
+    | JobAttemptFailed
+    | JobRequeued
+    | JobSucceeded
+    | JobFailed
+    | JobCancelled
+    | JobPruned,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        JobSubmitted,
+        JobStarted,
+        JobAttemptFailed,
+        JobRequeued,
+        JobSucceeded,
+        JobFailed,
+        JobCancelled,
+        JobPruned,
+    )
+}
+
+any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def encode(event: Event) -> str:
+    """The JSON text stored in the ``data`` column (``type`` has its own column)."""
+    return event.model_dump_json(exclude={"type"})
+
+
+def decode(type_: str, schema_version: int, data: str) -> Event:
+    """Rebuild an event from its stored columns, upcasting older schema versions."""
+    try:
+        cls = EVENT_TYPES[type_]
+    except KeyError:
+        raise UnknownEventType(f"unknown event type {type_!r}") from None
+    if schema_version == cls.SCHEMA_VERSION:
+        return cls.model_validate_json(data)
+    if schema_version > cls.SCHEMA_VERSION:
+        raise UnsupportedSchemaVersion(
+            f"{type_} schema version {schema_version} was written by a newer Foreman "
+            f"(this one reads up to {cls.SCHEMA_VERSION})"
+        )
+    return cls.model_validate(cls.upcast(schema_version, json.loads(data)))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as the log holds it: the domain event plus its envelope."""
+
+    seq: int
+    id: str
+    stream: str
+    version: int
+    recorded_at: str
+    hash: str
+    event: Event
+
+    @property
+    def type(self) -> str:
+        return self.event.type
