@@ -1,7 +1,7 @@
 """ULIDs, minted fast enough for the journal's hot path.
 
 python-ulid parses and validates ULIDs everywhere else; minting one there costs
-several microseconds, most of the journal's budget per event (ADR-0004). This
+several microseconds, most of the journal's budget per event (ADR-0021). This
 mints *monotonic* ULIDs (the spec's variant): within one millisecond the
 80-bit random part is incremented, so ids sort in the order they were minted.
 """

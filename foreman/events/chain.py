@@ -1,4 +1,4 @@
-"""The hash chain that makes the log tamper-evident (ADR-0003).
+"""The hash chain that makes the log tamper-evident (ADR-0016).
 
 ``hash[n] = SHA-256(hash[n-1] || canonical(row n))``, hex-encoded, starting
 from :data:`GENESIS`. The canonical content is every column but ``hash``,

@@ -61,7 +61,7 @@ class Job(NamedTuple):
     error: JobError | None = None
     result_seq: int | None = None
     """The ``seq`` of the JobSucceeded event holding the result and artifact references:
-    they live in the log once, not copied into every projection row (ADR-0002)."""
+    they live in the log once, not copied into every projection row (ADR-0017)."""
     cancel_reason: str | None = None
 
 

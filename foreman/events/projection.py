@@ -5,7 +5,7 @@ is a pure function ``(state | None, event) -> state | None`` that raises
 :class:`IllegalTransition` for an event its state machine refuses. The log
 runs the same fold when appending (to validate, then to write the new state in
 the same transaction) and when replaying (to rebuild), so the two cannot
-disagree (ADR-0002).
+disagree (ADR-0017).
 """
 
 from __future__ import annotations
