@@ -46,6 +46,12 @@ class JournalClient:
     async def aclose(self) -> None:
         await self._requests.aclose()
 
+    async def __aenter__(self) -> JournalClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
     async def append(
         self, stream: str, events: Sequence[Event], expected_version: int | None = None
     ) -> list[RecordedEvent]:

@@ -80,8 +80,13 @@ def evolve(job: Job | None, recorded: RecordedEvent) -> Job | None:
     event = recorded.event
     at = recorded.recorded_at
     if isinstance(event, JobSubmitted):
-        if job is not None:
-            raise IllegalTransition(recorded.stream, job.state, event.type, "already submitted")
+        if job is not None or recorded.version != 1:
+            raise IllegalTransition(
+                recorded.stream,
+                job.state if job else None,
+                event.type,
+                "already submitted: a job's stream starts with its one JobSubmitted",
+            )
         return Job(
             id=recorded.stream,
             kind=event.kind,

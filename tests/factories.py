@@ -1,0 +1,54 @@
+"""Events as Foreman writes them, for tests."""
+
+from __future__ import annotations
+
+from foreman.events.types import (
+    JobAttemptFailed,
+    JobCancelled,
+    JobFailed,
+    JobPruned,
+    JobRequeued,
+    JobStarted,
+    JobSubmitted,
+    JobSucceeded,
+)
+
+
+def submitted(model: str = "llama3", priority: int = 0) -> JobSubmitted:
+    return JobSubmitted(
+        kind="chat",
+        model=model,
+        request={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+        priority=priority,
+        origin="async",
+    )
+
+
+def started(attempt: int = 1) -> JobStarted:
+    return JobStarted(attempt=attempt, backend="http://127.0.0.1:11434")
+
+
+def succeeded(text: str = "hello") -> JobSucceeded:
+    return JobSucceeded(
+        result={"model": "llama3", "message": {"role": "assistant", "content": text}, "done": True}
+    )
+
+
+def failed(status: int | None = 500) -> JobFailed:
+    return JobFailed(error="backend said no", status=status)
+
+
+def attempt_failed(attempt: int = 1) -> JobAttemptFailed:
+    return JobAttemptFailed(attempt=attempt, error="connection refused", retryable=True)
+
+
+def requeued_retry() -> JobRequeued:
+    return JobRequeued(reason="retry")
+
+
+def cancelled() -> JobCancelled:
+    return JobCancelled(reason="client_disconnected")
+
+
+def pruned() -> JobPruned:
+    return JobPruned()

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from foreman.actors.journal import Journal, JournalClient
+from foreman.events.audit import verify
+from foreman.events.jobs import JobsProjection
+from foreman.events.log import ConcurrencyError, Durability, EventLog
+from foreman.events.projection import IllegalTransition
+from foreman.events.types import RecordedEvent
+from foreman.ids import new_ulid
+from tests.factories import started, submitted, succeeded
+
+
+async def test_concurrent_writers_are_committed_together(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    client: JournalClient = await nursery.start(Journal(db_path, durability=Durability.FULL).run)
+    committed: list[RecordedEvent] = []
+
+    async def writer() -> None:
+        job = new_ulid()
+        async with client.clone() as own:
+            committed.extend(await own.append(job, [submitted()], expected_version=0))
+            committed.extend(await own.append(job, [started()], expected_version=1))
+            committed.extend(await own.append(job, [succeeded()], expected_version=2))
+
+    async with trio.open_nursery() as writers:
+        for _ in range(50):
+            writers.start_soon(writer)
+    await client.aclose()
+
+    assert sorted(e.seq for e in committed) == list(range(1, 151))
+    # Every commit stamps its events with one recorded_at: fewer stamps than
+    # appends means appends from different writers shared a transaction.
+    assert len({e.recorded_at for e in committed}) < 150 / 2
+    log = EventLog.open(db_path, read_only=True)
+    assert verify(log) == []
+    assert {job.state for job in JobsProjection().load_all(log.conn).values()} == {"succeeded"}
+
+
+async def test_a_refused_append_raises_in_its_writer_only(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    client: JournalClient = await nursery.start(Journal(db_path).run)
+    job = new_ulid()
+    await client.append(job, [submitted()], expected_version=0)
+    with pytest.raises(IllegalTransition, match="must be running"):
+        await client.append(job, [succeeded()])
+    with pytest.raises(ConcurrencyError):
+        await client.append(job, [started()], expected_version=0)
+    (event,) = await client.append(job, [started()], expected_version=1)
+    assert (event.seq, event.version) == (2, 2)
+
+
+async def test_the_journal_stops_when_its_clients_are_closed(db_path: Path) -> None:
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            client: JournalClient = await nursery.start(Journal(db_path).run)
+            await client.append(new_ulid(), [submitted()])
+            await client.aclose()
+    assert EventLog.open(db_path, read_only=True).head()[0] == 1

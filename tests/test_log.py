@@ -1,0 +1,209 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from foreman.events.audit import verify
+from foreman.events.chain import GENESIS, chain_hash
+from foreman.events.jobs import Job, JobError, JobsProjection
+from foreman.events.log import Append, ConcurrencyError, Durability, EventLog, LogError
+from foreman.events.projection import IllegalTransition
+from foreman.events.types import UnknownEventType, UnsupportedSchemaVersion, decode
+from foreman.ids import new_ulid
+from tests.factories import (
+    attempt_failed,
+    cancelled,
+    failed,
+    pruned,
+    requeued_retry,
+    started,
+    submitted,
+    succeeded,
+)
+
+
+def jobs(log: EventLog) -> dict[str, Job]:
+    return JobsProjection().load_all(log.conn)
+
+
+def test_append_assigns_global_order_stream_versions_and_a_hash_chain(log: EventLog) -> None:
+    a, b = new_ulid(), new_ulid()
+    first = log.append(a, [submitted()], expected_version=0)
+    second = log.append(b, [submitted(), started()], expected_version=0)
+    third = log.append(a, [started(), succeeded()], expected_version=1)
+
+    recorded = first + second + third
+    assert [e.seq for e in recorded] == [1, 2, 3, 4, 5]
+    assert [(e.stream, e.version) for e in recorded] == [(a, 1), (b, 1), (b, 2), (a, 2), (a, 3)]
+    assert list(log.read()) == recorded
+    assert log.read_stream(a) == [recorded[0], recorded[3], recorded[4]]
+    previous = GENESIS
+    for row in log.rows():
+        assert row[-1] == chain_hash(previous, *row[:-1])
+        previous = row[-1]
+    assert log.head() == (5, previous)
+
+
+def test_events_cannot_be_updated_or_deleted(log: EventLog) -> None:
+    log.append(new_ulid(), [submitted()])
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        log.conn.execute("UPDATE events SET data = '{}' WHERE seq = 1")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        log.conn.execute("DELETE FROM events WHERE seq = 1")
+    assert log.head()[0] == 1
+
+
+def test_a_stale_writer_is_refused_and_nothing_is_appended(log: EventLog) -> None:
+    job = new_ulid()
+    log.append(job, [submitted()], expected_version=0)
+    head = log.head()
+    with pytest.raises(ConcurrencyError, match="is at version 1, but the writer expected 0"):
+        log.append(job, [started()], expected_version=0)
+    assert log.head() == head
+
+
+@pytest.mark.parametrize(
+    ("history", "refused", "message"),
+    [
+        ([], started(), "no such job"),
+        ([submitted()], submitted(), "already submitted"),
+        ([submitted(), started(), succeeded(), pruned()], submitted(), "already submitted"),
+        ([submitted()], succeeded(), "must be running"),
+        ([submitted()], started(attempt=2), "expected 1"),
+        ([submitted(), started()], started(attempt=2), "must be queued"),
+        ([submitted(), started()], attempt_failed(attempt=2), "not the running attempt"),
+        ([submitted()], requeued_retry(), "must be running"),
+        ([submitted(), started(), succeeded()], cancelled(), "must be queued or running"),
+        ([submitted(), started(), failed()], started(attempt=2), "must be queued"),
+        ([submitted()], pruned(), "cancelled or"),
+    ],
+)
+def test_illegal_transitions_are_refused_before_anything_is_appended(
+    log: EventLog, history: list, refused: object, message: str
+) -> None:
+    job = new_ulid()
+    if history:
+        log.append(job, history)
+    head, before = log.head(), jobs(log)
+    with pytest.raises(IllegalTransition, match=message):
+        log.append(job, [refused])  # type: ignore[list-item]
+    assert log.head() == head
+    assert jobs(log) == before
+
+
+def test_a_refused_append_does_not_hold_back_the_rest_of_its_batch(log: EventLog) -> None:
+    a, b, c = new_ulid(), new_ulid(), new_ulid()
+    results = log.append_many(
+        [
+            Append(a, [submitted()]),
+            Append(b, [started()]),  # b was never submitted
+            Append(c, [submitted(), started()]),
+            Append(a, [submitted()], expected_version=0),  # stale: a is at version 1 now
+            Append(a, [started()], expected_version=1),
+        ]
+    )
+    assert isinstance(results[1], IllegalTransition)
+    assert isinstance(results[3], ConcurrencyError)
+    committed = [r for r in results if isinstance(r, list)]
+    assert [e.seq for batch in committed for e in batch] == [1, 2, 3, 4]
+    assert {job.id: job.state for job in jobs(log).values()} == {a: "running", c: "running"}
+    assert verify(log) == []
+
+
+def test_an_append_needs_a_stream_and_events() -> None:
+    with pytest.raises(ValueError, match="needs a stream"):
+        Append("", [submitted()])
+    with pytest.raises(ValueError, match="has no events"):
+        Append("x", [])
+
+
+def test_the_jobs_projection_follows_the_state_machine(log: EventLog) -> None:
+    job = new_ulid()
+    log.append(job, [submitted(model="qwen", priority=3)])
+    assert jobs(log)[job].state == "queued"
+    log.append(job, [started(), attempt_failed(), requeued_retry()])
+    retried = jobs(log)[job]
+    assert (retried.state, retried.attempts) == ("queued", 1)
+    assert retried.error == JobError("connection refused")
+    log.append(job, [started(attempt=2)])
+    (success,) = log.append(job, [succeeded()])
+    done = jobs(log)[job]
+    assert (done.state, done.attempts, done.error) == ("succeeded", 2, None)
+    assert done.result_seq == success.seq
+    assert done.finished_at == success.recorded_at
+    assert (done.model, done.priority, done.version) == ("qwen", 3, 6)
+    log.append(job, [pruned()])
+    assert job not in jobs(log)
+
+
+def test_failed_keeps_the_backend_status(log: EventLog) -> None:
+    job = new_ulid()
+    log.append(job, [submitted(), started(), failed(status=404)])
+    assert jobs(log)[job].error == JobError("backend said no", 404)
+
+
+def test_recorded_at_never_decreases_along_seq(log: EventLog) -> None:
+    for _ in range(20):
+        log.append(new_ulid(), [submitted()])
+    times = [row[7] for row in log.rows()]
+    assert times == sorted(times)
+
+
+def test_a_projection_behind_its_checkpoint_catches_up_on_open(db_path: Path) -> None:
+    log = EventLog.open(db_path, durability=Durability.OFF)
+    job = new_ulid()
+    log.append(job, [submitted()])
+    log.append(job, [started()])
+    expected = jobs(log)
+    # As if the last commit had reached the events but not the projection.
+    log.conn.execute("UPDATE projections SET seq = 1")
+    log.conn.execute("UPDATE jobs SET state = 'queued', attempts = 0")
+    log.close()
+
+    reopened = EventLog.open(db_path)
+    assert jobs(reopened) == expected
+    assert reopened.checkpoint(JobsProjection()) == (1, 2, reopened.head()[1])
+
+
+def test_a_projection_of_another_version_is_rebuilt_on_open(db_path: Path) -> None:
+    log = EventLog.open(db_path, durability=Durability.OFF)
+    log.append(new_ulid(), [submitted()])
+    expected = jobs(log)
+    log.conn.execute("UPDATE projections SET version = 0")
+    log.conn.execute("DELETE FROM jobs")
+    log.close()
+    assert jobs(EventLog.open(db_path)) == expected
+
+
+def test_read_only_open_needs_an_existing_log(tmp_path: Path) -> None:
+    with pytest.raises(LogError, match="no such event log"):
+        EventLog.open(tmp_path / "missing.db", read_only=True)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_file_that_is_not_a_foreman_log_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE meta (key TEXT, value TEXT)").connection.commit()
+    with pytest.raises(LogError, match="no log format"):
+        EventLog.open(other, read_only=True)
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises((LogError, sqlite3.DatabaseError)):
+        EventLog.open(garbage)
+
+
+def test_a_log_of_another_format_is_refused(db_path: Path) -> None:
+    EventLog.open(db_path).conn.execute("UPDATE meta SET value = '99'")
+    with pytest.raises(LogError, match="log format 99"):
+        EventLog.open(db_path)
+
+
+def test_decoding_refuses_unknown_types_and_newer_schema_versions() -> None:
+    with pytest.raises(UnknownEventType, match="JobTeleported"):
+        decode("JobTeleported", 1, "{}")
+    with pytest.raises(UnsupportedSchemaVersion, match="newer Foreman"):
+        decode("JobStarted", 2, '{"attempt": 1, "backend": "b"}')
+    with pytest.raises(UnsupportedSchemaVersion, match="no upcaster from schema version 0"):
+        decode("JobStarted", 0, '{"attempt": 1, "backend": "b"}')
