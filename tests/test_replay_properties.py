@@ -109,7 +109,12 @@ def test_incremental_projection_equals_full_and_chunked_replay(data: st.DataObje
             job: value for job, value in model.items() if value[0] != "pruned"
         }
         assert state_at(log, projection) == incremental
-        rebuild(log, projection, chunk=data.draw(st.integers(1, 7), label="chunk"))
+        rebuild(
+            log,
+            projection,
+            chunk=data.draw(st.integers(1, 7), label="chunk"),
+            cache=data.draw(st.integers(0, 6), label="cache"),
+        )
         assert projection.load_all(log.conn) == incremental
         rebuild(log, projection)
         assert projection.load_all(log.conn) == incremental

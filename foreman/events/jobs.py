@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, Literal, NamedTuple
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, ClassVar, Literal, NamedTuple, cast
 
 from foreman.events.projection import IllegalTransition
 from foreman.events.types import (
     JobAttemptFailed,
     JobCancelled,
     JobFailed,
-    JobPruned,
-    JobRequeued,
     JobStarted,
     JobSubmitted,
-    JobSucceeded,
     RecordedEvent,
 )
 
@@ -65,122 +62,136 @@ class Job(NamedTuple):
     cancel_reason: str | None = None
 
 
-def _require(job: Job | None, event: RecordedEvent, *states: str) -> Job:
+def _require(job: Job | None, recorded: RecordedEvent, *states: str) -> Job:
     if job is None:
-        raise IllegalTransition(event.stream, None, event.type, "no such job was submitted")
+        raise _refuse(job, recorded, "no such job was submitted")
     if job.state not in states:
-        raise IllegalTransition(
-            event.stream, job.state, event.type, f"the job must be {' or '.join(states)}"
-        )
+        raise _refuse(job, recorded, f"the job must be {' or '.join(states)}")
     return job
+
+
+def _refuse(job: Job | None, recorded: RecordedEvent, reason: str) -> IllegalTransition:
+    return IllegalTransition(recorded.stream, job.state if job else None, recorded.type, reason)
+
+
+def _submitted(job: Job | None, recorded: RecordedEvent) -> Job:
+    if job is not None or recorded.version != 1:
+        raise _refuse(job, recorded, "already submitted: a job's stream starts with it")
+    event = cast(JobSubmitted, recorded.event)
+    return Job(
+        id=recorded.stream,
+        kind=event.kind,
+        model=event.model,
+        state="queued",
+        priority=event.priority,
+        origin=event.origin,
+        attempts=0,
+        version=recorded.version,
+        created_at=recorded.recorded_at,
+        updated_at=recorded.recorded_at,
+        state_webhook_url=event.state_webhook_url,
+        idempotency_key=event.idempotency_key,
+    )
+
+
+def _started(job: Job | None, recorded: RecordedEvent) -> Job:
+    job = _require(job, recorded, "queued")
+    attempt = cast(JobStarted, recorded.event).attempt
+    if attempt != job.attempts + 1:
+        raise _refuse(
+            job,
+            recorded,
+            f"attempt {attempt} follows attempt {job.attempts}; expected {job.attempts + 1}",
+        )
+    at = recorded.recorded_at
+    return job._replace(
+        state="running", attempts=attempt, started_at=at, version=recorded.version, updated_at=at
+    )
+
+
+def _attempt_failed(job: Job | None, recorded: RecordedEvent) -> Job:
+    job = _require(job, recorded, "running")
+    event = cast(JobAttemptFailed, recorded.event)
+    if event.attempt != job.attempts:
+        raise _refuse(
+            job, recorded, f"attempt {event.attempt} is not the running attempt {job.attempts}"
+        )
+    return job._replace(
+        error=JobError(event.error), version=recorded.version, updated_at=recorded.recorded_at
+    )
+
+
+def _requeued(job: Job | None, recorded: RecordedEvent) -> Job:
+    job = _require(job, recorded, "running")
+    return job._replace(state="queued", version=recorded.version, updated_at=recorded.recorded_at)
+
+
+def _succeeded(job: Job | None, recorded: RecordedEvent) -> Job:
+    # Reads only the envelope: the result stays in the log, undecoded (result_seq).
+    job = _require(job, recorded, "running")
+    at = recorded.recorded_at
+    return job._replace(
+        state="succeeded",
+        result_seq=recorded.seq,
+        error=None,
+        finished_at=at,
+        version=recorded.version,
+        updated_at=at,
+    )
+
+
+def _failed(job: Job | None, recorded: RecordedEvent) -> Job:
+    job = _require(job, recorded, "running")
+    event = cast(JobFailed, recorded.event)
+    at = recorded.recorded_at
+    return job._replace(
+        state="failed",
+        error=JobError(event.error, event.status),
+        finished_at=at,
+        version=recorded.version,
+        updated_at=at,
+    )
+
+
+def _cancelled(job: Job | None, recorded: RecordedEvent) -> Job:
+    job = _require(job, recorded, "queued", "running")
+    at = recorded.recorded_at
+    return job._replace(
+        state="cancelled",
+        cancel_reason=cast(JobCancelled, recorded.event).reason,
+        finished_at=at,
+        version=recorded.version,
+        updated_at=at,
+    )
+
+
+def _pruned(job: Job | None, recorded: RecordedEvent) -> None:
+    _require(job, recorded, *sorted(TERMINAL_STATES))
+
+
+_TRANSITIONS: dict[str, Callable[[Job | None, RecordedEvent], Job | None]] = {
+    "JobSubmitted": _submitted,
+    "JobStarted": _started,
+    "JobAttemptFailed": _attempt_failed,
+    "JobRequeued": _requeued,
+    "JobSucceeded": _succeeded,
+    "JobFailed": _failed,
+    "JobCancelled": _cancelled,
+    "JobPruned": _pruned,
+}
 
 
 def evolve(job: Job | None, recorded: RecordedEvent) -> Job | None:
     """The job after ``recorded``; pure, and raises IllegalTransition on a refused event."""
-    event = recorded.event
-    at = recorded.recorded_at
-    if isinstance(event, JobSubmitted):
-        if job is not None or recorded.version != 1:
-            raise IllegalTransition(
-                recorded.stream,
-                job.state if job else None,
-                event.type,
-                "already submitted: a job's stream starts with its one JobSubmitted",
-            )
-        return Job(
-            id=recorded.stream,
-            kind=event.kind,
-            model=event.model,
-            state="queued",
-            priority=event.priority,
-            origin=event.origin,
-            attempts=0,
-            version=recorded.version,
-            created_at=at,
-            updated_at=at,
-            state_webhook_url=event.state_webhook_url,
-            idempotency_key=event.idempotency_key,
-        )
-    if isinstance(event, JobStarted):
-        job = _require(job, recorded, "queued")
-        if event.attempt != job.attempts + 1:
-            raise IllegalTransition(
-                recorded.stream,
-                job.state,
-                event.type,
-                f"attempt {event.attempt} follows attempt {job.attempts}; "
-                f"expected {job.attempts + 1}",
-            )
-        return job._replace(
-            state="running",
-            attempts=event.attempt,
-            started_at=at,
-            version=recorded.version,
-            updated_at=at,
-        )
-    if isinstance(event, JobAttemptFailed):
-        job = _require(job, recorded, "running")
-        if event.attempt != job.attempts:
-            raise IllegalTransition(
-                recorded.stream,
-                job.state,
-                event.type,
-                f"attempt {event.attempt} is not the running attempt {job.attempts}",
-            )
-        return job._replace(error=JobError(event.error), version=recorded.version, updated_at=at)
-    if isinstance(event, JobRequeued):
-        job = _require(job, recorded, "running")
-        return job._replace(state="queued", version=recorded.version, updated_at=at)
-    if isinstance(event, JobSucceeded):
-        job = _require(job, recorded, "running")
-        return job._replace(
-            state="succeeded",
-            result_seq=recorded.seq,
-            error=None,
-            finished_at=at,
-            version=recorded.version,
-            updated_at=at,
-        )
-    if isinstance(event, JobFailed):
-        job = _require(job, recorded, "running")
-        return job._replace(
-            state="failed",
-            error=JobError(event.error, event.status),
-            finished_at=at,
-            version=recorded.version,
-            updated_at=at,
-        )
-    if isinstance(event, JobCancelled):
-        job = _require(job, recorded, "queued", "running")
-        return job._replace(
-            state="cancelled",
-            cancel_reason=event.reason,
-            finished_at=at,
-            version=recorded.version,
-            updated_at=at,
-        )
-    if isinstance(event, JobPruned):
-        _require(job, recorded, *sorted(TERMINAL_STATES))
-        return None
-    raise IllegalTransition(
-        recorded.stream, job.state if job else None, recorded.type, "not a job event"
-    )
+    try:
+        transition = _TRANSITIONS[recorded.type]
+    except KeyError:
+        raise _refuse(job, recorded, "not a job event") from None
+    return transition(job, recorded)
 
 
 _COLUMNS = Job._fields
 _ERROR = _COLUMNS.index("error")
-_JOB_EVENT_TYPES = frozenset(
-    {
-        "JobSubmitted",
-        "JobStarted",
-        "JobAttemptFailed",
-        "JobRequeued",
-        "JobSucceeded",
-        "JobFailed",
-        "JobCancelled",
-        "JobPruned",
-    }
-)
 
 
 def _to_row(job: Job) -> tuple[Any, ...]:
@@ -245,7 +256,7 @@ class JobsProjection:
         conn.execute("DROP TABLE IF EXISTS jobs")
 
     def key(self, event: RecordedEvent) -> str | None:
-        return event.stream if event.event.type in _JOB_EVENT_TYPES else None
+        return event.stream if event.type in _TRANSITIONS else None
 
     def evolve(self, state: Job | None, event: RecordedEvent) -> Job | None:
         return evolve(state, event)

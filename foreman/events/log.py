@@ -23,7 +23,7 @@ import sqlite_utils
 from foreman.events.chain import GENESIS, chain_hash
 from foreman.events.jobs import JobsProjection
 from foreman.events.projection import Fold, IllegalTransition, Projection
-from foreman.events.types import Event, RecordedEvent, decode, encode
+from foreman.events.types import Event, RecordedEvent, encode
 from foreman.ids import new_ulids
 
 LOG_FORMAT = 1
@@ -129,16 +129,8 @@ def utc_now() -> str:
 
 
 def decode_row(row: Sequence[Any]) -> RecordedEvent:
-    seq, id_, stream, version, type_, schema_version, data, recorded_at, hash_ = row
-    return RecordedEvent(
-        seq=seq,
-        id=id_,
-        stream=stream,
-        version=version,
-        recorded_at=recorded_at,
-        hash=hash_,
-        event=decode(type_, schema_version, data),
-    )
+    """A row (columns as in ``EVENT_COLUMNS``) as a RecordedEvent, its data decoded lazily."""
+    return RecordedEvent(*row)
 
 
 class EventLog:
@@ -350,17 +342,7 @@ class EventLog:
                 )
                 chain = chain_hash(chain, *row)
                 pending_rows.append((*row, chain))
-                recorded.append(
-                    RecordedEvent(
-                        seq=row[0],
-                        id=row[1],
-                        stream=stream,
-                        version=row[3],
-                        recorded_at=recorded_at,
-                        hash=chain,
-                        event=event,
-                    )
-                )
+                recorded.append(RecordedEvent(*row, chain, event))
             try:
                 changes = [fold.evolve(recorded) for fold in folds]
             except IllegalTransition as refused:

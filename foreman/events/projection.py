@@ -74,15 +74,23 @@ class Fold(Generic[S]):
         conn: sqlite3.Connection | None,
         *,
         cache_limit: int = 0,
+        starts_empty: bool = False,
     ) -> None:
         self.projection = projection
         self._conn = conn
         self._cache_limit = cache_limit
         self.states: dict[str, S | None] = {}
         self.dirty: set[str] = set()
+        # A fold that starts from an empty projection (a rebuild) knows the stored
+        # states are exactly those it evicted: other keys need no lookup.
+        self._evicted: set[str] | None = set() if starts_empty else None
 
     def prefetch(self, keys: Iterable[str]) -> None:
         missing = [key for key in keys if key not in self.states]
+        if self._evicted is not None:
+            evicted = self._evicted
+            self.states.update((key, None) for key in missing if key not in evicted)
+            missing = [key for key in missing if key in evicted]
         if missing and self._conn is not None:
             found = self.projection.load(self._conn, missing)
             for key in missing:
@@ -116,16 +124,29 @@ class Fold(Generic[S]):
         self.keep(self.evolve(events))
 
     def flush(self) -> None:
-        """Write the changed states; keep at most ``cache_limit`` states, oldest out first."""
-        if self.dirty and self._conn is not None:
-            self.projection.save(self._conn, {key: self.states[key] for key in self.dirty})
+        """Write every changed state, then :meth:`trim`."""
+        self._write(self.dirty)
         self.dirty.clear()
+        self.trim()
+
+    def trim(self) -> None:
+        """Keep at most ``cache_limit`` states, oldest out first, writing changed ones."""
         excess = len(self.states) - self._cache_limit
-        if excess >= len(self.states):
-            self.states.clear()
-        elif excess > 0:
-            for key in list(itertools.islice(self.states, excess)):
-                del self.states[key]
+        if excess <= 0:
+            return
+        gone = list(itertools.islice(self.states, excess))
+        self._write([key for key in gone if key in self.dirty])
+        for key in gone:
+            del self.states[key]
+            self.dirty.discard(key)
+        if self._evicted is not None:
+            self._evicted.update(gone)
+
+    def _write(self, keys: Iterable[str]) -> None:
+        if self._conn is not None:
+            states = {key: self.states[key] for key in keys}
+            if states:
+                self.projection.save(self._conn, states)
 
     def forget(self) -> None:
         """Drop every state held, written or not (after a rollback)."""

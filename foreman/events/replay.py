@@ -19,7 +19,9 @@ Progress = Callable[[int, int], None]
 """Called with (events folded so far, events to fold in all)."""
 
 CHUNK = 20_000
-"""Events folded between writes of the projection: bounds the memory a replay holds."""
+"""Events read and folded at a time."""
+CACHE = 100_000
+"""States a replay holds in memory; beyond it the oldest are written out."""
 
 
 def catch_up(log: EventLog, projection: Projection[Any], progress: Progress | None = None) -> int:
@@ -41,6 +43,7 @@ def rebuild(
     progress: Progress | None = None,
     *,
     chunk: int = CHUNK,
+    cache: int = CACHE,
 ) -> int:
     """Drop the projection and fold every event into it again, in one transaction:
     readers see the old projection or the new one, never half of it."""
@@ -48,7 +51,7 @@ def rebuild(
         projection.drop(log.conn)
         projection.create(log.conn)
         log.set_checkpoint(projection, 0, GENESIS)
-        return _fold_into(log, projection, 0, progress, chunk=chunk)
+        return _fold_into(log, projection, 0, progress, chunk=chunk, cache=cache)
 
 
 def _chunks(log: EventLog, after: int, until: int, chunk: int) -> Iterator[list[RecordedEvent]]:
@@ -69,17 +72,19 @@ def _fold_into(
     progress: Progress | None,
     *,
     chunk: int = CHUNK,
+    cache: int = CACHE,
 ) -> int:
-    head_seq, _ = log.head()
-    fold = Fold(projection, log.conn)
+    head_seq, head_hash = log.head()
+    fold = Fold(projection, log.conn, cache_limit=cache, starts_empty=after == 0)
     done = 0
     for batch in _chunks(log, after, head_seq, chunk):
         fold.apply(batch)
-        fold.flush()
+        fold.trim()
         done += len(batch)
-        log.set_checkpoint(projection, batch[-1].seq, batch[-1].hash)
         if progress is not None:
             progress(done, head_seq - after)
+    fold.flush()
+    log.set_checkpoint(projection, head_seq, head_hash)
     return done
 
 

@@ -10,7 +10,7 @@ join this module with the webhook issue.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -164,16 +164,29 @@ def decode(type_: str, schema_version: int, data: str) -> Event:
 
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
-    """An event as the log holds it: the domain event plus its envelope."""
+    """An event as the log holds it: the envelope, and the domain event.
+
+    The domain event is decoded from ``data`` on first use, so a fold that needs
+    only the envelope of some events (the jobs projection never reads a result)
+    does not pay for decoding them. Equality is the envelope's; ``hash`` covers
+    ``data``. Fields are in the order of the ``events`` table's columns.
+    """
 
     seq: int
     id: str
     stream: str
     version: int
+    type: str
+    schema_version: int
+    data: str = field(repr=False, compare=False)
     recorded_at: str
     hash: str
-    event: Event
+    _event: Event | None = field(default=None, repr=False, compare=False)
 
     @property
-    def type(self) -> str:
-        return self.event.type
+    def event(self) -> Event:
+        event = self._event
+        if event is None:
+            event = decode(self.type, self.schema_version, self.data)
+            object.__setattr__(self, "_event", event)
+        return event
