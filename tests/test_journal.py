@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from foreman.actors.journal import Journal, JournalClient
+from foreman.actors.journal import Journal, JournalClient, JournalFailed
 from foreman.events.audit import verify
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import ConcurrencyError, Durability, EventLog
@@ -63,3 +63,39 @@ async def test_the_journal_stops_when_its_clients_are_closed(db_path: Path) -> N
             await client.append(new_ulid(), [submitted()])
             await client.aclose()
     assert EventLog.open(db_path, read_only=True).head()[0] == 1
+
+
+async def test_a_writer_cancelled_while_waiting_does_not_stop_the_journal(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    client: JournalClient = await nursery.start(Journal(db_path).run)
+    with trio.CancelScope() as scope:
+        scope.cancel()  # cancelled before the reply: the journal finds the reply closed
+        await client.append(new_ulid(), [submitted()])
+    (event,) = await client.append(new_ulid(), [submitted()])
+    assert event.seq in (1, 2)
+
+
+async def test_writers_queued_when_the_journal_stops_are_told(db_path: Path) -> None:
+    outcomes: list[BaseException] = []
+
+    async def doomed_writer(client: JournalClient) -> None:
+        try:
+            await client.append(new_ulid(), [submitted()])
+        except JournalFailed as error:
+            outcomes.append(error)
+
+    async with trio.open_nursery() as nursery:
+        journal_scope = trio.CancelScope()
+
+        async def journal(task_status: trio.TaskStatus[JournalClient]) -> None:
+            with journal_scope:
+                await Journal(db_path).run(task_status=task_status)
+
+        client: JournalClient = await nursery.start(journal)
+        journal_scope.cancel()
+        async with trio.open_nursery() as writers:
+            for _ in range(3):
+                writers.start_soon(doomed_writer, client)
+    assert len(outcomes) == 3
+    assert all("stopped" in str(error) for error in outcomes)

@@ -1,16 +1,23 @@
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from foreman.events.audit import verify
-from foreman.events.chain import GENESIS, chain_hash
+from foreman.events.chain import GENESIS
 from foreman.events.jobs import Job, JobError, JobsProjection
 from foreman.events.log import Append, ConcurrencyError, Durability, EventLog, LogError
 from foreman.events.projection import IllegalTransition
-from foreman.events.types import UnknownEventType, UnsupportedSchemaVersion, decode
+from foreman.events.types import (
+    EventDecodeError,
+    JobSubmitted,
+    UnknownEventType,
+    UnsupportedSchemaVersion,
+    decode,
+)
 from foreman.ids import new_ulid
 from tests.factories import (
     attempt_failed,
@@ -39,10 +46,13 @@ def test_append_assigns_global_order_stream_versions_and_a_hash_chain(log: Event
     assert [(e.stream, e.version) for e in recorded] == [(a, 1), (b, 1), (b, 2), (a, 2), (a, 3)]
     assert list(log.read()) == recorded
     assert log.read_stream(a) == [recorded[0], recorded[3], recorded[4]]
+    # Recomputed from named columns as docs/design/architecture.md tells operators to.
     previous = GENESIS
-    for row in log.rows():
-        assert row[-1] == chain_hash(previous, *row[:-1])
-        previous = row[-1]
+    for seq, id_, stream, version, type_, schema_version, data, recorded_at, hash_ in log.rows():
+        fields = [previous, seq, id_, stream, version, type_, schema_version, recorded_at, data]
+        expected = hashlib.sha256("\x1f".join(map(str, fields)).encode()).hexdigest()
+        assert hash_ == expected
+        previous = hash_
     assert log.head() == (5, previous)
 
 
@@ -158,7 +168,9 @@ def test_a_projection_behind_its_checkpoint_catches_up_on_open(db_path: Path) ->
     log.append(job, [started()])
     expected = jobs(log)
     # As if the last commit had reached the events but not the projection.
-    log.conn.execute("UPDATE projections SET seq = 1")
+    log.conn.execute(
+        "UPDATE projections SET seq = 1, head_hash = (SELECT hash FROM events WHERE seq = 1)"
+    )
     log.conn.execute("UPDATE jobs SET state = 'queued', attempts = 0")
     log.close()
 
@@ -183,15 +195,33 @@ def test_read_only_open_needs_an_existing_log(tmp_path: Path) -> None:
     assert not (tmp_path / "missing.db").exists()
 
 
-def test_a_file_that_is_not_a_foreman_log_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read_only", [True, False])
+def test_a_file_that_is_not_a_foreman_log_is_refused_and_left_alone(
+    tmp_path: Path, read_only: bool
+) -> None:
     other = tmp_path / "other.db"
-    sqlite3.connect(other).execute("CREATE TABLE meta (key TEXT, value TEXT)").connection.commit()
-    with pytest.raises(LogError, match="no log format"):
-        EventLog.open(other, read_only=True)
+    sqlite3.connect(other).execute("CREATE TABLE notes (text TEXT)").connection.commit()
+    before = other.read_bytes()
+    with pytest.raises(LogError, match="not a Foreman event log"):
+        EventLog.open(other, read_only=read_only)
+    assert other.read_bytes() == before
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"not a database at all" * 100)
-    with pytest.raises((LogError, sqlite3.DatabaseError)):
-        EventLog.open(garbage)
+    with pytest.raises(LogError, match=r"garbage\.db"):
+        EventLog.open(garbage, read_only=read_only)
+
+
+def test_a_log_whose_tail_was_removed_is_not_written_to(db_path: Path) -> None:
+    log = EventLog.open(db_path, durability=Durability.OFF)
+    for _ in range(3):
+        log.append(new_ulid(), [submitted()])
+    log.conn.execute("DROP TRIGGER events_are_append_only_delete")
+    log.conn.execute("DELETE FROM events WHERE seq = 3")
+    log.close()
+    with pytest.raises(LogError, match="checkpointed at event 3"):
+        EventLog.open(db_path)
+    with pytest.raises(LogError, match="checkpointed at event 3"):
+        EventLog.open(db_path)  # still refused: nothing was appended over the evidence
 
 
 def test_a_log_of_another_format_is_refused(db_path: Path) -> None:
@@ -200,7 +230,22 @@ def test_a_log_of_another_format_is_refused(db_path: Path) -> None:
         EventLog.open(db_path)
 
 
+def test_state_webhooks_belong_to_async_jobs_only() -> None:
+    with pytest.raises(ValueError, match="ADR-0014"):
+        JobSubmitted(
+            kind="chat",
+            model="m",
+            request={},
+            origin="sync",
+            state_webhook_url="https://example.test/hook",
+        )
+
+
 def test_decoding_refuses_unknown_types_and_newer_schema_versions() -> None:
+    with pytest.raises(EventDecodeError, match="JobStarted v1 data does not decode"):
+        decode("JobStarted", 1, '{"attempt": "first"}')
+    with pytest.raises(EventDecodeError):
+        decode("JobStarted", 1, "not json")
     with pytest.raises(UnknownEventType, match="JobTeleported"):
         decode("JobTeleported", 1, "{}")
     with pytest.raises(UnsupportedSchemaVersion, match="newer Foreman"):

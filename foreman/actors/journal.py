@@ -10,6 +10,7 @@ bigger the batches, so throughput grows with load instead of collapsing.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,11 @@ class JournalClient:
         (:class:`~foreman.events.log.ConcurrencyError`,
         :class:`~foreman.events.projection.IllegalTransition`)."""
         reply_send, reply_receive = trio.open_memory_channel[AppendResult | BaseException](1)
-        await self._requests.send(_Request(Append(stream, events, expected_version), reply_send))
+        request = _Request(Append(stream, events, expected_version), reply_send)
+        try:
+            await self._requests.send(request)
+        except trio.BrokenResourceError:
+            raise JournalFailed("the journal has stopped: nothing was appended") from None
         with reply_receive:
             result = await reply_receive.receive()
         if isinstance(result, BaseException):
@@ -92,8 +97,11 @@ class Journal:
             try:
                 send, receive = trio.open_memory_channel[_Request](self._buffer)
                 task_status.started(JournalClient(send))
-                async with receive:
-                    await self._commit_loop(thread, log, receive)
+                with receive:
+                    try:
+                        await self._commit_loop(thread, log, receive)
+                    finally:
+                        _turn_away(receive)
             finally:
                 with trio.CancelScope(shield=True):
                     await thread.run(log.close)
@@ -120,9 +128,23 @@ class Journal:
                 results = await thread.run(log.append_many, [request.append for request in batch])
             except BaseException as error:
                 for request in batch:
-                    failure = JournalFailed(f"the append was not committed: {error!r}")
-                    request.reply.send_nowait(failure)
+                    _reply(request, JournalFailed(f"the append was not committed: {error!r}"))
                 raise
             for request, result in zip(batch, results, strict=True):
-                request.reply.send_nowait(result)
-                request.reply.close()
+                _reply(request, result)
+
+
+def _reply(request: _Request, result: AppendResult | BaseException) -> None:
+    # A writer that was cancelled while waiting has closed its end: nobody to tell.
+    with request.reply, contextlib.suppress(trio.BrokenResourceError):
+        request.reply.send_nowait(result)
+
+
+def _turn_away(receive: trio.MemoryReceiveChannel[_Request]) -> None:
+    """Tell the writers still queued that the journal stopped before their append."""
+    while True:
+        try:
+            request = receive.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return
+        _reply(request, JournalFailed("the journal has stopped: nothing was appended"))

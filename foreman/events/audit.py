@@ -25,7 +25,14 @@ class Problem:
 
 
 def verify(log: EventLog, progress: Progress | None = None, *, limit: int = 100) -> list[Problem]:
-    """Every problem found (at most ``limit``), first bad ``seq`` first; empty when sound."""
+    """Every problem found (at most ``limit``), first bad ``seq`` first; empty when sound.
+
+    Reads one snapshot, so it can run beside a live server."""
+    with log.snapshot():
+        return _verify(log, progress, limit)
+
+
+def _verify(log: EventLog, progress: Progress | None, limit: int) -> list[Problem]:
     problems: list[Problem] = []
     head_seq, _ = log.head()
     folds = [Fold(projection, None) for projection in log.projections]
@@ -92,8 +99,7 @@ def _compare(log: EventLog, fold: Fold[Any]) -> list[Problem]:
         return [Problem(None, f"projection {name} has no checkpoint")]
     _version, seq, hash_ = checkpoint
     if (seq, hash_) != (head_seq, head_hash):
-        at = log.conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
-        if at is None or at[0] != hash_:
+        if log.hash_at(seq) != hash_:
             return [
                 Problem(
                     min(seq, head_seq + 1),

@@ -21,9 +21,10 @@ def chain_hash(
     version: int,
     type: str,
     schema_version: int,
-    recorded_at: str,
     data: str,
+    recorded_at: str,
 ) -> str:
+    """The hash of a row; parameters follow the table's columns, the content puts data last."""
     content = (
         f"{previous}\x1f{seq}\x1f{id}\x1f{stream}\x1f{version}\x1f{type}"
         f"\x1f{schema_version}\x1f{recorded_at}\x1f{data}"

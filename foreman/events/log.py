@@ -10,6 +10,7 @@ one transaction and one fsync (group commit).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,8 +18,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-
-import sqlite_utils
 
 from foreman.events.chain import GENESIS, chain_hash
 from foreman.events.jobs import JobsProjection
@@ -29,31 +28,31 @@ from foreman.ids import new_ulids
 LOG_FORMAT = 1
 """Version of the table layout below; stored in ``meta`` and checked on open."""
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    version INTEGER NOT NULL CHECK (version >= 1),
-    type TEXT NOT NULL,
-    schema_version INTEGER NOT NULL,
-    data TEXT NOT NULL,
-    recorded_at TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    UNIQUE (stream, version)
-);
-CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'events is append-only: rows cannot be updated'); END;
-CREATE TRIGGER IF NOT EXISTS events_are_append_only_delete BEFORE DELETE ON events
-BEGIN SELECT RAISE(ABORT, 'events is append-only: rows cannot be deleted'); END;
-CREATE TABLE IF NOT EXISTS projections (
-    name TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    head_hash TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS events (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1),
+        type TEXT NOT NULL,
+        schema_version INTEGER NOT NULL,
+        data TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        UNIQUE (stream, version)
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS events_are_append_only_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events is append-only: rows cannot be updated'); END""",
+    """CREATE TRIGGER IF NOT EXISTS events_are_append_only_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'events is append-only: rows cannot be deleted'); END""",
+    """CREATE TABLE IF NOT EXISTS projections (
+        name TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        head_hash TEXT NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+)
 
 EVENT_COLUMNS = (
     "seq",
@@ -136,10 +135,9 @@ def decode_row(row: Sequence[Any]) -> RecordedEvent:
 class EventLog:
     def __init__(self, conn: sqlite3.Connection, projections: Sequence[Projection[Any]]) -> None:
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         self.projections = tuple(projections)
         # What this writer knows of the log, trusted only while the head is the one it
-        # last wrote: another writer's append invalidates it (see _refresh_caches).
+        # last wrote: another writer's append invalidates it (see _append_in_transaction).
         self._known_head: tuple[int, str] | None = None
         self._versions: dict[str, int] = {}
         self._folds = [
@@ -171,18 +169,22 @@ class EventLog:
         try:
             conn.execute("PRAGMA busy_timeout = 10000")
             log = cls(conn, [JobsProjection()] if projections is None else projections)
+            is_new = log._check_format(allow_empty=not read_only)
             if read_only:
-                log._check_format()
                 return log
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise LogError(f"{path}: cannot switch the database to WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous = {Durability(durability).value.upper()}")
-            log._create_schema()
+            if is_new:
+                log._create_schema()
             from foreman.events.replay import catch_up  # noqa: PLC0415 - replay imports us
 
             for projection in log.projections:
                 catch_up(log, projection)
+        except sqlite3.DatabaseError as error:
+            conn.close()
+            raise LogError(f"{path}: not a usable Foreman event log: {error}") from error
         except BaseException:
             conn.close()
             raise
@@ -192,20 +194,27 @@ class EventLog:
         self.conn.close()
 
     def _create_schema(self) -> None:
-        self.conn.executescript(
-            f"BEGIN IMMEDIATE;{_SCHEMA}"
-            f"INSERT OR IGNORE INTO meta VALUES ('log_format', '{LOG_FORMAT}');COMMIT;"
-        )
-        self._check_format()
+        with self.transaction():
+            for statement in _SCHEMA:
+                self.conn.execute(statement)
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_format', ?)", (LOG_FORMAT,))
 
-    def _check_format(self) -> None:
+    def _check_format(self, *, allow_empty: bool) -> bool:
+        """Refuse anything but an event log of this format; True for an empty database."""
+        tables = self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if tables == 0 and allow_empty:
+            return True
         try:
             stored = self.conn.execute("SELECT value FROM meta WHERE key = 'log_format'").fetchone()
-        except sqlite3.DatabaseError as error:
-            raise LogError(f"not a Foreman event log: {error}") from error
-        if stored is None or int(stored[0]) != LOG_FORMAT:
-            found = "no log format" if stored is None else f"log format {stored[0]}"
-            raise LogError(f"{found}, but this Foreman reads log format {LOG_FORMAT}")
+        except sqlite3.OperationalError:
+            stored = None
+        if stored is None:
+            raise LogError("not a Foreman event log: the database has no log format")
+        if int(stored[0]) != LOG_FORMAT:
+            raise LogError(
+                f"log format {stored[0]}, but this Foreman reads log format {LOG_FORMAT}"
+            )
+        return False
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.conn)
@@ -216,6 +225,23 @@ class EventLog:
         """The last ``seq`` and its hash; ``(0, GENESIS)`` for an empty log."""
         row = self.conn.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
         return (0, GENESIS) if row is None else (row[0], row[1])
+
+    def hash_at(self, seq: int) -> str | None:
+        """The hash of event ``seq`` (GENESIS for 0), None if the log has no such event."""
+        if seq == 0:
+            return GENESIS
+        row = self.conn.execute("SELECT hash FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Read in one transaction: every query sees the log as of its first read,
+        whatever a live writer commits meanwhile."""
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
 
     def rows(
         self, after: int = 0, until: int | None = None, *, chunk: int = 5000

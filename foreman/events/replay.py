@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from foreman.events.chain import GENESIS
-from foreman.events.log import decode_row, format_timestamp
+from foreman.events.log import LogError, decode_row, format_timestamp
 from foreman.events.projection import Fold, Projection
 from foreman.events.types import RecordedEvent
 
@@ -30,11 +30,18 @@ def catch_up(log: EventLog, projection: Projection[Any], progress: Progress | No
     checkpoint = log.checkpoint(projection)
     if checkpoint is None or checkpoint[0] != projection.version:
         return rebuild(log, projection, progress)
+    _version, seq, hash_ = checkpoint
+    if log.hash_at(seq) != hash_:
+        raise LogError(
+            f"projection {projection.name} was checkpointed at event {seq}, which the log "
+            "does not hold as it was: events were removed or altered. Nothing more is "
+            "appended to it; run `foreman events verify` to see what changed."
+        )
     head_seq, _ = log.head()
-    if checkpoint[1] >= head_seq:
+    if seq == head_seq:
         return 0
     with log.transaction():
-        return _fold_into(log, projection, checkpoint[1], progress)
+        return _fold_into(log, projection, seq, progress)
 
 
 def rebuild(

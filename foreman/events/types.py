@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 JobKind = Literal["chat", "generate", "embed"]
 Origin = Literal["sync", "async"]
@@ -26,6 +26,10 @@ class UnknownEventType(ValueError):
 
 class UnsupportedSchemaVersion(ValueError):
     """A stored row was written with a schema version this build cannot read."""
+
+
+class EventDecodeError(ValueError):
+    """A stored row's data does not match its event type's schema."""
 
 
 class Event(BaseModel):
@@ -59,6 +63,12 @@ class JobSubmitted(Event):
     state_webhook_url: str | None = None
     origin: Origin
     idempotency_key: str | None = None
+
+    @model_validator(mode="after")
+    def _webhooks_only_for_async_jobs(self) -> JobSubmitted:
+        if self.state_webhook_url is not None and self.origin != "async":
+            raise ValueError("state_webhook_url is honoured only on POST /jobs (ADR-0014)")
+        return self
 
 
 class JobStarted(Event):
@@ -152,14 +162,17 @@ def decode(type_: str, schema_version: int, data: str) -> Event:
         cls = EVENT_TYPES[type_]
     except KeyError:
         raise UnknownEventType(f"unknown event type {type_!r}") from None
-    if schema_version == cls.SCHEMA_VERSION:
-        return cls.model_validate_json(data)
     if schema_version > cls.SCHEMA_VERSION:
         raise UnsupportedSchemaVersion(
             f"{type_} schema version {schema_version} was written by a newer Foreman "
             f"(this one reads up to {cls.SCHEMA_VERSION})"
         )
-    return cls.model_validate(cls.upcast(schema_version, json.loads(data)))
+    try:
+        if schema_version == cls.SCHEMA_VERSION:
+            return cls.model_validate_json(data)
+        return cls.model_validate(cls.upcast(schema_version, json.loads(data)))
+    except (ValidationError, json.JSONDecodeError) as error:
+        raise EventDecodeError(f"{type_} v{schema_version} data does not decode: {error}") from None
 
 
 @dataclass(frozen=True, slots=True)
