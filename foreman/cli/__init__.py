@@ -1,0 +1,17 @@
+"""The ``foreman`` command line; each command group lives in a module of its own."""
+
+from __future__ import annotations
+
+import click
+
+from foreman import __version__
+from foreman.cli.events import events
+
+
+@click.group(name="foreman")
+@click.version_option(__version__, prog_name="foreman")
+def main() -> None:
+    """Foreman: a durable, event-sourced job queue in front of Ollama."""
+
+
+main.add_command(events)

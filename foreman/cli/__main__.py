@@ -1,0 +1,3 @@
+from foreman.cli import main
+
+main(prog_name="foreman")
