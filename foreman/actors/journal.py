@@ -2,7 +2,9 @@
 
 Every other actor appends through a :class:`JournalClient`, which sends the
 append over the journal's memory channel and waits for the committed events
-(or the reason they were refused) on a reply channel of its own. The journal
+(or the reason they were refused) in a one-shot reply slot that travels with
+the request (a memory channel per append cost more than the append itself:
+ADR-0018). The journal
 takes whatever appends are waiting, up to ``max_batch`` events, and commits
 them in one transaction and one fsync (group commit): the more writers, the
 bigger the batches, so throughput grows with load instead of collapsing.
@@ -10,7 +12,6 @@ bigger the batches, so throughput grows with load instead of collapsing.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,32 @@ class JournalFailed(RuntimeError):
     """The journal could not commit (a storage failure): it stops, and so does Foreman."""
 
 
+class _Reply:
+    """Where the journal puts one append's outcome, once; the writer waits for it."""
+
+    __slots__ = ("_outcome", "_ready")
+
+    def __init__(self) -> None:
+        self._ready = trio.Event()
+        self._outcome: AppendResult | BaseException | None = None
+
+    def put(self, outcome: AppendResult | BaseException) -> None:
+        self._outcome = outcome
+        self._ready.set()
+
+    async def wait(self) -> list[RecordedEvent]:
+        await self._ready.wait()
+        outcome = self._outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+
 @dataclass(frozen=True, slots=True)
 class _Request:
     append: Append
-    reply: trio.MemorySendChannel[AppendResult | BaseException]
+    reply: _Reply
 
 
 class JournalClient:
@@ -59,17 +82,12 @@ class JournalClient:
         """Append and wait until the events are durable; raises when they are refused
         (:class:`~foreman.events.log.ConcurrencyError`,
         :class:`~foreman.events.projection.IllegalTransition`)."""
-        reply_send, reply_receive = trio.open_memory_channel[AppendResult | BaseException](1)
-        request = _Request(Append(stream, events, expected_version), reply_send)
+        request = _Request(Append(stream, events, expected_version), _Reply())
         try:
             await self._requests.send(request)
         except trio.BrokenResourceError:
             raise JournalFailed("the journal has stopped: nothing was appended") from None
-        with reply_receive:
-            result = await reply_receive.receive()
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        return await request.reply.wait()
 
 
 class Journal:
@@ -128,16 +146,10 @@ class Journal:
                 results = await thread.run(log.append_many, [request.append for request in batch])
             except BaseException as error:
                 for request in batch:
-                    _reply(request, JournalFailed(f"the append was not committed: {error!r}"))
+                    request.reply.put(JournalFailed(f"the append was not committed: {error!r}"))
                 raise
             for request, result in zip(batch, results, strict=True):
-                _reply(request, result)
-
-
-def _reply(request: _Request, result: AppendResult | BaseException) -> None:
-    # A writer that was cancelled while waiting has closed its end: nobody to tell.
-    with request.reply, contextlib.suppress(trio.BrokenResourceError):
-        request.reply.send_nowait(result)
+                request.reply.put(result)
 
 
 def _turn_away(receive: trio.MemoryReceiveChannel[_Request]) -> None:
@@ -147,4 +159,4 @@ def _turn_away(receive: trio.MemoryReceiveChannel[_Request]) -> None:
             request = receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             return
-        _reply(request, JournalFailed("the journal has stopped: nothing was appended"))
+        request.reply.put(JournalFailed("the journal has stopped: nothing was appended"))

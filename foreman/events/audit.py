@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from foreman.events.chain import GENESIS, chain_hash
-from foreman.events.log import EventLog, decode_row
+from foreman.events.log import EventLog
 from foreman.events.projection import Fold
-from foreman.events.replay import Progress
+from foreman.events.replay import Progress, collector_paused
+from foreman.events.types import RecordedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +29,7 @@ def verify(log: EventLog, progress: Progress | None = None, *, limit: int = 100)
     """Every problem found (at most ``limit``), first bad ``seq`` first; empty when sound.
 
     Reads one snapshot, so it can run beside a live server."""
-    with log.snapshot():
+    with log.snapshot(), collector_paused():
         return _verify(log, progress, limit)
 
 
@@ -68,9 +69,8 @@ def _verify(log: EventLog, progress: Progress | None, limit: int) -> list[Proble
             )
         versions[stream] = version
         previous_seq, previous_hash, previous_time = seq, hash_, recorded_at
-        event = decode_row(row)
         try:
-            event.event  # noqa: B018 - decoding is the check: folds may not need the data
+            event = RecordedEvent(*row).with_event_decoded()
         except ValueError as error:
             problems.append(Problem(seq, f"cannot decode {type_} v{schema_version}: {error}"))
         else:

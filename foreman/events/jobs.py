@@ -258,8 +258,7 @@ class JobsProjection:
     def key(self, event: RecordedEvent) -> str | None:
         return event.stream if event.type in _TRANSITIONS else None
 
-    def evolve(self, state: Job | None, event: RecordedEvent) -> Job | None:
-        return evolve(state, event)
+    evolve = staticmethod(evolve)
 
     def load(self, conn: sqlite3.Connection, keys: Iterable[str]) -> dict[str, Job]:
         keys = list(keys)

@@ -11,6 +11,7 @@ one transaction and one fsync (group commit).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -127,11 +128,6 @@ def utc_now() -> str:
     return format_timestamp(datetime.now(UTC))
 
 
-def decode_row(row: Sequence[Any]) -> RecordedEvent:
-    """A row (columns as in ``EVENT_COLUMNS``) as a RecordedEvent, its data decoded lazily."""
-    return RecordedEvent(*row)
-
-
 class EventLog:
     def __init__(self, conn: sqlite3.Connection, projections: Sequence[Projection[Any]]) -> None:
         self.conn = conn
@@ -243,10 +239,11 @@ class EventLog:
         finally:
             self.conn.execute("COMMIT")
 
-    def rows(
+    def batches(
         self, after: int = 0, until: int | None = None, *, chunk: int = 5000
-    ) -> Iterator[tuple[Any, ...]]:
-        """Raw event rows (columns as in ``EVENT_COLUMNS``) with ``after < seq <= until``."""
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Raw event rows (columns as in ``EVENT_COLUMNS``) with ``after < seq <= until``,
+        ``chunk`` at a time."""
         last = after
         while True:
             limit = chunk if until is None else min(chunk, until - last)
@@ -255,18 +252,24 @@ class EventLog:
             batch = self.conn.execute(
                 f"{_SELECT_EVENTS} WHERE seq > ? ORDER BY seq LIMIT ?", (last, limit)
             ).fetchall()
-            yield from batch
+            if batch:
+                yield batch
             if len(batch) < limit:
                 return
             last = batch[-1][0]
 
+    def rows(self, after: int = 0, until: int | None = None) -> Iterator[tuple[Any, ...]]:
+        for batch in self.batches(after, until):
+            yield from batch
+
     def read(self, after: int = 0, until: int | None = None) -> Iterator[RecordedEvent]:
-        for row in self.rows(after, until):
-            yield decode_row(row)
+        """Events with ``after < seq <= until``, their data decoded lazily."""
+        for batch in self.batches(after, until):
+            yield from itertools.starmap(RecordedEvent, batch)
 
     def read_stream(self, stream: str) -> list[RecordedEvent]:
         return [
-            decode_row(row)
+            RecordedEvent(*row)
             for row in self.conn.execute(
                 f"{_SELECT_EVENTS} WHERE stream = ? ORDER BY version", (stream,)
             )
@@ -331,13 +334,13 @@ class EventLog:
             fold.forget()
 
     def _append_in_transaction(self, appends: Sequence[Append]) -> list[AppendResult]:
-        seq, head = self.head()
+        last = self.conn.execute(
+            "SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        seq, head, last_time = (0, GENESIS, "") if last is None else last
         if (seq, head) != self._known_head:
             self._forget()
-        last_time = self.conn.execute(
-            "SELECT recorded_at FROM events WHERE seq = ?", (seq,)
-        ).fetchone()
-        recorded_at = max(utc_now(), last_time[0]) if last_time else utc_now()
+        recorded_at = max(utc_now(), last_time)
         streams = list(dict.fromkeys(append.stream for append in appends))
         versions = self._versions
         versions.update(self._stream_versions([s for s in streams if s not in versions]))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import ClassVar, Generic, Protocol, TypeVar
 
 from foreman.events.types import RecordedEvent
@@ -103,13 +103,13 @@ class Fold(Generic[S]):
 
     def evolve(self, events: Iterable[RecordedEvent]) -> dict[str, S | None]:
         """The states ``events`` lead to, without keeping them; raises on a refused event."""
-        evolve = self.projection.evolve
         key_of = self.projection.key
-        events = list(events)
-        self.prefetch({key for key in map(key_of, events) if key is not None})
+        return self._evolve([(key_of(event), event) for event in events])
+
+    def _evolve(self, keyed: list[tuple[str | None, RecordedEvent]]) -> dict[str, S | None]:
+        evolve = self.projection.evolve
         changes: dict[str, S | None] = {}
-        for event in events:
-            key = key_of(event)
+        for key, event in keyed:
             if key is None:
                 continue
             state = changes[key] if key in changes else self._current(key)
@@ -120,8 +120,12 @@ class Fold(Generic[S]):
         self.states.update(changes)
         self.dirty.update(changes)
 
-    def apply(self, events: Iterable[RecordedEvent]) -> None:
-        self.keep(self.evolve(events))
+    def apply(self, events: Sequence[RecordedEvent]) -> None:
+        """Fold ``events`` in, reading the states they need in one go."""
+        key_of = self.projection.key
+        keyed = [(key_of(event), event) for event in events]
+        self.prefetch({key for key, _ in keyed if key is not None})
+        self.keep(self._evolve(keyed))
 
     def flush(self) -> None:
         """Write every changed state, then :meth:`trim`."""

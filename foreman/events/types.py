@@ -10,8 +10,7 @@ join this module with the webhook issue.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -175,14 +174,15 @@ def decode(type_: str, schema_version: int, data: str) -> Event:
         raise EventDecodeError(f"{type_} v{schema_version} data does not decode: {error}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
+class RecordedEvent(NamedTuple):
     """An event as the log holds it: the envelope, and the domain event.
 
-    The domain event is decoded from ``data`` on first use, so a fold that needs
-    only the envelope of some events (the jobs projection never reads a result)
-    does not pay for decoding them. Equality is the envelope's; ``hash`` covers
-    ``data``. Fields are in the order of the ``events`` table's columns.
+    Fields are the ``events`` table's columns, in order, then ``decoded``: the
+    domain event when the writer had it at hand, else None and :attr:`event`
+    decodes ``data`` when asked. So a fold that needs only the envelope of some
+    events (the jobs projection never reads a result) does not pay for
+    decoding them, and replay builds a plain tuple per row. Equality and
+    hashing are the envelope's (``hash`` covers ``data``).
     """
 
     seq: int
@@ -191,15 +191,27 @@ class RecordedEvent:
     version: int
     type: str
     schema_version: int
-    data: str = field(repr=False, compare=False)
+    data: str
     recorded_at: str
     hash: str
-    _event: Event | None = field(default=None, repr=False, compare=False)
+    decoded: Event | None = None
 
     @property
     def event(self) -> Event:
-        event = self._event
-        if event is None:
-            event = decode(self.type, self.schema_version, self.data)
-            object.__setattr__(self, "_event", event)
-        return event
+        decoded = self.decoded
+        if decoded is None:
+            return decode(self.type, self.schema_version, self.data)
+        return decoded
+
+    def with_event_decoded(self) -> RecordedEvent:
+        """This event, its domain event decoded once for every later use."""
+        return self if self.decoded is not None else self._replace(decoded=self.event)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecordedEvent) and self[:9] == other[:9]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self[:9])
