@@ -1,6 +1,6 @@
 """ULIDs, minted fast enough for the journal's hot path.
 
-python-ulid parses and validates ULIDs everywhere else; minting one there costs
+python-ulid parses and validates ULIDs; minting one with it costs
 several microseconds, most of the journal's budget per event (ADR-0021). This
 mints *monotonic* ULIDs (the spec's variant): within one millisecond the
 80-bit random part is incremented, so ids sort in the order they were minted.
@@ -11,8 +11,6 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-
-from ulid import ULID
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Every 10-bit value as two Crockford base32 characters.
@@ -64,11 +62,3 @@ def new_ulids(count: int) -> list[str]:
 
 def new_ulid() -> str:
     return _default_minter.mint(1)[0]
-
-
-def is_ulid(text: str) -> bool:
-    try:
-        ULID.from_str(text)
-    except ValueError:
-        return False
-    return True

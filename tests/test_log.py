@@ -5,6 +5,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
 from foreman.events.audit import verify
 from foreman.events.chain import GENESIS
@@ -12,6 +13,7 @@ from foreman.events.jobs import Job, JobError, JobsProjection
 from foreman.events.log import Append, ConcurrencyError, Durability, EventLog, LogError
 from foreman.events.projection import IllegalTransition
 from foreman.events.types import (
+    AnyEvent,
     EventDecodeError,
     JobSubmitted,
     UnknownEventType,
@@ -252,3 +254,20 @@ def test_decoding_refuses_unknown_types_and_newer_schema_versions() -> None:
         decode("JobStarted", 2, '{"attempt": 1, "backend": "b"}')
     with pytest.raises(UnsupportedSchemaVersion, match="no upcaster from schema version 0"):
         decode("JobStarted", 0, '{"attempt": 1, "backend": "b"}')
+
+
+def test_the_event_union_is_discriminated_by_type() -> None:
+    adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+    for event in [
+        submitted(),
+        started(),
+        attempt_failed(),
+        requeued_retry(),
+        succeeded(),
+        failed(),
+        cancelled(),
+        pruned(),
+    ]:
+        assert adapter.validate_json(event.model_dump_json()) == event
+    with pytest.raises(ValidationError, match="JobTeleported"):
+        adapter.validate_python({"type": "JobTeleported"})

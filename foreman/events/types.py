@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 JobKind = Literal["chat", "generate", "embed"]
 Origin = Literal["sync", "async"]
@@ -146,8 +146,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
         JobPruned,
     )
 }
-
-any_event_adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
 
 
 def encode(event: Event) -> str:
