@@ -68,6 +68,8 @@ EVENT_COLUMNS = (
 )
 _SELECT_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 _INSERT_EVENT = f"INSERT INTO events VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+_DECODED = len(EVENT_COLUMNS)
+"""A RecordedEvent is its row's columns, then the decoded event."""
 _LOOKUP_CHUNK = 500
 STATE_CACHE = 100_000
 """Projection states and stream versions an appending log keeps in memory."""
@@ -356,7 +358,6 @@ class EventLog:
                 results.append(ConcurrencyError(stream, append.expected_version, current))
                 continue
             recorded: list[RecordedEvent] = []
-            pending_rows: list[tuple[Any, ...]] = []
             chain = head
             for offset, event in enumerate(append.events, start=1):
                 row = (
@@ -370,7 +371,6 @@ class EventLog:
                     recorded_at,
                 )
                 chain = chain_hash(chain, *row)
-                pending_rows.append((*row, chain))
                 recorded.append(RecordedEvent(*row, chain, event))
             try:
                 changes = [fold.evolve(recorded) for fold in folds]
@@ -379,7 +379,7 @@ class EventLog:
                 continue
             for fold, change in zip(folds, changes, strict=True):
                 fold.keep(change)
-            rows.extend(pending_rows)
+            rows.extend(event[:_DECODED] for event in recorded)
             results.append(recorded)
             seq, head = recorded[-1].seq, chain
             versions[stream] = recorded[-1].version
