@@ -46,21 +46,23 @@ def collector_paused() -> Iterator[None]:
 
 def catch_up(log: EventLog, projection: Projection[Any], progress: Progress | None = None) -> int:
     """Fold the events after the projection's checkpoint; rebuild it when it is missing
-    or was built by another version of its code. Returns the number of events folded."""
-    checkpoint = log.checkpoint(projection)
-    if checkpoint is None or checkpoint[0] != projection.version:
-        return rebuild(log, projection, progress)
-    _version, seq, hash_ = checkpoint
-    if log.hash_at(seq) != hash_:
-        raise LogError(
-            f"projection {projection.name} was checkpointed at event {seq}, which the log "
-            "does not hold as it was: events were removed or altered. Nothing more is "
-            "appended to it; run `foreman events verify` to see what changed."
-        )
-    head_seq, _ = log.head()
-    if seq == head_seq:
-        return 0
+    or was built by another version of its code. Returns the number of events folded.
+
+    Checks and fold share one write transaction, so two processes opening the
+    log at once cannot fold the same events twice."""
     with log.transaction():
+        checkpoint = log.checkpoint(projection)
+        if checkpoint is None or checkpoint[0] != projection.version:
+            return _rebuild(log, projection, progress, CHUNK, CACHE)
+        _version, seq, hash_ = checkpoint
+        if log.hash_at(seq) != hash_:
+            raise LogError(
+                f"projection {projection.name} was checkpointed at event {seq}, which the "
+                "log does not hold as it was: events were removed or altered. Nothing more "
+                "is appended to it; run `foreman events verify` to see what changed."
+            )
+        if seq == log.head()[0]:
+            return 0
         return _fold_into(log, projection, seq, progress)
 
 
@@ -75,10 +77,16 @@ def rebuild(
     """Drop the projection and fold every event into it again, in one transaction:
     readers see the old projection or the new one, never half of it."""
     with log.transaction():
-        projection.drop(log.conn)
-        projection.create(log.conn)
-        log.set_checkpoint(projection, 0, GENESIS)
-        return _fold_into(log, projection, 0, progress, chunk=chunk, cache=cache)
+        return _rebuild(log, projection, progress, chunk, cache)
+
+
+def _rebuild(
+    log: EventLog, projection: Projection[Any], progress: Progress | None, chunk: int, cache: int
+) -> int:
+    projection.drop(log.conn)
+    projection.create(log.conn)
+    log.set_checkpoint(projection, 0, GENESIS)
+    return _fold_into(log, projection, 0, progress, chunk=chunk, cache=cache)
 
 
 def _chunks(log: EventLog, after: int, until: int, chunk: int) -> Iterator[list[RecordedEvent]]:
