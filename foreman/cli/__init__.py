@@ -6,6 +6,7 @@ import click
 
 from foreman import __version__
 from foreman.cli.events import events
+from foreman.cli.simulate import simulate
 
 
 @click.group(name="foreman")
@@ -15,3 +16,4 @@ def main() -> None:
 
 
 main.add_command(events)
+main.add_command(simulate)

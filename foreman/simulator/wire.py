@@ -1,0 +1,119 @@
+"""Ollama's wire format: request bodies, error bodies, JSON and NDJSON responses."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+JSON_TYPE = "application/json; charset=utf-8"
+NDJSON_TYPE = "application/x-ndjson"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class OllamaError(Exception):
+    """An error answered as Ollama does: ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ConnectionCut(Exception):
+    """Raised by a stream's body to cut the connection instead of finishing the response."""
+
+
+class OllamaJSON(JSONResponse):
+    media_type = JSON_TYPE
+
+
+class NDJSONStream(StreamingResponse):
+    """A streamed body that can end by cutting the connection (see :class:`ConnectionCut`).
+
+    Hypercorn closes a connection whose response the app never finished, so
+    the client sees its chunked body break off, as when the backend dies.
+    """
+
+    media_type = NDJSON_TYPE
+
+    def __init__(self, lines: AsyncIterator[bytes]) -> None:
+        super().__init__(lines)
+        self._lines = lines
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        try:
+            async for line in self._lines:
+                await send({"type": "http.response.body", "body": line, "more_body": True})
+        except ConnectionCut:
+            return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class CutResponse(Response):
+    """200 and its headers, then the connection is cut before any body.
+
+    No ``content-length`` (Starlette would send ``0``, a complete empty body):
+    the body is chunked and its end never comes.
+    """
+
+    def __init__(self) -> None:
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(b"content-type", JSON_TYPE.encode())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+
+
+def error_response(error: OllamaError) -> OllamaJSON:
+    return OllamaJSON({"error": error.message}, status_code=error.status)
+
+
+def ndjson_line(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+def rfc3339(moment: datetime | None = None) -> str:
+    """UTC with microseconds and ``Z``, e.g. ``2023-08-04T19:22:45.499127Z``."""
+    moment = moment or datetime.now(UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are ignored, as Go's JSON decoder ignores them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+def decode_json(raw: bytes) -> Any:
+    """The JSON in a request body, or the 400 Ollama would answer."""
+    if not raw.strip():
+        raise OllamaError(400, "missing request body")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise OllamaError(400, str(error)) from None
+
+
+def parse_body(raw: bytes, model: type[M]) -> M:
+    """``raw`` as ``model``, or the 400 Ollama would answer.
+
+    Bodies are decoded whatever their Content-Type, as Ollama does
+    (``curl -d`` sends ``application/x-www-form-urlencoded``), which is why
+    routes read the raw body instead of letting FastAPI validate it.
+    """
+    data = decode_json(raw)
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise OllamaError(400, f"{where}: {first['msg']}" if where else first["msg"]) from None
