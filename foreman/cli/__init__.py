@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from foreman import __version__
+from foreman.cli.config import config
 from foreman.cli.events import events
 from foreman.cli.simulate import simulate
 
@@ -17,3 +18,4 @@ def main() -> None:
 
 main.add_command(events)
 main.add_command(simulate)
+main.add_command(config)

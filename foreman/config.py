@@ -1,0 +1,308 @@
+"""Foreman's settings: flags, ``FOREMAN_*`` environment variables and defaults (ADR-0024).
+
+:func:`load_settings` reads the environment, lets explicit overrides (the command
+line's flags) win, and validates everything at once: an invalid configuration is one
+:class:`ConfigError` naming each bad variable or flag and its value, one per line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import urllib.parse
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from foreman.events.log import Durability
+
+ENV_PREFIX = "FOREMAN_"
+OLLAMA_HOST = "OLLAMA_HOST"
+OLLAMA_PORT = 11434
+DEFAULT_BACKEND = f"http://127.0.0.1:{OLLAMA_PORT}"
+SIM = "sim"
+"""The backend that runs Foreman's built-in simulator in-process."""
+MAX_PORT = 65535
+
+_DURATION_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_UNIT = "|".join(sorted(_DURATION_UNITS, key=len, reverse=True))
+_DURATION_PART = re.compile(rf"({_NUMBER})({_UNIT})")
+_DURATION = re.compile(rf"([+-]?)((?:{_NUMBER}(?:{_UNIT}))+)")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_SIZE = re.compile(rf"({_NUMBER})\s*([a-z]*)", re.IGNORECASE)
+_BINARY_UNITS = (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024))
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message lists every problem, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class Address(NamedTuple):
+    """A host and port to listen on; an IPv6 host is kept without its brackets."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_address(value: str) -> Address:
+    """``host:port``, an IPv6 host in brackets (``[::1]:11435``); port 0 lets the OS
+    choose a free one."""
+    host, _, port = value.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = str(ipaddress.IPv6Address(host[1:-1]))
+    elif ":" in host:
+        raise ValueError(f"an IPv6 host goes in brackets: {value!r}")
+    if not host:
+        raise ValueError(f"not host:port: {value!r}")
+    if not (port.isascii() and port.isdigit()) or int(port) > MAX_PORT:
+        raise ValueError(f"not a port from 0 to {MAX_PORT}: {port!r}")
+    return Address(host, int(port))
+
+
+def normalise_backend(value: str) -> str:
+    """``sim``, or the backend's URL normalised as Ollama's own clients read
+    ``OLLAMA_HOST``: ``http://`` and port 11434 unless given (80/443 with an explicit
+    scheme), host 127.0.0.1 unless given, no trailing slash."""
+    text = value.strip()
+    if text == SIM:
+        return SIM
+    scheme, separator, rest = text.partition("://")
+    port = OLLAMA_PORT
+    if not separator:
+        scheme, rest = "http", text
+    elif scheme in ("http", "https"):
+        port = 80 if scheme == "http" else 443
+    else:
+        raise ValueError(f"not an http(s) URL: {value!r}")
+    split = urllib.parse.urlsplit(f"{scheme}://{rest}")
+    if split.query or split.fragment:
+        raise ValueError(f"a backend URL has no query or fragment: {value!r}")
+    host = split.hostname or "127.0.0.1"
+    port = split.port or port  # raises ValueError when out of range
+    if ":" in host:
+        host = f"[{host}]"
+    path = split.path.strip("/")
+    return f"{scheme}://{host}:{port}" + (f"/{path}" if path else "")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds, from a number of seconds or a Go duration such as ``30s``, ``5m``,
+    ``1h30m`` or ``250ms`` (the form Ollama's ``keep_alive`` takes)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        text = str(value).strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            match = _DURATION.fullmatch(text)
+            if match is None:
+                raise ValueError(f"not a duration: {value!r}") from None
+            sign, parts = match.groups()
+            seconds = sum(
+                float(number) * _DURATION_UNITS[unit]
+                for number, unit in _DURATION_PART.findall(parts)
+            )
+            seconds = -seconds if sign == "-" else seconds
+    if not math.isfinite(seconds):
+        raise ValueError(f"not a finite duration: {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` as :func:`parse_duration` reads it back: ``1h30m``, ``45s``, ``0.5s``."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, rest = divmod(rest, 60)
+    text = (f"{hours:.0f}h" if hours else "") + (f"{minutes:.0f}m" if minutes else "")
+    return text + (f"{rest:g}s" if rest or not text else "")
+
+
+def parse_size(value: object) -> int:
+    """Bytes, from a whole number or a size such as ``32MiB``, ``512 KiB`` or ``1.5GB``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or match[2].lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {value!r}")
+    return int(float(match[1]) * _SIZE_UNITS[match[2].lower()])
+
+
+def format_size(size: int) -> str:
+    """``size`` in the largest binary unit that holds it exactly: ``32MiB``, ``1000``."""
+    for unit, factor in _BINARY_UNITS:
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _lower(value: object) -> object:
+    return value.lower().strip() if isinstance(value, str) else value
+
+
+def _none_or_duration(value: object) -> object:
+    if isinstance(value, str) and value.strip().lower() == "none":
+        return None
+    return value if value is None else parse_duration(value)
+
+
+def _default_backend() -> str:
+    return os.environ.get(OLLAMA_HOST) or DEFAULT_BACKEND
+
+
+def _valid_address(value: object) -> str:
+    return str(parse_address(str(value)))
+
+
+def _valid_backend(value: object) -> object:
+    return normalise_backend(value) if isinstance(value, str) else value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Settings(BaseSettings):
+    """Foreman's effective configuration; immutable. Each field's ``description`` says
+    what a valid value is (the error messages quote it)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, frozen=True, extra="forbid"
+    )
+
+    listen: Annotated[str, BeforeValidator(_valid_address)] = Field(
+        "127.0.0.1:11435",
+        description="host:port with a port from 0 to 65535, "
+        "such as 127.0.0.1:11435, 0.0.0.0:11435 or [::1]:11435",
+    )
+    """Where the HTTP server listens; :attr:`address` is its parsed form."""
+    backend: Annotated[str, BeforeValidator(_valid_backend)] = Field(
+        default_factory=_default_backend,
+        validate_default=True,
+        description=f"{SIM!r} or an http(s) URL such as {DEFAULT_BACKEND} or host:port",
+    )
+    """The Ollama server jobs run on (normalised URL), or ``sim``; defaults to
+    ``$OLLAMA_HOST``."""
+    db: Path = Field(Path("foreman.db"), description="a file path")
+    """The event log."""
+    max_attempts: int = Field(3, ge=1, description="a whole number >= 1")
+    """Attempts a job gets before it fails for good."""
+    job_timeout: Annotated[float | None, BeforeValidator(_none_or_duration)] = Field(
+        None,
+        gt=0,
+        description="a duration > 0 (seconds, or such as 90s, 10m, 1h30m) or 'none'",
+    )
+    """The longest one attempt may run against the backend; None: no limit."""
+    max_body: Annotated[int, BeforeValidator(parse_size)] = Field(
+        32 * 1024**2,
+        ge=1,
+        description="a size >= 1 byte: a whole number of bytes, or such as 32MiB or 512KiB",
+    )
+    """Largest request body accepted; a larger one is refused with 413."""
+    max_wait: Duration = Field(
+        60.0, gt=0, description="a duration > 0 (seconds, or such as 30s, 2m, 1h30m)"
+    )
+    """The starvation bound: a job queued this long runs next even if that swaps the
+    model."""
+    max_queue: int = Field(512, ge=1, description="a whole number >= 1")
+    """Queued jobs beyond this are refused with 503 and ``Retry-After``."""
+    shutdown_grace: Duration = Field(
+        5.0, ge=0, description="a duration >= 0 (seconds, or such as 5s, 1m)"
+    )
+    """How long the running job may finish after SIGINT/SIGTERM before it is stopped."""
+    durability: Annotated[Durability, BeforeValidator(_lower)] = Field(
+        Durability.FULL, description=f"one of {', '.join(Durability)}"
+    )
+    """The event log's fsync policy (ADR-0019)."""
+    log_format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field(
+        "text", description="one of text, json"
+    )
+    """Logs on stderr: readable lines, or one JSON object a line."""
+
+    @property
+    def address(self) -> Address:
+        return parse_address(self.listen)
+
+
+def env_name(setting: str) -> str:
+    return f"{ENV_PREFIX}{setting.upper()}"
+
+
+def flag_name(setting: str) -> str:
+    return f"--{setting.replace('_', '-')}"
+
+
+def _env_names(setting: str) -> list[str]:
+    """The variables a setting is read from, first match wins."""
+    return [env_name(setting), *([OLLAMA_HOST] if setting == "backend" else [])]
+
+
+def setting_sources(**overrides: Any) -> dict[str, str]:
+    """Where each setting's value comes from: ``flag``, ``env NAME`` or ``default``
+    (overrides that are None do not count, as in :func:`load_settings`)."""
+    sources: dict[str, str] = {}
+    for setting in Settings.model_fields:
+        given = [name for name in _env_names(setting) if os.environ.get(name)]
+        if overrides.get(setting) is not None:
+            sources[setting] = "flag"
+        else:
+            sources[setting] = f"env {given[0]}" if given else "default"
+    return sources
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings from the environment and defaults, with ``overrides`` (settings by
+    field name, from flags) winning; overrides that are None are ignored.
+
+    Raises :class:`ConfigError` listing every invalid setting, one per line, each naming
+    the flag or variable it came from, what is valid, and the value given.
+    """
+    unknown = sorted(overrides.keys() - Settings.model_fields.keys())
+    if unknown:
+        raise TypeError(f"unknown settings: {', '.join(unknown)}")
+    given = {setting: value for setting, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as error:
+        invalid = dict.fromkeys(str(problem["loc"][0]) for problem in error.errors())
+    sources = setting_sources(**given)
+    problems: list[str] = []
+    for setting in invalid:
+        source = sources[setting]
+        if source == "flag":
+            where, value = flag_name(setting), given[setting]
+        else:
+            where = source.removeprefix("env ") if source != "default" else env_name(setting)
+            value = os.environ.get(where)
+        expected = Settings.model_fields[setting].description
+        problems.append(f"{where}: must be {expected}, got {value!r}")
+    raise ConfigError(problems)

@@ -1,0 +1,85 @@
+"""The job queue against a naive reference: same pick, every time."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from foreman.scheduling import JobQueue, QueuedJob, model_key, model_name
+
+MAX_WAIT = 10.0
+MODELS = ["llama3:latest", "qwen2:latest", 'llama3:latest {"num_ctx": 8192}']
+
+
+def naive_pick(jobs: dict[str, QueuedJob], loaded: str | None, now: float) -> QueuedJob | None:
+    if not jobs:
+        return None
+    starving = [j for j in jobs.values() if now - j.queued_at >= MAX_WAIT]
+    if starving:
+        return min(starving, key=lambda j: j.arrival)
+    top = max(j.priority for j in jobs.values())
+    candidates = [j for j in jobs.values() if j.priority == top]
+    same_model = [j for j in candidates if j.model_key == loaded]
+    return min(same_model or candidates, key=lambda j: j.arrival)
+
+
+Step = tuple[str, int, int, int]
+STEPS = st.lists(
+    st.tuples(
+        st.sampled_from(["push", "push", "push", "pick", "pick", "remove", "retry"]),
+        st.integers(0, 2),  # priority, or which job to remove
+        st.integers(0, len(MODELS)),  # model, or which model is loaded (len: none)
+        st.integers(0, 30),  # how far the clock moves
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=300)
+@given(STEPS)
+def test_the_queue_picks_exactly_as_the_naive_rule(steps: list[Step]) -> None:
+    queue = JobQueue(MAX_WAIT)
+    reference: dict[str, QueuedJob] = {}
+    picked: list[QueuedJob] = []
+    now = 0.0
+    for arrival, (op, small, model, tick) in enumerate(steps):
+        now += tick / 10
+        if op == "push":
+            job = QueuedJob(f"job-{arrival}", arrival, small, MODELS[model % 3], queued_at=now)
+            queue.push(job)
+            reference[job.job_id] = job
+        elif op == "remove" and reference:
+            victim = sorted(reference)[small % len(reference)]
+            assert queue.remove(victim) == reference.pop(victim)
+        elif op == "retry" and picked:
+            job = picked.pop()
+            queue.push(job)  # back in the queue, keeping its place
+            reference[job.job_id] = job
+        elif op == "pick":
+            loaded = MODELS[model] if model < len(MODELS) else None
+            expected = naive_pick(reference, loaded, now)
+            assert queue.pick(loaded, now) == expected
+            if expected is not None:
+                del reference[expected.job_id]
+                picked.append(expected)
+        assert len(queue) == len(reference)
+
+
+def test_a_job_cannot_be_queued_twice() -> None:
+    queue = JobQueue(MAX_WAIT)
+    job = QueuedJob("a", 1, 0, "m:latest", 0.0)
+    queue.push(job)
+    with pytest.raises(ValueError, match="already queued"):
+        queue.push(job)
+
+
+def test_model_keys_follow_what_makes_ollama_reload() -> None:
+    assert model_name("llama3") == "llama3:latest"
+    assert model_name("library/llama3:8b") == "library/llama3:8b"
+    assert model_name("registry.local:5000/llama3") == "registry.local:5000/llama3:latest"
+    assert model_key("llama3") == model_key("llama3:latest", {"temperature": 0.1})
+    assert model_key("llama3", {"num_ctx": 4096}) != model_key("llama3")
+    assert model_key("llama3", {"num_ctx": 4096, "seed": 1}) == model_key(
+        "llama3:latest", {"num_ctx": 4096}
+    )
