@@ -99,3 +99,26 @@ async def test_writers_queued_when_the_journal_stops_are_told(db_path: Path) -> 
                 writers.start_soon(doomed_writer, client)
     assert len(outcomes) == 3
     assert all("stopped" in str(error) for error in outcomes)
+
+
+async def test_subscribers_get_every_commit_in_order(db_path: Path, nursery: trio.Nursery) -> None:
+    client: JournalClient = await nursery.start(Journal(db_path).run)
+    await client.append(new_ulid(), [submitted()])  # before the subscription: not sent
+    committed = await client.subscribe()
+    job = new_ulid()
+    await client.append(job, [submitted()])
+    await client.append(job, [started()])
+    with pytest.raises(IllegalTransition):
+        await client.append(job, [started()])  # refused: never published
+    await client.append(job, [succeeded()])
+    seen = []
+    with trio.fail_after(5):
+        while len(seen) < 3:
+            seen += await committed.receive()
+    assert [(e.seq, e.type) for e in seen] == [
+        (2, "JobSubmitted"),
+        (3, "JobStarted"),
+        (4, "JobSucceeded"),
+    ]
+    await committed.aclose()  # unsubscribed: the journal goes on
+    await client.append(new_ulid(), [submitted()])

@@ -2,9 +2,8 @@
 
 Every other actor appends through a :class:`JournalClient`, which sends the
 append over the journal's memory channel and waits for the committed events
-(or the reason they were refused) in a one-shot reply slot that travels with
-the request (a memory channel per append cost more than the append itself:
-ADR-0018). The journal
+(or the reason they were refused) in the :class:`~foreman.actors.reply.Reply`
+that travels with the request. The journal
 takes whatever appends are waiting, up to ``max_batch`` events, and commits
 them in one transaction and one fsync (group commit): the more writers, the
 bigger the batches, so throughput grows with load instead of collapsing.
@@ -18,8 +17,9 @@ from pathlib import Path
 
 import trio
 
+from foreman.actors.reply import Reply
 from foreman.dbthread import DedicatedThread
-from foreman.events.log import Append, AppendResult, Durability, EventLog
+from foreman.events.log import Append, Durability, EventLog
 from foreman.events.types import Event, RecordedEvent
 
 DEFAULT_MAX_BATCH = 4096
@@ -30,38 +30,25 @@ class JournalFailed(RuntimeError):
     """The journal could not commit (a storage failure): it stops, and so does Foreman."""
 
 
-class _Reply:
-    """Where the journal puts one append's outcome, once; the writer waits for it."""
-
-    __slots__ = ("_outcome", "_ready")
-
-    def __init__(self) -> None:
-        self._ready = trio.Event()
-        self._outcome: AppendResult | BaseException | None = None
-
-    def put(self, outcome: AppendResult | BaseException) -> None:
-        self._outcome = outcome
-        self._ready.set()
-
-    async def wait(self) -> list[RecordedEvent]:
-        await self._ready.wait()
-        outcome = self._outcome
-        if isinstance(outcome, BaseException):
-            raise outcome
-        assert outcome is not None
-        return outcome
-
-
 @dataclass(frozen=True, slots=True)
 class _Request:
     append: Append
-    reply: _Reply
+    reply: Reply[list[RecordedEvent]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Subscribe:
+    events: trio.MemorySendChannel[list[RecordedEvent]]
+    reply: Reply[None]
+
+
+_Message = _Request | _Subscribe
 
 
 class JournalClient:
     """An actor's handle on the journal; cheap to copy with :meth:`clone`."""
 
-    def __init__(self, requests: trio.MemorySendChannel[_Request]) -> None:
+    def __init__(self, requests: trio.MemorySendChannel[_Message]) -> None:
         self._requests = requests
 
     def clone(self) -> JournalClient:
@@ -82,12 +69,27 @@ class JournalClient:
         """Append and wait until the events are durable; raises when they are refused
         (:class:`~foreman.events.log.ConcurrencyError`,
         :class:`~foreman.events.projection.IllegalTransition`)."""
-        request = _Request(Append(stream, events, expected_version), _Reply())
+        request = _Request(Append(stream, events, expected_version), Reply())
         try:
             await self._requests.send(request)
         except trio.BrokenResourceError:
             raise JournalFailed("the journal has stopped: nothing was appended") from None
         return await request.reply.wait()
+
+    async def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[list[RecordedEvent]]:
+        """Every event committed from now on, a commit's events at a time, in order.
+
+        A subscriber that falls ``buffer`` commits behind holds the journal up
+        (backpressure); closing the channel ends the subscription.
+        """
+        send, receive = trio.open_memory_channel[list[RecordedEvent]](buffer)
+        request = _Subscribe(send, Reply())
+        try:
+            await self._requests.send(request)
+        except trio.BrokenResourceError:
+            raise JournalFailed("the journal has stopped") from None
+        await request.reply.wait()
+        return receive
 
 
 class Journal:
@@ -113,7 +115,7 @@ class Journal:
         try:
             log = await thread.run(lambda: EventLog.open(self.path, durability=self.durability))
             try:
-                send, receive = trio.open_memory_channel[_Request](self._buffer)
+                send, receive = trio.open_memory_channel[_Message](self._buffer)
                 task_status.started(JournalClient(send))
                 with receive:
                     try:
@@ -130,33 +132,80 @@ class Journal:
         self,
         thread: DedicatedThread,
         log: EventLog,
-        receive: trio.MemoryReceiveChannel[_Request],
+        receive: trio.MemoryReceiveChannel[_Message],
     ) -> None:
-        async for first in receive:
-            batch = [first]
-            size = len(first.append.events)
-            while size < self.max_batch:
-                try:
-                    request = receive.receive_nowait()
-                except trio.WouldBlock:
+        subscribers: list[trio.MemorySendChannel[list[RecordedEvent]]] = []
+        try:
+            async for first in receive:
+                batch = self._take_batch(first, receive, subscribers)
+                if batch:
+                    committed = await self._commit(thread, log, batch)
+                    if committed:
+                        await _publish(committed, subscribers)
+        finally:
+            for subscriber in subscribers:
+                subscriber.close()
+
+    def _take_batch(
+        self,
+        first: _Message,
+        receive: trio.MemoryReceiveChannel[_Message],
+        subscribers: list[trio.MemorySendChannel[list[RecordedEvent]]],
+    ) -> list[_Request]:
+        """The appends waiting, up to ``max_batch`` events; subscriptions join at once."""
+        batch: list[_Request] = []
+        size = 0
+        message: _Message | None = first
+        while message is not None:
+            if isinstance(message, _Subscribe):
+                subscribers.append(message.events)
+                message.reply.put(None)
+            else:
+                batch.append(message)
+                size += len(message.append.events)
+                if size >= self.max_batch:
                     break
-                batch.append(request)
-                size += len(request.append.events)
             try:
-                results = await thread.run(log.append_many, [request.append for request in batch])
-            except BaseException as error:
-                for request in batch:
-                    request.reply.put(JournalFailed(f"the append was not committed: {error!r}"))
-                raise
-            for request, result in zip(batch, results, strict=True):
-                request.reply.put(result)
+                message = receive.receive_nowait()
+            except trio.WouldBlock:
+                message = None
+        return batch
+
+    async def _commit(
+        self, thread: DedicatedThread, log: EventLog, batch: list[_Request]
+    ) -> list[RecordedEvent]:
+        try:
+            results = await thread.run(log.append_many, [request.append for request in batch])
+        except BaseException as error:
+            for request in batch:
+                request.reply.put(JournalFailed(f"the append was not committed: {error!r}"))
+            raise
+        committed: list[RecordedEvent] = []
+        for request, result in zip(batch, results, strict=True):
+            request.reply.put(result)
+            if isinstance(result, list):
+                committed += result
+        return committed
 
 
-def _turn_away(receive: trio.MemoryReceiveChannel[_Request]) -> None:
+async def _publish(
+    events: list[RecordedEvent], subscribers: list[trio.MemorySendChannel[list[RecordedEvent]]]
+) -> None:
+    for subscriber in list(subscribers):
+        try:
+            await subscriber.send(events)
+        except trio.BrokenResourceError:  # the subscriber closed its end
+            subscribers.remove(subscriber)
+
+
+def _turn_away(receive: trio.MemoryReceiveChannel[_Message]) -> None:
     """Tell the writers still queued that the journal stopped before their append."""
     while True:
         try:
-            request = receive.receive_nowait()
+            message = receive.receive_nowait()
         except (trio.WouldBlock, trio.EndOfChannel):
             return
-        request.reply.put(JournalFailed("the journal has stopped: nothing was appended"))
+        if isinstance(message, _Subscribe):
+            message.reply.put(JournalFailed("the journal has stopped"))
+        else:
+            message.reply.put(JournalFailed("the journal has stopped: nothing was appended"))

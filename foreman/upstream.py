@@ -1,0 +1,129 @@
+"""The backend Foreman runs jobs on: one Ollama (or the simulator), over HTTP.
+
+:meth:`Upstream.generate` sends a job's request body as it was submitted and
+relays every NDJSON line the backend streams, as it arrives. It sorts failures
+the way the worker must treat them:
+
+- :class:`Unavailable`: no answer at all (connection refused or reset, a
+  timeout before the response began). Retryable: the job has not run.
+- :class:`BackendError`: the backend answered with an error status, or ended
+  its stream with an ``{"error": ...}`` line or by dropping the connection.
+  Final: the job ran, or the backend refused it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+ENDPOINTS = {"chat": "/api/chat", "generate": "/api/generate"}
+ERROR_BODY_LIMIT = 64 * 1024
+"""Bytes of an error answer kept: enough for any message, bounded for a hostile one."""
+
+Relay = Callable[[bytes], Awaitable[None]]
+
+
+class Unavailable(Exception):
+    """The backend could not be reached, or did not start answering in time."""
+
+
+class BackendError(Exception):
+    """The backend answered with an error; ``status`` is None for one mid-stream."""
+
+    def __init__(self, message: str, status: int | None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class Upstream:
+    def __init__(self, base_url: str, *, timeout: float | None = None) -> None:
+        self.base_url = base_url
+        self._client = httpx.AsyncClient(
+            base_url=base_url, timeout=httpx.Timeout(timeout, connect=10.0)
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def generate(self, kind: str, body: dict[str, Any], relay: Relay) -> dict[str, Any]:
+        """Run one chat or generate request; each line of the answer goes to ``relay``
+        (one line for ``stream: false``), but an error line is raised instead. Returns
+        the final response, a stream's content joined into it as Ollama's
+        non-streaming answer holds it."""
+        request = self._client.build_request("POST", ENDPOINTS[kind], json=body)
+        try:
+            response = await self._client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout) as error:
+            raise Unavailable(f"{self.base_url}: {error!r}") from error
+        except (httpx.RemoteProtocolError, httpx.ReadError) as error:
+            raise Unavailable(f"{self.base_url} closed the connection: {error!r}") from error
+        try:
+            if response.status_code >= 400:
+                raise await _error_answer(response)
+            return await _relay_answer(response, relay)
+        except httpx.HTTPError as error:
+            raise BackendError(f"the backend's answer broke off: {error!r}", None) from error
+        finally:
+            await response.aclose()
+
+    async def get(self, path: str) -> dict[str, Any]:
+        """A small JSON answer (``/api/ps``, ``/api/version``); Unavailable on no answer."""
+        try:
+            response = await self._client.get(path)
+        except httpx.TransportError as error:
+            raise Unavailable(f"{self.base_url}: {error!r}") from error
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        return answer
+
+
+async def _error_answer(response: httpx.Response) -> BackendError:
+    body = b""
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) >= ERROR_BODY_LIMIT:
+            break
+    body = body[:ERROR_BODY_LIMIT]
+    try:
+        message = str(json.loads(body)["error"])
+    except (ValueError, KeyError, TypeError):
+        message = body.decode(errors="replace") or response.reason_phrase
+    return BackendError(message, response.status_code)
+
+
+async def _relay_answer(response: httpx.Response, relay: Relay) -> dict[str, Any]:
+    final: dict[str, Any] | None = None
+    content: list[str] = []
+    async for line in response.aiter_lines():
+        if not line.strip():
+            continue
+        chunk = json.loads(line)
+        if "error" in chunk:
+            raise BackendError(str(chunk["error"]), None)
+        await relay(line.encode() + b"\n")
+        content.append(_text(chunk))
+        if chunk.get("done", True):
+            final = chunk
+    if final is None:
+        raise BackendError("the backend's answer ended before it was done", None)
+    return _joined(final, "".join(content))
+
+
+def _text(chunk: dict[str, Any]) -> str:
+    message = chunk.get("message")
+    if isinstance(message, dict):
+        return str(message.get("content") or "")
+    return str(chunk.get("response") or "")
+
+
+def _joined(final: dict[str, Any], content: str) -> dict[str, Any]:
+    """The final chunk with the whole content, as a non-streaming answer holds it."""
+    if isinstance(final.get("message"), dict):
+        return {**final, "message": {**final["message"], "content": content}}
+    if "response" in final:
+        return {**final, "response": content}
+    return final

@@ -1,0 +1,253 @@
+"""The scheduler and the worker, running jobs on the simulator over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from foreman.actors.journal import Journal, JournalClient
+from foreman.actors.scheduler import Cancel, Failed, Line, Message, Output, Scheduler, Work
+from foreman.actors.worker import Worker
+from foreman.events.jobs import Job, JobsProjection
+from foreman.events.log import EventLog
+from foreman.events.types import JobCancelled, JobSubmitted, RecordedEvent
+from foreman.ids import new_ulid
+from foreman.scheduling import QueuedJob, model_key
+from foreman.simulator import SimulatorConfig, serve_simulator
+from foreman.upstream import Upstream
+
+
+@dataclass
+class Rig:
+    db_path: Path
+    journal: JournalClient
+    scheduler: trio.MemorySendChannel[Message]
+    simulator: str
+    nursery: trio.Nursery
+
+    async def submit(
+        self, body: dict[str, Any], kind: str = "chat", *, wait: bool = True
+    ) -> tuple[str, trio.MemoryReceiveChannel[Output] | None]:
+        """Record a job and queue it, as the HTTP actor will; returns its id and output."""
+        job_id = new_ulid()
+        submitted = JobSubmitted(kind=kind, model=body["model"], request=body, origin="sync")
+        (event,) = await self.journal.append(job_id, [submitted], expected_version=0)
+        send, receive = trio.open_memory_channel[Output](16) if wait else (None, None)
+        key = model_key(body["model"], body.get("options"))
+        job = QueuedJob(job_id, event.seq, 0, key, trio.current_time())
+        await self.scheduler.send(Work(job, kind, body, attempts=0, output=send))
+        return job_id, receive
+
+    def start_worker(self, upstream: str | None = None, **options: Any) -> None:
+        worker = Worker(
+            Upstream(upstream or self.simulator),
+            self.journal,
+            self.scheduler.clone(),
+            max_attempts=options.pop("max_attempts", 3),
+            **options,
+        )
+        self.nursery.start_soon(worker.run)
+
+    def job(self, job_id: str) -> Job:
+        log = EventLog.open(self.db_path, read_only=True)
+        try:
+            return JobsProjection().load(log.conn, [job_id])[job_id]
+        finally:
+            log.close()
+
+    def events(self, job_id: str) -> list[str]:
+        log = EventLog.open(self.db_path, read_only=True)
+        try:
+            return [event.type for event in log.read_stream(job_id)]
+        finally:
+            log.close()
+
+    async def sim(self, method: str, path: str, body: Any = None) -> Any:
+        async with httpx.AsyncClient(base_url=self.simulator) as client:
+            response = await client.request(method, path, json=body)
+            response.raise_for_status()
+            return response.json()
+
+
+@pytest.fixture
+async def rig(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
+    journal: JournalClient = await nursery.start(Journal(db_path).run)
+    url: str = await nursery.start(serve_simulator, SimulatorConfig(listen="127.0.0.1:0"))
+    send, receive = trio.open_memory_channel[Message](64)
+    await nursery.start(Scheduler(journal, max_wait=60).run, receive)
+    yield Rig(db_path, journal, send, url, nursery)
+
+
+async def answer(output: trio.MemoryReceiveChannel[Output] | None) -> list[Output]:
+    assert output is not None
+    with trio.fail_after(10):
+        return [message async for message in output]
+
+
+def chat(model: str = "llama3", *, stream: bool = False, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "user", "content": "why is the sky blue?"}]
+    return {"model": model, "messages": messages, "stream": stream, **extra}
+
+
+async def test_a_chat_job_runs_and_its_answer_reaches_the_caller(rig: Rig) -> None:
+    rig.start_worker()
+    job_id, output = await rig.submit(chat())
+    (line,) = await answer(output)
+    assert isinstance(line, Line)
+    response = json.loads(line.data)
+    assert response["done"] is True
+    assert response["message"]["content"]
+    job = rig.job(job_id)
+    assert (job.state, job.attempts) == ("succeeded", 1)
+    assert rig.events(job_id) == ["JobSubmitted", "JobStarted", "JobSucceeded"]
+
+
+async def test_a_stream_is_relayed_line_by_line_and_stored_whole(rig: Rig) -> None:
+    rig.start_worker()
+    job_id, output = await rig.submit({"model": "llama3", "prompt": "hi"}, kind="generate")
+    lines = await answer(output)
+    chunks = [json.loads(line.data) for line in lines if isinstance(line, Line)]
+    assert len(chunks) > 2
+    assert [chunk["done"] for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
+    log = EventLog.open(rig.db_path, read_only=True)
+    result = log.read_stream(job_id)[-1].event.model_dump()["result"]
+    assert result["response"] == "".join(chunk["response"] for chunk in chunks)
+
+
+async def test_an_unknown_model_fails_at_once_with_the_backends_404(rig: Rig) -> None:
+    rig.start_worker()
+    job_id, output = await rig.submit(chat("no-such-model"))
+    assert await answer(output) == [Failed(404, "model 'no-such-model' not found")]
+    job = rig.job(job_id)
+    assert (job.state, job.attempts, job.error.status if job.error else None) == (
+        "failed",
+        1,
+        404,
+    )
+
+
+async def test_a_backend_error_status_is_final_not_retried(rig: Rig) -> None:
+    await rig.sim("POST", "/_sim/faults", {"kind": "status", "status": 500, "error": "oom"})
+    rig.start_worker()
+    job_id, output = await rig.submit(chat())
+    assert await answer(output) == [Failed(500, "oom")]
+    assert rig.events(job_id) == ["JobSubmitted", "JobStarted", "JobFailed"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def signalling(event: trio.Event, seconds: float = 0.01) -> Callable[[int], float]:
+    def backoff(_attempt: int) -> float:
+        event.set()
+        return seconds
+
+    return backoff
+
+
+async def test_jobs_are_retried_while_the_backend_is_down_then_run(rig: Rig) -> None:
+    port = free_port()
+    first_failure = trio.Event()
+    rig.start_worker(f"http://127.0.0.1:{port}", backoff=signalling(first_failure, 0.2))
+    job_id, output = await rig.submit(chat())
+    await first_failure.wait()  # refused: nothing listens there yet
+    config = SimulatorConfig(listen=f"127.0.0.1:{port}")
+    await rig.nursery.start(serve_simulator, config)
+    (line,) = await answer(output)
+    assert isinstance(line, Line)
+    job = rig.job(job_id)
+    assert job.state == "succeeded"
+    assert job.attempts >= 2
+    assert rig.events(job_id)[:5] == [
+        "JobSubmitted",
+        "JobStarted",
+        "JobAttemptFailed",
+        "JobRequeued",
+        "JobStarted",
+    ]
+
+
+async def test_a_job_fails_once_every_attempt_found_the_backend_down(rig: Rig) -> None:
+    rig.start_worker(f"http://127.0.0.1:{free_port()}", max_attempts=3, backoff=lambda _: 0)
+    job_id, output = await rig.submit(chat())
+    (failed,) = await answer(output)
+    assert isinstance(failed, Failed)
+    assert failed.status == 503
+    assert "unreachable 3 times" in failed.message
+    assert rig.events(job_id) == ["JobSubmitted"] + [
+        "JobStarted",
+        "JobAttemptFailed",
+        "JobRequeued",
+    ] * 2 + ["JobStarted", "JobAttemptFailed", "JobFailed"]
+
+
+async def until_recorded(
+    events: trio.MemoryReceiveChannel[list[RecordedEvent]], job_id: str, type_: str
+) -> RecordedEvent:
+    """The first committed event of ``type_`` for ``job_id``: synchronises on the log."""
+    with trio.fail_after(10):
+        async for batch in events:
+            for event in batch:
+                if (event.stream, event.type) == (job_id, type_):
+                    return event
+    raise AssertionError("the journal stopped")
+
+
+async def test_a_caller_that_hangs_up_mid_stream_cancels_the_running_job(rig: Rig) -> None:
+    await rig.sim("POST", "/_sim/faults", {"kind": "stall", "seconds": 30, "after_tokens": 1})
+    rig.start_worker()
+    job_id, output = await rig.submit(chat(stream=True))
+    assert output is not None
+    with trio.fail_after(10):
+        first = await output.receive()
+    assert isinstance(first, Line)
+    # The backend stalls: the worker learns of the hang-up from the cancel, not a send.
+    committed = await rig.journal.subscribe()
+    await rig.scheduler.send(Cancel(job_id, "client_disconnected"))
+    cancelled = await until_recorded(committed, job_id, "JobCancelled")
+    assert cancelled.event == JobCancelled(reason="client_disconnected")
+    assert await answer(output) == []  # the stream just ends
+
+
+async def test_a_caller_that_stops_reading_cancels_the_job(rig: Rig) -> None:
+    committed = await rig.journal.subscribe()
+    rig.start_worker()
+    job_id, output = await rig.submit({"model": "llama3", "prompt": "hi"}, kind="generate")
+    assert output is not None
+    await output.aclose()
+    cancelled = await until_recorded(committed, job_id, "JobCancelled")
+    assert cancelled.event == JobCancelled(reason="client_disconnected")
+
+
+async def test_a_cancelled_queued_job_never_runs(rig: Rig) -> None:
+    job_id, output = await rig.submit(chat())
+    await rig.scheduler.send(Cancel(job_id, "client_disconnected"))
+    assert await answer(output) == []
+    _, other = await rig.submit(chat())
+    rig.start_worker()
+    await answer(other)
+    assert rig.events(job_id) == ["JobSubmitted", "JobCancelled"]
+    assert len((await rig.sim("GET", "/_sim/stats"))["generations"]) == 1
+
+
+async def test_queued_jobs_drain_by_model(rig: Rig) -> None:
+    models = ["llama3", "qwen2", "llama3", "qwen2", "llama3", "qwen2"]
+    submitted = [await rig.submit(chat(model)) for model in models]
+    rig.start_worker()  # the queue is full before the worker asks
+    for _, output in submitted:
+        await answer(output)
+    stats = await rig.sim("GET", "/_sim/stats")
+    run_order = [generation["model"] for generation in stats["generations"]]
+    assert run_order == ["llama3:latest"] * 3 + ["qwen2:latest"] * 3
+    assert stats["loads"] == 2
