@@ -70,15 +70,16 @@ class Upstream:
         finally:
             await response.aclose()
 
-    async def get(self, path: str) -> dict[str, Any]:
-        """A small JSON answer (``/api/ps``, ``/api/version``); Unavailable on no answer."""
+    async def forward(
+        self, method: str, path: str, body: bytes | None = None
+    ) -> tuple[int, bytes, str | None]:
+        """Pass a request through: the backend's status, body and content type."""
+        headers = {"content-type": "application/json"} if body is not None else None
         try:
-            response = await self._client.get(path)
+            response = await self._client.request(method, path, content=body, headers=headers)
         except httpx.TransportError as error:
             raise Unavailable(f"{self.base_url}: {error!r}") from error
-        response.raise_for_status()
-        answer: dict[str, Any] = response.json()
-        return answer
+        return response.status_code, response.content, response.headers.get("content-type")
 
 
 async def _error_answer(response: httpx.Response) -> BackendError:

@@ -67,15 +67,31 @@ class Worker:
         self._backoff = backoff
         self.loaded = loaded
         """The model key the backend has loaded: the last one this worker ran."""
+        self._draining = trio.Event()
+        self._waiting: trio.CancelScope | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run jobs until :meth:`drain` is called and the job at hand is done."""
         control_send, control = trio.open_memory_channel[Cancel](16)
         async with trio.open_nursery() as retries, control_send, control:
             task_status.started()
-            while True:
+            while not self._draining.is_set():
                 reply: Reply[Work] = Reply()
                 await self._scheduler.send(Ready(self.loaded, reply, control_send))
-                await self._run(await reply.wait(), control, retries)
+                with trio.CancelScope() as waiting:
+                    self._waiting = waiting
+                    work = await reply.wait()
+                self._waiting = None
+                if waiting.cancelled_caught:
+                    break
+                await self._run(work, control, retries)
+            retries.cancel_scope.cancel()  # a job waiting for its retry stays queued in the log
+
+    def drain(self) -> None:
+        """Take no further job; the one running may finish (shutdown's grace period)."""
+        self._draining.set()
+        if self._waiting is not None:
+            self._waiting.cancel()
 
     async def _run(
         self, work: Work, control: trio.MemoryReceiveChannel[Cancel], retries: trio.Nursery
@@ -86,7 +102,13 @@ class Worker:
             job_id, [JobStarted(attempt=attempt, backend=self._upstream.base_url)]
         )
         self.loaded = work.job.model_key
-        outcome = await self._call(work, control)
+        try:
+            outcome = await self._call(work, control)
+        except trio.Cancelled:
+            # Shutdown after the grace period: the job goes back to the queue.
+            with trio.CancelScope(shield=True):
+                await self._journal.append(job_id, [JobRequeued(reason="interrupted")])
+            raise
         if isinstance(outcome, Unavailable):
             failure = JobAttemptFailed(attempt=attempt, error=str(outcome), retryable=True)
             if attempt < self.max_attempts:

@@ -7,6 +7,7 @@ import click
 from foreman import __version__
 from foreman.cli.config import config
 from foreman.cli.events import events
+from foreman.cli.serve import serve
 from foreman.cli.simulate import simulate
 
 
@@ -16,6 +17,7 @@ def main() -> None:
     """Foreman: a durable, event-sourced job queue in front of Ollama."""
 
 
+main.add_command(serve)
 main.add_command(events)
 main.add_command(simulate)
 main.add_command(config)

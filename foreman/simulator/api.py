@@ -29,7 +29,7 @@ from foreman.simulator.schemas import (
     ShowRequest,
 )
 from foreman.simulator.state import Simulator
-from foreman.simulator.wire import (
+from foreman.wire import (
     ConnectionCut,
     CutResponse,
     NDJSONStream,

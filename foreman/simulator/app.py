@@ -11,7 +11,7 @@ from starlette.responses import PlainTextResponse, Response
 from foreman.simulator.api import ollama_routes
 from foreman.simulator.control import control_routes
 from foreman.simulator.state import Simulator
-from foreman.simulator.wire import OllamaError, error_response
+from foreman.wire import OllamaError, error_response
 
 
 def create_app(sim: Simulator) -> FastAPI:

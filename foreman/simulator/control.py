@@ -20,7 +20,7 @@ from starlette.responses import Response
 from foreman.simulator.faults import FAULT_LIST
 from foreman.simulator.schemas import OutageRequest
 from foreman.simulator.state import Simulator
-from foreman.simulator.wire import OllamaError, OllamaJSON, decode_json, parse_body
+from foreman.wire import OllamaError, OllamaJSON, decode_json, parse_body
 
 
 def control_routes(sim: Simulator) -> APIRouter:

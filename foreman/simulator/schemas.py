@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from foreman.simulator.wire import Body
+from foreman.wire import Body
 
 
 class Message(Body):

@@ -1,4 +1,7 @@
-"""Ollama's wire format: request bodies, error bodies, JSON and NDJSON responses."""
+"""Ollama's wire format: request bodies, error bodies, JSON and NDJSON responses.
+
+Shared by Foreman's Ollama-compatible front door and the simulator behind it.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,116 @@
+"""The supervisor: one Trio nursery hosting Foreman's actors, wired by memory channels.
+
+Start order: the simulator (with ``--backend sim``), the journal (it opens the
+log and catches the projections up), the scheduler, crash recovery, the
+worker, and last the HTTP actor, so nothing is accepted before it can be kept.
+An actor that fails cancels the nursery: Foreman stops loudly, never half-alive.
+
+Stopping (SIGINT/SIGTERM): stop accepting, let the running job finish within
+``shutdown_grace`` (else it is requeued as interrupted), then stop the rest;
+every commit already sent to the journal completes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import partial
+
+import trio
+
+from foreman.actors.http import serve_http
+from foreman.actors.journal import Journal, JournalClient
+from foreman.actors.scheduler import Message, Scheduler
+from foreman.actors.worker import Worker
+from foreman.api.app import create_app
+from foreman.api.ollama import Gateway
+from foreman.config import SIM, Settings
+from foreman.logs import log, log_transitions
+from foreman.recovery import recover
+from foreman.scheduling import model_key
+from foreman.simulator import SimulatorConfig, serve_simulator
+from foreman.upstream import Unavailable, Upstream
+
+SCHEDULER_INBOX = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A started Foreman: where it serves, and its journal (to follow its commits)."""
+
+    url: str
+    journal: JournalClient
+
+
+DEMO_SIMULATOR = SimulatorConfig(listen="127.0.0.1:0", load_latency=2.0, token_latency=0.05)
+"""``--backend sim``: model loads and tokens take time, so a demo shows the queue at work."""
+
+
+async def run_foreman(
+    settings: Settings,
+    stop: trio.Event,
+    *,
+    simulator: SimulatorConfig = DEMO_SIMULATOR,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run Foreman until ``stop`` is set; reports :class:`Running` once ready."""
+    async with trio.open_nursery() as nursery:
+        backend = settings.backend
+        if backend == SIM:
+            backend = await nursery.start(serve_simulator, simulator)
+            log.info("simulator: listening on %s", backend)
+        journal = await nursery.start(Journal(settings.db, durability=settings.durability).run)
+        log.info("journal: started on %s", settings.db)
+        nursery.start_soon(log_transitions, await journal.subscribe())
+        scheduler_send, scheduler_inbox = trio.open_memory_channel[Message](SCHEDULER_INBOX)
+        await nursery.start(Scheduler(journal.clone(), settings.max_wait).run, scheduler_inbox)
+        log.info("scheduler: started")
+        requeued = await recover(
+            settings.db, journal, scheduler_send, max_attempts=settings.max_attempts
+        )
+        log.info("recovery: %d unfinished jobs queued again", len(requeued))
+        upstream = Upstream(backend, timeout=settings.job_timeout)
+        worker = Worker(
+            upstream,
+            journal.clone(),
+            scheduler_send.clone(),
+            max_attempts=settings.max_attempts,
+            loaded=await _loaded_model(upstream),
+        )
+        worker_done = trio.Event()
+        nursery.start_soon(_run_then_set, worker, worker_done)
+        log.info("worker: started, backend %s", backend)
+        app = create_app(Gateway(journal, scheduler_send, upstream, settings.max_body))
+        stop_accepting = trio.Event()
+        url = await nursery.start(
+            partial(serve_http, app, settings.address, shutdown_trigger=stop_accepting.wait)
+        )
+        log.info("http: listening on %s", url)
+        task_status.started(Running(url, journal))
+
+        await stop.wait()
+        log.info("stopping: no new requests; the running job has %.1f s", settings.shutdown_grace)
+        stop_accepting.set()
+        worker.drain()
+        with trio.move_on_after(settings.shutdown_grace):
+            await worker_done.wait()
+        nursery.cancel_scope.cancel()
+    await upstream.aclose()
+    log.info("stopped")
+
+
+async def _run_then_set(worker: Worker, done: trio.Event) -> None:
+    try:
+        await worker.run()
+    finally:
+        done.set()
+
+
+async def _loaded_model(upstream: Upstream) -> str | None:
+    """The model the backend has loaded now (``/api/ps``), so the first pick can use it."""
+    try:
+        status, content, _ = await upstream.forward("GET", "/api/ps")
+    except Unavailable:
+        return None
+    models = json.loads(content).get("models") if status == 200 else None
+    return model_key(models[0]["name"]) if models else None

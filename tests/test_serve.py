@@ -1,0 +1,167 @@
+"""Foreman as a whole, over real HTTP: the official ollama client, errors, hang-ups."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import ollama
+import pytest
+import trio
+
+from foreman.config import load_settings
+from foreman.events.log import EventLog
+from foreman.simulator import SimulatorConfig
+from foreman.supervisor import Running, run_foreman
+
+T = TypeVar("T")
+
+
+@dataclass
+class Foreman:
+    url: str
+    db_path: Path
+    running: Running
+
+    async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A call of the official (synchronous) client, on a thread."""
+        return await trio.to_thread.run_sync(partial(method, *args, **kwargs))
+
+    def client(self) -> ollama.Client:
+        return ollama.Client(host=self.url)
+
+    def job_events(self) -> dict[str, list[str]]:
+        log = EventLog.open(self.db_path, read_only=True)
+        try:
+            streams: dict[str, list[str]] = {}
+            for event in log.read():
+                streams.setdefault(event.stream, []).append(event.type)
+            return streams
+        finally:
+            log.close()
+
+
+async def start_foreman(
+    nursery: trio.Nursery, db_path: Path, **settings: Any
+) -> AsyncIterator[Foreman]:
+    config = load_settings(listen="127.0.0.1:0", backend="sim", db=db_path, **settings)
+    stop = trio.Event()
+    running = await nursery.start(
+        partial(run_foreman, config, stop, simulator=SimulatorConfig(listen="127.0.0.1:0"))
+    )
+    yield Foreman(running.url, db_path, running)
+    stop.set()
+
+
+@pytest.fixture
+async def foreman(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Foreman]:
+    async for running in start_foreman(nursery, db_path):
+        yield running
+
+
+async def test_the_official_client_works_unchanged(foreman: Foreman) -> None:
+    client = foreman.client()
+    messages = [{"role": "user", "content": "why is the sky blue?"}]
+    answer = await foreman.call(client.chat, model="llama3", messages=messages)
+    assert answer.message.content and answer.done
+
+    def streamed() -> list[Any]:
+        return list(client.chat(model="llama3", messages=messages, stream=True))
+
+    parts = await foreman.call(streamed)
+    assert len(parts) > 2 and parts[-1].done
+    assert "".join(part.message.content for part in parts) == answer.message.content
+
+    generated = await foreman.call(client.generate, model="qwen2", prompt="hello")
+    assert generated.response
+    embedded = await foreman.call(client.embed, model="nomic-embed-text", input=["a", "b"])
+    assert len(embedded.embeddings) == 2
+    listed = await foreman.call(client.list)
+    assert "llama3:latest" in [model.model for model in listed.models]
+    running = await foreman.call(client.ps)
+    assert [model.model for model in running.models] == ["qwen2:latest"]
+    shown = await foreman.call(client.show, "llama3")
+    assert shown.details is not None
+
+    jobs = foreman.job_events()
+    assert len(jobs) == 3  # chat, streamed chat, generate: embeddings are not jobs
+    assert all(events[-1] == "JobSucceeded" for events in jobs.values())
+
+
+async def test_backend_errors_reach_the_caller_unchanged(foreman: Foreman) -> None:
+    client = foreman.client()
+    with pytest.raises(ollama.ResponseError) as raised:
+        await foreman.call(client.chat, model="no-such-model", messages=[])
+    assert raised.value.status_code == 404
+    assert raised.value.error == "model 'no-such-model' not found"
+    (events,) = foreman.job_events().values()
+    assert events == ["JobSubmitted", "JobStarted", "JobFailed"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "Expecting property name"),
+        (b"", 400, "missing request body"),
+        (b"[1, 2]", 400, "must be a JSON object"),
+        (b'{"messages": []}', 400, "model is required"),
+        (b'{"model": "llama3", "options": 3}', 400, "options must be a JSON object"),
+    ],
+)
+async def test_bad_requests_get_ollamas_errors_and_are_not_recorded(
+    foreman: Foreman, body: bytes, status: int, message: str
+) -> None:
+    async with httpx.AsyncClient(base_url=foreman.url) as http:
+        response = await http.post("/api/chat", content=body)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+    assert foreman.job_events() == {}
+
+
+async def test_a_body_over_the_limit_is_refused_with_413(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    async for foreman in start_foreman(nursery, db_path, max_body=1024):
+        async with httpx.AsyncClient(base_url=foreman.url) as http:
+            big = {"model": "llama3", "prompt": "x" * 2000}
+            response = await http.post("/api/generate", json=big)
+        assert response.status_code == 413
+        assert "1024-byte limit" in response.json()["error"]
+        assert foreman.job_events() == {}
+
+
+async def test_health_reports_the_actors_and_the_backend(foreman: Foreman) -> None:
+    async with httpx.AsyncClient(base_url=foreman.url) as http:
+        health = (await http.get("/healthz")).json()
+    assert health["status"] == "ok"
+    assert set(health["actors"]) == {"journal", "scheduler", "worker", "http"}
+    assert health["backend"]["reachable"] is True
+
+
+async def test_a_caller_that_hangs_up_while_queued_cancels_its_job(foreman: Foreman) -> None:
+    committed = await foreman.running.journal.subscribe()
+    async with httpx.AsyncClient(base_url=foreman.url) as http:
+        # The first job holds the GPU (the backend stalls), so the second waits.
+        stall = {"kind": "stall", "seconds": 5, "after_tokens": 1, "times": 1}
+        sim = (await http.get("/healthz")).json()["backend"]["url"]
+        await http.post(f"{sim}/_sim/faults", json=stall)
+        holder = {"model": "llama3", "prompt": "first", "stream": True}
+        async with http.stream("POST", "/api/generate", json=holder) as first:
+            await first.aiter_lines().__anext__()  # running, and stalled
+            with trio.move_on_after(0.5):  # hang up while queued
+                await http.post("/api/generate", json={"model": "qwen2", "prompt": "second"})
+    cancelled = 0
+    with trio.fail_after(10):
+        async for events in committed:
+            cancelled += sum(event.type == "JobCancelled" for event in events)
+            if cancelled == 2:
+                break
+    outcomes = sorted(events for events in foreman.job_events().values())
+    assert outcomes == [
+        ["JobSubmitted", "JobCancelled"],  # the queued one never ran
+        ["JobSubmitted", "JobStarted", "JobCancelled"],  # the running one was stopped
+    ]
