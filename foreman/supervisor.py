@@ -63,18 +63,20 @@ async def run_foreman(
         log.info("journal: started on %s", settings.db)
         nursery.start_soon(log_transitions, await journal.subscribe())
         scheduler_send, scheduler_inbox = trio.open_memory_channel[Message](SCHEDULER_INBOX)
-        await nursery.start(Scheduler(journal.clone(), settings.max_wait).run, scheduler_inbox)
+        scheduler = Scheduler(journal.clone(), settings.max_wait, settings.max_queue)
+        await nursery.start(scheduler.run, scheduler_inbox)
         log.info("scheduler: started")
         requeued = await recover(
             settings.db, journal, scheduler_send, max_attempts=settings.max_attempts
         )
         log.info("recovery: %d unfinished jobs queued again", len(requeued))
-        upstream = Upstream(backend, timeout=settings.job_timeout)
+        upstream = Upstream(backend)
         worker = Worker(
             upstream,
             journal.clone(),
             scheduler_send.clone(),
             max_attempts=settings.max_attempts,
+            job_timeout=settings.job_timeout,
             loaded=await _loaded_model(upstream),
         )
         worker_done = trio.Event()

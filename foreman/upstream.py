@@ -23,6 +23,8 @@ ENDPOINTS = {"chat": "/api/chat", "generate": "/api/generate"}
 ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error answer kept: enough for any message, bounded for a hostile one."""
 
+CONNECT_SECONDS = 10.0
+
 Relay = Callable[[bytes], Awaitable[None]]
 
 
@@ -40,10 +42,12 @@ class BackendError(Exception):
 
 
 class Upstream:
-    def __init__(self, base_url: str, *, timeout: float | None = None) -> None:
+    def __init__(self, base_url: str) -> None:
         self.base_url = base_url
+        # No read timeout: a generation takes as long as it takes (FOREMAN_JOB_TIMEOUT
+        # bounds an attempt as a whole, in the worker).
         self._client = httpx.AsyncClient(
-            base_url=base_url, timeout=httpx.Timeout(timeout, connect=10.0)
+            base_url=base_url, timeout=httpx.Timeout(None, connect=CONNECT_SECONDS)
         )
 
     async def aclose(self) -> None:

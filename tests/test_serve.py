@@ -15,8 +15,11 @@ import trio
 
 from foreman.config import load_settings
 from foreman.events.log import EventLog
+from foreman.events.types import RecordedEvent
+from foreman.ids import new_ulid
 from foreman.simulator import SimulatorConfig
 from foreman.supervisor import Running, run_foreman
+from tests import factories
 
 T = TypeVar("T")
 
@@ -165,3 +168,60 @@ async def test_a_caller_that_hangs_up_while_queued_cancels_its_job(foreman: Fore
         ["JobSubmitted", "JobCancelled"],  # the queued one never ran
         ["JobSubmitted", "JobStarted", "JobCancelled"],  # the running one was stopped
     ]
+
+
+async def test_beyond_max_queue_callers_get_503_and_retry_after(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    async for foreman in start_foreman(nursery, db_path, max_queue=1):
+        async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as http:
+            sim = (await http.get("/healthz")).json()["backend"]["url"]
+            await http.post(f"{sim}/_sim/faults", json={"kind": "stall", "seconds": 3})
+            committed = await foreman.running.journal.subscribe()
+            async with trio.open_nursery() as callers:
+                post = partial(http.post, "/api/generate")
+                callers.start_soon(partial(post, json={"model": "llama3", "prompt": "a"}))
+                await until_types(committed, ["JobSubmitted", "JobStarted"])  # runs: stalls
+                callers.start_soon(partial(post, json={"model": "llama3", "prompt": "b"}))
+                await until_types(committed, ["JobSubmitted"])  # queued: the queue is full
+                busy = await http.post("/api/generate", json={"model": "llama3", "prompt": "c"})
+                assert busy.status_code == 503
+                assert busy.headers["retry-after"] == "1"
+                assert "maximum pending requests exceeded" in busy.json()["error"]
+        assert len(foreman.job_events()) == 2  # the refused one was never recorded
+
+
+async def until_types(
+    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], types: list[str]
+) -> None:
+    """Wait until events of these types, in this order, are committed."""
+    wanted = list(types)
+    with trio.fail_after(10):
+        async for events in committed:
+            for event in events:
+                if wanted and event.type == wanted[0]:
+                    wanted.pop(0)
+            if not wanted:
+                return
+
+
+async def test_unfinished_jobs_of_a_previous_run_are_recovered(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    log = EventLog.open(db_path)
+    interrupted, queued, exhausted = new_ulid(), new_ulid(), new_ulid()
+    log.append(interrupted, [factories.submitted(), factories.started()])
+    log.append(queued, [factories.submitted(model="qwen2")])
+    log.append(exhausted, [factories.submitted()])
+    for attempt in (1, 2):
+        log.append(exhausted, [factories.started(attempt), factories.requeued_retry()])
+    log.append(exhausted, [factories.started(3)])
+    log.close()
+
+    async for foreman in start_foreman(nursery, db_path, max_attempts=3):
+        committed = await foreman.running.journal.subscribe()
+        await until_types(committed, ["JobSucceeded", "JobSucceeded"])
+        jobs = foreman.job_events()
+        assert jobs[interrupted][2:] == ["JobRequeued", "JobStarted", "JobSucceeded"]
+        assert jobs[queued] == ["JobSubmitted", "JobStarted", "JobSucceeded"]
+        assert jobs[exhausted][-2:] == ["JobStarted", "JobFailed"]

@@ -82,7 +82,7 @@ async def rig(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
     journal: JournalClient = await nursery.start(Journal(db_path).run)
     url: str = await nursery.start(serve_simulator, SimulatorConfig(listen="127.0.0.1:0"))
     send, receive = trio.open_memory_channel[Message](64)
-    await nursery.start(Scheduler(journal, max_wait=60).run, receive)
+    await nursery.start(Scheduler(journal, max_wait=60, max_queue=512).run, receive)
     yield Rig(db_path, journal, send, url, nursery)
 
 
@@ -251,3 +251,30 @@ async def test_queued_jobs_drain_by_model(rig: Rig) -> None:
     run_order = [generation["model"] for generation in stats["generations"]]
     assert run_order == ["llama3:latest"] * 3 + ["qwen2:latest"] * 3
     assert stats["loads"] == 2
+
+
+async def test_an_attempt_over_the_job_timeout_before_answering_is_retried(rig: Rig) -> None:
+    await rig.sim("POST", "/_sim/faults", {"kind": "stall", "seconds": 5, "times": 1})
+    rig.start_worker(job_timeout=0.3, backoff=lambda _: 0)
+    job_id, output = await rig.submit(chat())
+    (line,) = await answer(output)
+    assert isinstance(line, Line)
+    assert rig.events(job_id) == [
+        "JobSubmitted",
+        "JobStarted",
+        "JobAttemptFailed",
+        "JobRequeued",
+        "JobStarted",
+        "JobSucceeded",
+    ]
+
+
+async def test_an_attempt_over_the_job_timeout_mid_answer_fails(rig: Rig) -> None:
+    stall = {"kind": "stall", "seconds": 5, "after_tokens": 2, "times": 1}
+    await rig.sim("POST", "/_sim/faults", stall)
+    rig.start_worker(job_timeout=0.3)
+    job_id, output = await rig.submit(chat(stream=True))
+    messages = await answer(output)
+    assert isinstance(messages[-1], Failed)
+    assert "job timeout" in messages[-1].message
+    assert rig.events(job_id) == ["JobSubmitted", "JobStarted", "JobFailed"]

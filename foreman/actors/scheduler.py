@@ -5,7 +5,8 @@ back for a retry), :class:`Ready` (a worker asking for its next job, naming
 the model the backend has loaded) and :class:`Cancel`. It answers a worker only
 when it has a job, and picks that job at that moment, so the drain-by-model
 choice always sees the current queue and the model loaded now
-(:mod:`foreman.scheduling`). A cancelled job still queued never runs: the
+(:mod:`foreman.scheduling`). :class:`Admit` keeps the queue within
+``max_queue``. A cancelled job still queued never runs: the
 scheduler records ``JobCancelled``; one already running is the worker's to stop,
 so the cancel goes on to it.
 """
@@ -53,6 +54,8 @@ class Work:
     """Attempts made so far."""
     output: trio.MemorySendChannel[Output] | None = None
     """Where a synchronous caller waits for the answer; None for async jobs."""
+    admitted: bool = False
+    """It holds a place :class:`Admit` reserved for it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,13 +73,31 @@ class Ready:
     """Where the worker takes cancels for the job it is given."""
 
 
-Message = Work | Ready | Cancel
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """May one more job queue? True reserves its place (``max_queue``) until its
+    :class:`Work` comes, or a :class:`Release` gives the place back."""
+
+    reply: Reply[bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """An admitted job will not come after all."""
+
+
+Message = Work | Ready | Cancel | Admit | Release
 
 
 class Scheduler:
-    def __init__(self, journal: JournalClient, max_wait: float) -> None:
+    def __init__(self, journal: JournalClient, max_wait: float, max_queue: int) -> None:
         self._journal = journal
-        self.max_wait = max_wait
+        self.max_queue = max_queue
+        self._queue = JobQueue(max_wait)
+        self._work: dict[str, Work] = {}
+        self._reserved = 0
+        self._idle_workers: deque[Ready] = deque()
+        self._running: dict[str, trio.MemorySendChannel[Cancel]] = {}
 
     async def run(
         self,
@@ -84,30 +105,46 @@ class Scheduler:
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        queue = JobQueue(self.max_wait)
-        waiting_work: dict[str, Work] = {}
-        idle_workers: deque[Ready] = deque()
-        running: dict[str, trio.MemorySendChannel[Cancel]] = {}
         task_status.started()
         async with inbox:
             async for message in inbox:
-                if isinstance(message, Work):
-                    queue.push(message.job)
-                    waiting_work[message.job.job_id] = message
-                elif isinstance(message, Ready):
-                    # The worker is done with the job it had.
-                    running = {job: c for job, c in running.items() if c is not message.control}
-                    idle_workers.append(message)
-                elif queue.remove(message.job_id) is not None:
-                    await self._cancel_queued(waiting_work.pop(message.job_id), message.reason)
-                elif message.job_id in running:
-                    await running[message.job_id].send(message)
-                while idle_workers and queue:
-                    ready = idle_workers.popleft()
-                    job = queue.pick(ready.loaded, trio.current_time())
-                    assert job is not None  # the queue is not empty
-                    running[job.job_id] = ready.control
-                    ready.reply.put(waiting_work.pop(job.job_id))
+                match message:
+                    case Work():
+                        self._queue.push(message.job)
+                        self._work[message.job.job_id] = message
+                        if message.admitted:
+                            self._reserved -= 1
+                    case Ready():
+                        self._running = {  # the worker is done with the job it had
+                            job: control
+                            for job, control in self._running.items()
+                            if control is not message.control
+                        }
+                        self._idle_workers.append(message)
+                    case Cancel():
+                        await self._cancel(message)
+                    case Admit():
+                        admitted = len(self._queue) + self._reserved < self.max_queue
+                        if admitted:
+                            self._reserved += 1
+                        message.reply.put(admitted)
+                    case Release():
+                        self._reserved -= 1
+                self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._idle_workers and self._queue:
+            ready = self._idle_workers.popleft()
+            job = self._queue.pick(ready.loaded, trio.current_time())
+            assert job is not None  # the queue is not empty
+            self._running[job.job_id] = ready.control
+            ready.reply.put(self._work.pop(job.job_id))
+
+    async def _cancel(self, cancel: Cancel) -> None:
+        if self._queue.remove(cancel.job_id) is not None:
+            await self._cancel_queued(self._work.pop(cancel.job_id), cancel.reason)
+        elif cancel.job_id in self._running:
+            await self._running[cancel.job_id].send(cancel)
 
     async def _cancel_queued(self, work: Work, reason: str) -> None:
         await self._journal.append(work.job.job_id, [JobCancelled(reason=reason)])

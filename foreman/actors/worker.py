@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ import trio
 
 from foreman.actors.journal import JournalClient
 from foreman.actors.reply import Reply
-from foreman.actors.scheduler import Cancel, Failed, Line, Message, Ready, Work
+from foreman.actors.scheduler import Cancel, Failed, Line, Message, Output, Ready, Work
 from foreman.events.types import (
     Event,
     JobAttemptFailed,
@@ -34,7 +35,7 @@ from foreman.events.types import (
     JobStarted,
     JobSucceeded,
 )
-from foreman.upstream import BackendError, Relay, Unavailable, Upstream
+from foreman.upstream import BackendError, Unavailable, Upstream
 
 UNAVAILABLE_STATUS = 503
 """What a synchronous caller gets when every attempt found the backend unreachable."""
@@ -58,6 +59,7 @@ class Worker:
         *,
         max_attempts: int,
         backoff: Callable[[int], float] = exponential_backoff,
+        job_timeout: float | None = None,
         loaded: str | None = None,
     ) -> None:
         self._upstream = upstream
@@ -65,6 +67,8 @@ class Worker:
         self._scheduler = scheduler
         self.max_attempts = max_attempts
         self._backoff = backoff
+        self.job_timeout = job_timeout
+        """Seconds one attempt may take; None: no limit."""
         self.loaded = loaded
         """The model key the backend has loaded: the last one this worker ran."""
         self._draining = trio.Event()
@@ -134,15 +138,23 @@ class Worker:
     async def _call(
         self, work: Work, control: trio.MemoryReceiveChannel[Cancel]
     ) -> dict[str, Any] | Unavailable | BackendError | Cancel:
-        """The backend call's outcome; a cancel for this job stops it where it is."""
+        """The backend call's outcome; a cancel for this job stops it where it is.
+
+        An attempt over ``job_timeout`` is Unavailable (retryable) while nothing
+        was answered yet, and a BackendError once the answer began."""
         cancels: list[Cancel] = []
+        relay = _Relay(work.output)
         with trio.CancelScope() as call:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, work.job.job_id, control, call, cancels)
                 try:
-                    return await self._upstream.generate(work.kind, work.request, _relay(work))
+                    with trio.fail_after(self.job_timeout or math.inf):
+                        return await self._upstream.generate(work.kind, work.request, relay)
                 except (Unavailable, BackendError) as error:
                     return error
+                except trio.TooSlowError:
+                    message = f"no answer within the job timeout ({self.job_timeout} s)"
+                    return BackendError(message, None) if relay.began else Unavailable(message)
                 except trio.BrokenResourceError:  # the caller stopped listening
                     return Cancel(work.job.job_id, "client_disconnected")
                 finally:
@@ -178,12 +190,15 @@ async def _watch(
             return
 
 
-def _relay(work: Work) -> Relay:
-    """Sends each line to the caller; raises BrokenResourceError once it has gone."""
-    output = work.output
+class _Relay:
+    """Sends each line to the caller, if there is one, and remembers that it began;
+    raises BrokenResourceError once the caller has gone."""
 
-    async def relay(line: bytes) -> None:
-        if output is not None:
-            await output.send(Line(line))
+    def __init__(self, output: trio.MemorySendChannel[Output] | None) -> None:
+        self._output = output
+        self.began = False
 
-    return relay
+    async def __call__(self, line: bytes) -> None:
+        self.began = True
+        if self._output is not None:
+            await self._output.send(Line(line))

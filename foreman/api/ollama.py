@@ -19,7 +19,17 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response, StreamingResponse
 
 from foreman.actors.journal import JournalClient
-from foreman.actors.scheduler import Cancel, Failed, Line, Message, Output, Work
+from foreman.actors.reply import Reply
+from foreman.actors.scheduler import (
+    Admit,
+    Cancel,
+    Failed,
+    Line,
+    Message,
+    Output,
+    Release,
+    Work,
+)
 from foreman.events.types import JobKind, JobSubmitted
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob, model_key
@@ -28,6 +38,9 @@ from foreman.wire import JSON_TYPE, NDJSON_TYPE, OllamaError, OllamaJSON, decode
 
 OUTPUT_BUFFER = 64
 """Lines the worker may run ahead of a slow caller before it waits for it."""
+BUSY = "server busy, please try again.  maximum pending requests exceeded"
+"""Ollama's own answer when its queue is full (FOREMAN_MAX_QUEUE here)."""
+RETRY_AFTER_SECONDS = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +95,24 @@ async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Respons
     if options is not None and not isinstance(options, dict):
         raise OllamaError(400, "options must be a JSON object")
 
+    admitted: Reply[bool] = Reply()
+    await gateway.scheduler.send(Admit(admitted))
+    if not await admitted.wait():
+        return OllamaJSON(
+            {"error": BUSY}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
+        )
     job_id = new_ulid()
     submitted = JobSubmitted(kind=kind, model=model, request=body, origin="sync")
-    (event,) = await gateway.journal.append(job_id, [submitted], expected_version=0)
+    try:
+        (event,) = await gateway.journal.append(job_id, [submitted], expected_version=0)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await gateway.scheduler.send(Release())
+        raise
     send, output = trio.open_memory_channel[Output](OUTPUT_BUFFER)
     queued = QueuedJob(job_id, event.seq, 0, model_key(model, options), trio.current_time())
-    await gateway.scheduler.send(Work(queued, kind, body, attempts=0, output=send))
+    work = Work(queued, kind, body, attempts=0, output=send, admitted=True)
+    await gateway.scheduler.send(work)
 
     first = await _first_output(gateway, job_id, output, request)
     if isinstance(first, Failed):
@@ -107,23 +132,25 @@ async def _first_output(
 ) -> Output | None:
     """The job's first output; None when it ended without one, or when the caller hung
     up (then the job is cancelled, and nobody reads the answer)."""
-    result: list[Output | None] = []
+    first: list[Output | None] = []
     async with trio.open_nursery() as nursery:
 
         async def wait_for_output() -> None:
             try:
-                result.append(await output.receive())
+                first.append(await output.receive())
             except trio.EndOfChannel:
-                result.append(None)
+                first.append(None)
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(wait_for_output)
         await _until_disconnected(request)
-        # The caller is gone: its job must not run, or stop running.
-        await output.aclose()
-        await gateway.scheduler.send(Cancel(job_id, "client_disconnected"))
         nursery.cancel_scope.cancel()
-    return result[0] if result else None
+    if first:
+        return first[0]
+    # The caller hung up first: its job must not run, or must stop running.
+    await output.aclose()
+    await gateway.scheduler.send(Cancel(job_id, "client_disconnected"))
+    return None
 
 
 async def _until_disconnected(request: Request) -> None:
