@@ -225,3 +225,19 @@ async def test_unfinished_jobs_of_a_previous_run_are_recovered(
         assert jobs[interrupted][2:] == ["JobRequeued", "JobStarted", "JobSucceeded"]
         assert jobs[queued] == ["JobSubmitted", "JobStarted", "JobSucceeded"]
         assert jobs[exhausted][-2:] == ["JobStarted", "JobFailed"]
+
+
+async def test_the_other_endpoints_pass_straight_through(foreman: Foreman) -> None:
+    async with httpx.AsyncClient(base_url=foreman.url) as http:
+        root = await http.get("/")
+        assert (root.status_code, root.text) == (200, "Ollama is running")
+        assert (await http.head("/")).status_code == 200
+        assert "version" in (await http.get("/api/version")).json()
+        legacy = await http.post(
+            "/api/embeddings", json={"model": "nomic-embed-text", "prompt": "hello"}
+        )
+        assert legacy.status_code == 200 and legacy.json()["embedding"]
+        missing = await http.post("/api/show", json={"model": "no-such-model"})
+        assert missing.status_code == 404
+        assert (await http.get("/no/such/path")).status_code == 404
+    assert foreman.job_events() == {}  # none of these is a job
