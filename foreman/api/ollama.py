@@ -10,9 +10,8 @@ backend, concurrently (ADR-0013); the other endpoints pass through.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import trio
 from fastapi import APIRouter, Request
@@ -180,7 +179,9 @@ async def _stream(
                 await gateway.scheduler.send(Cancel(job_id, "client_disconnected"))
 
 
-def _forward(gateway: Gateway, method: str, path: str) -> Any:
+def _forward(gateway: Gateway, method: str, path: str) -> Callable[[Request], Awaitable[Response]]:
+    """A route passing ``path`` straight to the backend (ADR-0013 for embeddings)."""
+
     async def forward(request: Request) -> Response:
         body = await read_body(request, gateway.max_body) if method == "POST" else None
         try:
