@@ -79,8 +79,8 @@ async def run_foreman(
             job_timeout=settings.job_timeout,
             loaded=await _loaded_model(upstream),
         )
-        worker_done = trio.Event()
-        nursery.start_soon(_run_then_set, worker, worker_done)
+        worker_scope, worker_done = trio.CancelScope(), trio.Event()
+        nursery.start_soon(_run_worker, worker, worker_scope, worker_done)
         log.info("worker: started, backend %s", backend)
         app = create_app(Gateway(journal, scheduler_send, upstream, settings.max_body))
         stop_accepting = trio.Event()
@@ -96,14 +96,18 @@ async def run_foreman(
         worker.drain()
         with trio.move_on_after(settings.shutdown_grace):
             await worker_done.wait()
+        # Past the grace the running job is requeued, while the journal still takes it.
+        worker_scope.cancel()
+        await worker_done.wait()
         nursery.cancel_scope.cancel()
     await upstream.aclose()
     log.info("stopped")
 
 
-async def _run_then_set(worker: Worker, done: trio.Event) -> None:
+async def _run_worker(worker: Worker, scope: trio.CancelScope, done: trio.Event) -> None:
     try:
-        await worker.run()
+        with scope:
+            await worker.run()
     finally:
         done.set()
 

@@ -106,13 +106,14 @@ class Worker:
             job_id, [JobStarted(attempt=attempt, backend=self._upstream.base_url)]
         )
         self.loaded = work.job.model_key
+        called = False
         try:
             outcome = await self._call(work, control)
-        except trio.Cancelled:
-            # Shutdown after the grace period: the job goes back to the queue.
-            with trio.CancelScope(shield=True):
-                await self._journal.append(job_id, [JobRequeued(reason="interrupted")])
-            raise
+            called = True
+        finally:
+            if not called:  # cancelled (shutdown after its grace): back to the queue
+                with trio.CancelScope(shield=True):
+                    await self._journal.append(job_id, [JobRequeued(reason="interrupted")])
         if isinstance(outcome, Unavailable):
             failure = JobAttemptFailed(attempt=attempt, error=str(outcome), retryable=True)
             if attempt < self.max_attempts:
