@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the three benchmarks with their defaults, one after the other.
+# Run the benchmarks with their defaults, one after the other.
 #
 #   benchmarks/run_all.sh            # aligned tables
 #   benchmarks/run_all.sh --json     # one JSON document per benchmark
@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python="${PYTHON:-python3}"
 
-for benchmark in append.py replay.py open_after_crash.py; do
+for benchmark in append.py replay.py open_after_crash.py latency.py swaps.py idle_gap.py; do
     echo "== ${benchmark}" >&2
     "${python}" "${benchmark}" "$@"
     echo

@@ -1,0 +1,221 @@
+"""The simulator and Foreman for the actor-system benchmarks, as subprocesses or in-process.
+
+``--mode subprocess`` (the default, and the recorded figures) runs ``foreman simulate``
+and ``foreman serve`` as processes of their own, so the client in the benchmark's
+process shares neither the GIL nor the trio loop with them; their stderr goes to
+``benchmarks/.work/<name>.log``. ``--mode inprocess`` runs ``serve_simulator`` and
+``run_foreman`` in the benchmark's own ``trio.run``: quicker to start, but client,
+Foreman and simulator share one core's worth of Python, which inflates latencies.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from _logs import WORK_DIR, remove_db
+from _report import ROOT, progress
+
+from foreman.config import load_settings
+from foreman.events.log import Durability
+from foreman.simulator import SimulatorConfig, parse_models, serve_simulator
+from foreman.supervisor import Running, run_foreman
+
+MODES = ("subprocess", "inprocess")
+CHAT_MODELS = ("llama3", "qwen2", "mistral")
+"""Three chat models for the simulator (its defaults have two, and an embedding model)."""
+STARTUP_SECONDS = 30.0
+STOP_SECONDS = 15.0
+_URL = re.compile(r"(http://\S+:\d+)")
+
+
+def limits(connections: int) -> httpx.Limits:
+    """A keep-alive pool big enough for ``connections`` requests at once."""
+    return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+
+
+def chat_body(model: str, n: int) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": f"request {n}: say something short"}],
+        "stream": False,
+    }
+
+
+async def chat(client: httpx.AsyncClient, url: str, model: str, n: int) -> None:
+    """One non-streaming chat; raises unless it answered 200 with a done response."""
+    response = await client.post(f"{url}/api/chat", json=chat_body(model, n))
+    if response.status_code != 200 or not response.json().get("done"):
+        raise RuntimeError(f"{url}/api/chat answered {response.status_code}: {response.text}")
+
+
+BACKLOG_RESETS = (httpx.ReadError, httpx.RemoteProtocolError, httpx.ConnectError)
+"""What a client sees when a burst overflows Hypercorn's listen backlog (100 by default):
+the connection is reset before the server has read the request."""
+
+
+async def submit(
+    client: httpx.AsyncClient, url: str, model: str, n: int, resets: list[int]
+) -> None:
+    """:func:`chat`, sent again after a connection reset (counted in ``resets``): a burst
+    of connections beyond the server's listen backlog gets some reset."""
+    while True:
+        try:
+            return await chat(client, url, model, n)
+        except BACKLOG_RESETS:
+            resets.append(n)
+
+
+async def sim_stats(client: httpx.AsyncClient, sim: str) -> dict[str, Any]:
+    response = await client.get(f"{sim}/_sim/stats")
+    response.raise_for_status()
+    stats: dict[str, Any] = response.json()
+    return stats
+
+
+async def sim_reset(client: httpx.AsyncClient, sim: str) -> None:
+    """Forget loads and generations, and unload the model."""
+    (await client.post(f"{sim}/_sim/reset")).raise_for_status()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100), nearest rank."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def submitted_models(db: Path) -> list[tuple[str, float]]:
+    """(model, recorded_at as Unix seconds) of every JobSubmitted, in log order."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT json_extract(data, '$.model'), recorded_at FROM events "
+            "WHERE type = 'JobSubmitted' ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(model, _unix(stamp)) for model, stamp in rows]
+
+
+def _unix(stamp: str) -> float:
+    moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _sim_args(config: SimulatorConfig) -> list[str]:
+    return [
+        "simulate",
+        "--listen",
+        "127.0.0.1:0",
+        "--models",
+        ",".join(model.name for model in config.models),
+        "--load-latency",
+        str(config.load_latency),
+        "--token-latency",
+        str(config.token_latency),
+        "--tokens",
+        str(config.tokens),
+    ]
+
+
+def sim_config(load_latency: float, token_latency: float, tokens: int) -> SimulatorConfig:
+    return SimulatorConfig(
+        listen="127.0.0.1:0",
+        models=parse_models(",".join(CHAT_MODELS)),
+        load_latency=load_latency,
+        token_latency=token_latency,
+        tokens=tokens,
+    )
+
+
+@asynccontextmanager
+async def _process(
+    name: str, args: list[str], env: dict[str, str], ready: str
+) -> AsyncIterator[str]:
+    """Run ``python -m foreman.cli ARGS``; yields the URL from its first output line
+    containing ``ready``; SIGTERM at the end (SIGKILL if it will not stop)."""
+    WORK_DIR.mkdir(exist_ok=True)
+    log_path = trio.Path(WORK_DIR / f"{name}.log")
+    with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (opening is instant)
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "foreman.cli", *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield await _wait_for_url(process, log_path, ready)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_SECONDS) as waiting:
+            await process.wait()
+        if waiting.cancelled_caught:
+            progress(f"  {name} did not stop within {STOP_SECONDS:.0f} s of SIGTERM: killed")
+            process.kill()
+            await process.wait()
+    if process.returncode not in (0, -signal.SIGTERM):
+        progress(f"  {name} exited with {process.returncode}; see {log_path}")
+
+
+async def _wait_for_url(process: trio.Process, log_path: trio.Path, ready: str) -> str:
+    with trio.fail_after(STARTUP_SECONDS):
+        while True:
+            for line in (await log_path.read_text(errors="replace")).splitlines():
+                if ready in line and (match := _URL.search(line)):
+                    return match.group(1)
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args} exited with {process.returncode}: {log_path}")
+            await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def simulator(mode: str, config: SimulatorConfig) -> AsyncIterator[str]:
+    """A running simulator's URL."""
+    if mode == "subprocess":
+        async with _process("simulator", _sim_args(config), {}, "Ollama simulator on") as url:
+            yield url
+        return
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(serve_simulator, config)
+        yield url
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def foreman(
+    mode: str, name: str, backend: str, durability: Durability, *, max_wait: float = 60.0
+) -> AsyncIterator[tuple[str, Path]]:
+    """A running Foreman in front of ``backend`` on a fresh log; yields (URL, log path)."""
+    WORK_DIR.mkdir(exist_ok=True)
+    db = WORK_DIR / f"{name}.db"
+    remove_db(db)
+    if mode == "subprocess":
+        args = ["serve", "--backend", backend, "--listen", "127.0.0.1:0", "--db", str(db)]
+        env = {"FOREMAN_DURABILITY": durability.value, "FOREMAN_MAX_WAIT": str(max_wait)}
+        async with _process(f"foreman-{name}", args, env, "http: listening on") as url:
+            yield url, db
+        return
+    settings = load_settings(
+        listen="127.0.0.1:0", backend=backend, db=db, durability=durability, max_wait=max_wait
+    )
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(run_foreman, settings, stop)
+        yield running.url, db
+        stop.set()
