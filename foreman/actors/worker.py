@@ -77,7 +77,12 @@ class Worker:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run jobs until :meth:`drain` is called and the job at hand is done."""
         control_send, control = trio.open_memory_channel[Cancel](16)
-        async with trio.open_nursery() as retries, control_send, control:
+        async with (
+            trio.open_nursery() as finishing,
+            control_send,
+            control,
+            trio.open_nursery() as retries,
+        ):
             task_status.started()
             while not self._draining.is_set():
                 reply: Reply[Work] = Reply()
@@ -88,8 +93,8 @@ class Worker:
                 self._waiting = None
                 if waiting.cancelled_caught:
                     break
-                await self._run(work, control, retries)
-            retries.cancel_scope.cancel()  # a job waiting for its retry stays queued in the log
+                await self._run(work, control, retries, finishing)
+            retries.cancel_scope.cancel()  # a job waiting to retry stays queued in the log
 
     def drain(self) -> None:
         """Take no further job; the one running may finish (shutdown's grace period)."""
@@ -98,8 +103,14 @@ class Worker:
             self._waiting.cancel()
 
     async def _run(
-        self, work: Work, control: trio.MemoryReceiveChannel[Cancel], retries: trio.Nursery
+        self,
+        work: Work,
+        control: trio.MemoryReceiveChannel[Cancel],
+        retries: trio.Nursery,
+        finishing: trio.Nursery,
     ) -> None:
+        """Run one attempt. Its outcome is recorded in the background: the backend is
+        free, so the next job is fetched meanwhile and its JobStarted shares the commit."""
         job_id = work.job.job_id
         attempt = work.attempts + 1
         await self._journal.append(
@@ -122,19 +133,22 @@ class Worker:
                 retries.start_soon(self._requeue_later, retried, self._backoff(attempt))
                 return
             final = f"the backend was unreachable {attempt} times: {outcome}"
-            await self._finish(
-                work, [failure, JobFailed(error=final)], Failed(UNAVAILABLE_STATUS, final)
+            finishing.start_soon(
+                self._finish,
+                work,
+                [failure, JobFailed(error=final)],
+                Failed(UNAVAILABLE_STATUS, final),
             )
         elif isinstance(outcome, BackendError):
-            await self._finish(
-                work,
-                [JobFailed(error=outcome.message, status=outcome.status)],
-                Failed(outcome.status or 500, outcome.message),
-            )
+            failed = Failed(outcome.status or 500, outcome.message)
+            events: list[Event] = [JobFailed(error=outcome.message, status=outcome.status)]
+            finishing.start_soon(self._finish, work, events, failed)
         elif isinstance(outcome, Cancel):
-            await self._finish(work, [JobCancelled(reason=outcome.reason)])
+            cancelled: list[Event] = [JobCancelled(reason=outcome.reason)]
+            finishing.start_soon(self._finish, work, cancelled)
         else:
-            await self._finish(work, [JobSucceeded(result=outcome)])
+            succeeded: list[Event] = [JobSucceeded(result=outcome)]
+            finishing.start_soon(self._finish, work, succeeded)
 
     async def _call(
         self, work: Work, control: trio.MemoryReceiveChannel[Cancel]
@@ -163,8 +177,10 @@ class Worker:
         return cancels[0]
 
     async def _finish(self, work: Work, events: list[Event], failed: Failed | None = None) -> None:
-        """Record the job's end, then tell its caller (if still there) and let it go."""
-        await self._journal.append(work.job.job_id, events)
+        """Record the job's end, then tell its caller (if still there) and let it go.
+        Shielded: an outcome already produced is recorded even at shutdown."""
+        with trio.CancelScope(shield=True):
+            await self._journal.append(work.job.job_id, events)
         if work.output is None:
             return
         async with work.output:
