@@ -16,6 +16,9 @@ from foreman.config import Address
 
 GRACEFUL_SECONDS = 3.0
 """How long open requests may finish once the server stops accepting."""
+BACKLOG = 2048
+"""Connections the kernel holds before they are accepted: a burst of callers (each
+waiting on a queued job) must not be reset, as Hypercorn's default of 100 lets happen."""
 
 
 async def serve_http(
@@ -29,6 +32,7 @@ async def serve_http(
     config = Config()
     config.bind = [str(address)]
     config.graceful_timeout = GRACEFUL_SECONDS
+    config.backlog = BACKLOG
     config.accesslog = None
     # Starlette and Hypercorn describe the same ASGI interface with different types.
     asgi = cast(ASGIFramework, app)

@@ -22,6 +22,8 @@ from foreman.simulator.app import create_app
 from foreman.simulator.config import SimulatorConfig
 from foreman.simulator.state import Simulator
 
+BACKLOG = 2048
+"""Like Ollama, take a burst of connections without resetting any."""
 GRACEFUL_SECONDS = 0.2
 """How long requests in flight may finish when the server stops (an outage, or shutdown)."""
 
@@ -49,6 +51,7 @@ async def serve_simulator(
             settings = Config()
             settings.bind = [bind]
             settings.graceful_timeout = GRACEFUL_SECONDS
+            settings.backlog = BACKLOG
             async with trio.open_nursery() as run:
                 urls: list[str] = await run.start(
                     partial(serve, app, settings, shutdown_trigger=sim.outage.wait)
