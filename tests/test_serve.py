@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -241,3 +242,27 @@ async def test_the_other_endpoints_pass_straight_through(foreman: Foreman) -> No
         assert missing.status_code == 404
         assert (await http.get("/no/such/path")).status_code == 404
     assert foreman.job_events() == {}  # none of these is a job
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ({"error": "runner crashed"}, "runner crashed"),  # Ollama's own error line
+        ({}, "broke off"),  # the backend's connection cut mid-answer
+    ],
+)
+async def test_an_error_mid_stream_ends_the_stream_with_an_error_line(
+    foreman: Foreman, fault: dict[str, str], message: str
+) -> None:
+    async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as http:
+        sim = (await http.get("/healthz")).json()["backend"]["url"]
+        drop = {"kind": "drop_mid_stream", "after_tokens": 2, **fault}
+        await http.post(f"{sim}/_sim/faults", json=drop)
+        body = {"model": "llama3", "prompt": "hi"}
+        async with http.stream("POST", "/api/generate", json=body) as response:
+            assert response.status_code == 200
+            lines = [json.loads(line) async for line in response.aiter_lines() if line]
+    assert [line["response"] for line in lines[:-1]] and "done" not in lines[-1]
+    assert message in lines[-1]["error"]
+    (events,) = foreman.job_events().values()
+    assert events[-1] == "JobFailed"
