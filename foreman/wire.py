@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, TypeVar
 
+from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 JSON_TYPE = "application/json; charset=utf-8"
@@ -78,6 +81,24 @@ class CutResponse(Response):
 
 def error_response(error: OllamaError) -> OllamaJSON:
     return OllamaJSON({"error": error.message}, status_code=error.status)
+
+
+def answer_errors_as_ollama(app: FastAPI) -> None:
+    """Errors as Ollama gives them: ``{"error": ...}`` with its status, and unknown
+    paths or wrong methods in plain text, as Ollama's router (gin) answers them."""
+
+    async def ollama_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, OllamaError)
+        return error_response(error)
+
+    async def routing_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, HTTPException)
+        status = error.status_code
+        phrase = "page not found" if status == 404 else HTTPStatus(status).phrase.lower()
+        return PlainTextResponse(f"{status} {phrase}", status_code=status)
+
+    app.add_exception_handler(OllamaError, ollama_error)
+    app.add_exception_handler(HTTPException, routing_error)
 
 
 def ndjson_line(value: dict[str, Any]) -> bytes:

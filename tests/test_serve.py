@@ -240,7 +240,8 @@ async def test_the_other_endpoints_pass_straight_through(foreman: Foreman) -> No
         assert legacy.status_code == 200 and legacy.json()["embedding"]
         missing = await http.post("/api/show", json={"model": "no-such-model"})
         assert missing.status_code == 404
-        assert (await http.get("/no/such/path")).status_code == 404
+        unknown = await http.get("/no/such/path")
+        assert (unknown.status_code, unknown.text) == (404, "404 page not found")
     assert foreman.job_events() == {}  # none of these is a job
 
 

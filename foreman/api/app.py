@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-from http import HTTPStatus
 
 import trio
-from fastapi import FastAPI, HTTPException, Request
-from starlette.responses import PlainTextResponse, Response
+from fastapi import FastAPI
+from starlette.responses import Response
 
 from foreman import __version__
 from foreman.api.ollama import Gateway, ollama_routes
 from foreman.upstream import Unavailable
-from foreman.wire import OllamaError, OllamaJSON, error_response
+from foreman.wire import OllamaJSON, answer_errors_as_ollama
 
 HEALTH_PROBE_SECONDS = 2.0
 
@@ -35,15 +34,5 @@ def create_app(gateway: Gateway) -> FastAPI:
         actors = dict.fromkeys(("journal", "scheduler", "worker", "http"), "running")
         return OllamaJSON({"status": "ok", "actors": actors, "backend": backend})
 
-    @app.exception_handler(OllamaError)
-    async def ollama_error(request: Request, error: OllamaError) -> Response:
-        return error_response(error)
-
-    @app.exception_handler(HTTPException)
-    async def routing_error(request: Request, error: HTTPException) -> Response:
-        """Unknown paths and wrong methods: plain text, as Ollama's router answers."""
-        status = error.status_code
-        phrase = "page not found" if status == 404 else HTTPStatus(status).phrase.lower()
-        return PlainTextResponse(f"{status} {phrase}", status_code=status)
-
+    answer_errors_as_ollama(app)
     return app

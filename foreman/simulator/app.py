@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from http import HTTPStatus
-
-from fastapi import FastAPI, Request
-from starlette.exceptions import HTTPException
-from starlette.responses import PlainTextResponse, Response
+from fastapi import FastAPI
 
 from foreman.simulator.api import ollama_routes
 from foreman.simulator.control import control_routes
 from foreman.simulator.state import Simulator
-from foreman.wire import OllamaError, error_response
+from foreman.wire import answer_errors_as_ollama
 
 
 def create_app(sim: Simulator) -> FastAPI:
@@ -22,15 +18,5 @@ def create_app(sim: Simulator) -> FastAPI:
     app.include_router(ollama_routes(sim))
     app.include_router(control_routes(sim))
 
-    @app.exception_handler(OllamaError)
-    async def ollama_error(request: Request, error: OllamaError) -> Response:
-        return error_response(error)
-
-    @app.exception_handler(HTTPException)
-    async def routing_error(request: Request, error: HTTPException) -> Response:
-        """Unknown paths and wrong methods: plain text, as Ollama's router (gin) answers."""
-        status = error.status_code
-        phrase = "page not found" if status == 404 else HTTPStatus(status).phrase.lower()
-        return PlainTextResponse(f"{status} {phrase}", status_code=status)
-
+    answer_errors_as_ollama(app)
     return app
