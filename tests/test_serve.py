@@ -18,7 +18,7 @@ from foreman.config import load_settings
 from foreman.events.log import EventLog
 from foreman.events.types import RecordedEvent
 from foreman.ids import new_ulid
-from foreman.simulator import SimulatorConfig
+from foreman.simulator import SimulatorConfig, serve_simulator
 from foreman.supervisor import Running, run_foreman
 from tests import factories
 
@@ -267,3 +267,26 @@ async def test_an_error_mid_stream_ends_the_stream_with_an_error_line(
     assert message in lines[-1]["error"]
     (events,) = foreman.job_events().values()
     assert events[-1] == "JobFailed"
+
+
+async def test_the_first_pick_prefers_the_model_the_backend_has_loaded(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    # A previous run left jobs for two models queued; the backend has qwen2 loaded.
+    log = EventLog.open(db_path)
+    for model in ("llama3", "qwen2", "llama3", "qwen2"):
+        log.append(new_ulid(), [factories.submitted(model=model)])
+    log.close()
+    sim_url: str = await nursery.start(serve_simulator, SimulatorConfig(listen="127.0.0.1:0"))
+    async with httpx.AsyncClient(base_url=sim_url) as sim:
+        # An empty prompt only loads the model, as with Ollama.
+        await sim.post("/api/generate", json={"model": "qwen2", "prompt": "", "stream": False})
+        config = load_settings(listen="127.0.0.1:0", backend=sim_url, db=db_path)
+        stop = trio.Event()
+        running = await nursery.start(run_foreman, config, stop)
+        committed = await running.journal.subscribe()
+        await until_types(committed, ["JobSucceeded"] * 4)
+        stop.set()
+        stats = (await sim.get("/_sim/stats")).json()
+    order = [generation["model"] for generation in stats["generations"]]
+    assert order[-4:] == ["qwen2:latest"] * 2 + ["llama3:latest"] * 2
