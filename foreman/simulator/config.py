@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_TAG = "latest"
+from foreman.wire import model_name
 
 LOAD_OPTION_DEFAULTS: dict[str, int | bool] = {
     "num_ctx": 4096,
@@ -27,11 +27,6 @@ its defaults before comparing).
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)?\s*$", re.IGNORECASE)
-
-
-def full_name(name: str) -> str:
-    """``llama3`` -> ``llama3:latest``: Ollama's name for a model given without a tag."""
-    return name if ":" in name else f"{name}:{DEFAULT_TAG}"
 
 
 def parse_size(text: str) -> int:
@@ -80,7 +75,7 @@ class SimModel(BaseModel):
         name, _, size = spec.strip().partition("=")
         if not name:
             raise ValueError(f"no model name in {spec!r}")
-        return cls(name=full_name(name), size=parse_size(size) if size else 4 * 10**9)
+        return cls(name=model_name(name), size=parse_size(size) if size else 4 * 10**9)
 
 
 DEFAULT_MODELS = (
@@ -117,5 +112,5 @@ class SimulatorConfig(BaseModel):
 
     def find(self, name: str) -> SimModel | None:
         """The model called ``name`` (the tag ``latest`` may be left out), if configured."""
-        wanted = full_name(name)
+        wanted = model_name(name)
         return next((model for model in self.models if model.name == wanted), None)

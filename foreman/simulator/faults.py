@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 import trio
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from foreman.simulator.config import full_name
+from foreman.wire import model_name
 
 GENERATION_PATHS = frozenset({"/api/chat", "/api/generate"})
 
@@ -39,7 +39,7 @@ class _Fault(BaseModel):
         if self.path is not None and self.path != path:
             return False
         return self.model is None or (
-            model is not None and full_name(self.model) == full_name(model)
+            model is not None and model_name(self.model) == model_name(model)
         )
 
 
