@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -21,7 +20,7 @@ from foreman.actors.scheduler import Message, Work
 from foreman.events.jobs import Job, JobsProjection
 from foreman.events.log import EventLog
 from foreman.events.types import JobFailed, JobRequeued, JobSubmitted
-from foreman.scheduling import QueuedJob, model_key
+from foreman.scheduling import QueuedJob
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +77,8 @@ async def recover(
 
 def _work(unfinished: Unfinished) -> Work:
     job, submitted = unfinished.job, unfinished.submitted
-    options: Any = submitted.request.get("options")
     waited = max(0.0, time.time() - _epoch(job.created_at))
-    queued = QueuedJob(
-        job.id,
-        unfinished.arrival,
-        job.priority,
-        model_key(job.model, options if isinstance(options, dict) else None),
-        queued_at=trio.current_time() - waited,
-    )
+    queued = QueuedJob.of(job.id, unfinished.arrival, submitted, trio.current_time() - waited)
     return Work(queued, submitted.kind, submitted.request, attempts=job.attempts)
 
 

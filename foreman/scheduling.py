@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from foreman.events.types import JobSubmitted
 from foreman.wire import model_name
 
 LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
@@ -44,6 +45,13 @@ class QueuedJob:
     queued_at: float
     """When it was submitted, on the clock ``pick`` is given; it must grow with
     ``arrival`` (a retried job keeps both, and so its place)."""
+
+    @classmethod
+    def of(cls, job_id: str, arrival: int, submitted: JobSubmitted, queued_at: float) -> QueuedJob:
+        """The queue entry of a submitted job: its model key read from its request."""
+        options = submitted.request.get("options")
+        key = model_key(submitted.model, options if isinstance(options, dict) else None)
+        return cls(job_id, arrival, submitted.priority, key, queued_at)
 
 
 _Heap = list[tuple[int, str]]

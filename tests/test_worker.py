@@ -20,7 +20,7 @@ from foreman.events.jobs import Job, JobsProjection
 from foreman.events.log import EventLog
 from foreman.events.types import JobCancelled, JobSubmitted, RecordedEvent
 from foreman.ids import new_ulid
-from foreman.scheduling import QueuedJob, model_key
+from foreman.scheduling import QueuedJob
 from foreman.simulator import SimulatorConfig, serve_simulator
 from foreman.upstream import Upstream
 
@@ -41,8 +41,7 @@ class Rig:
         submitted = JobSubmitted(kind=kind, model=body["model"], request=body, origin="sync")
         (event,) = await self.journal.append(job_id, [submitted], expected_version=0)
         send, receive = trio.open_memory_channel[Output](16) if wait else (None, None)
-        key = model_key(body["model"], body.get("options"))
-        job = QueuedJob(job_id, event.seq, 0, key, trio.current_time())
+        job = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
         await self.scheduler.send(Work(job, kind, body, attempts=0, output=send))
         return job_id, receive
 

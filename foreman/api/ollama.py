@@ -31,7 +31,7 @@ from foreman.actors.scheduler import (
 )
 from foreman.events.types import JobKind, JobSubmitted
 from foreman.ids import new_ulid
-from foreman.scheduling import QueuedJob, model_key
+from foreman.scheduling import QueuedJob
 from foreman.upstream import Unavailable, Upstream
 from foreman.wire import JSON_TYPE, NDJSON_TYPE, OllamaError, OllamaJSON, decode_json
 
@@ -109,7 +109,7 @@ async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Respons
             await gateway.scheduler.send(Release())
         raise
     send, output = trio.open_memory_channel[Output](OUTPUT_BUFFER)
-    queued = QueuedJob(job_id, event.seq, 0, model_key(model, options), trio.current_time())
+    queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
     work = Work(queued, kind, body, attempts=0, output=send, admitted=True)
     await gateway.scheduler.send(work)
 
