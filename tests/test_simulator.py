@@ -199,7 +199,7 @@ async def test_stats_record_generations_and_reset_clears_them(client: httpx.Asyn
 
     await arm(client, {"kind": "status", "times": None})
     reset = (await client.post("/_sim/reset")).json()
-    assert reset == {"loads": 0, "resident": None, "generations": []}
+    assert reset == {"loads": 0, "resident": None, "waiting": 0, "generations": []}
     assert (await client.get("/_sim/faults")).json() == {"faults": []}
 
 
@@ -437,3 +437,22 @@ def test_foreman_simulate_serves_until_interrupted() -> None:
         assert httpx.get(url.group(0)).text == "Ollama is running"
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
+
+
+async def test_a_request_whose_client_hangs_up_while_waiting_for_the_gpu_is_dropped(
+    client: httpx.AsyncClient,
+) -> None:
+    await arm(client, {"kind": "stall", "seconds": 1, "after_tokens": 0})
+
+    async def waiting(count: int) -> None:
+        with trio.fail_after(5):
+            await client.get(f"/_sim/stats?until_waiting={count}")
+
+    async with trio.open_nursery() as callers:
+        callers.start_soon(chat, client)  # holds the GPU for a second
+        async with trio.open_nursery() as second:
+            second.start_soon(partial(chat, client, messages=[{"role": "user", "content": "2"}]))
+            await waiting(1)
+            second.cancel_scope.cancel()  # hangs up while waiting for the GPU
+        await waiting(0)
+    assert len((await stats(client))["generations"]) == 1  # the second never ran

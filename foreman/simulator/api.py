@@ -14,6 +14,7 @@ from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import outcome
 import trio
 from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
@@ -124,7 +125,7 @@ def _generation_routes(router: APIRouter, sim: Simulator) -> None:
             return await _load_only(sim, model, key, shape)
         prompt = json.dumps([[m.role, m.content] for m in body.messages])
         job = Job("/api/chat", model, key, prompt, body.num_predict, received)
-        return await _answer(sim, job, fault, shape, stream=body.stream is not False)
+        return await _answer(sim, request, job, fault, shape, stream=body.stream is not False)
 
     @router.post("/api/generate")
     async def generate(request: Request) -> Response:
@@ -142,7 +143,7 @@ def _generation_routes(router: APIRouter, sim: Simulator) -> None:
             return await _load_only(sim, model, key, shape)
         prompt = f"{body.system}\0{body.prompt}"
         job = Job("/api/generate", model, key, prompt, body.num_predict, received)
-        return await _answer(sim, job, fault, shape, stream=body.stream is not False)
+        return await _answer(sim, request, job, fault, shape, stream=body.stream is not False)
 
 
 def _embedding_routes(router: APIRouter, sim: Simulator) -> None:
@@ -239,10 +240,35 @@ async def _faulty_output(
 
 
 async def _answer(
-    sim: Simulator, job: Job, fault: DropFault | StallFault | None, shape: Shape, *, stream: bool
+    sim: Simulator,
+    request: Request,
+    job: Job,
+    fault: DropFault | StallFault | None,
+    shape: Shape,
+    *,
+    stream: bool,
 ) -> Response:
+    """The generation's answer; dropped, as Ollama drops it, if the client hangs up
+    first (a stream: by Starlette's own watch for the disconnect)."""
     if stream:
         return NDJSONStream(_stream(sim, job, fault, shape))
+    answer: outcome.Outcome[Response] | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_on_disconnect, request, nursery.cancel_scope)
+        answer = await outcome.acapture(_complete, sim, job, fault, shape)
+        nursery.cancel_scope.cancel()
+    return Response(status_code=499) if answer is None else answer.unwrap()  # 499: nobody reads
+
+
+async def _cancel_on_disconnect(request: Request, scope: trio.CancelScope) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _complete(
+    sim: Simulator, job: Job, fault: DropFault | StallFault | None, shape: Shape
+) -> Response:
     text: list[str] = []
     try:
         async with aclosing(_faulty_output(sim, job, fault)) as output:

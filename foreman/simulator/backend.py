@@ -129,9 +129,22 @@ class SimulatedGPU:
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
         self._lock = trio.Lock()
+        self.waiting = 0
+        """Requests queued for the GPU behind the one holding it."""
+        self._waiting_changed = trio.Event()
         self.resident: Resident | None = None
         self.loads = 0
         self.generations: list[GenerationRecord] = []
+
+    async def until_waiting(self, count: int) -> None:
+        """Return once ``count`` requests wait for the GPU (for tests to synchronise on)."""
+        while self.waiting != count:
+            await self._waiting_changed.wait()
+
+    def _add_waiting(self, delta: int) -> None:
+        self.waiting += delta
+        self._waiting_changed.set()
+        self._waiting_changed = trio.Event()
 
     def unload(self) -> None:
         self.resident = None
@@ -145,7 +158,12 @@ class SimulatedGPU:
     @asynccontextmanager
     async def session(self, model: SimModel, key: LoadKey) -> AsyncIterator[float]:
         """Hold the GPU with ``key`` loaded; yields the seconds spent loading (0 if resident)."""
-        async with self._lock:
+        self._add_waiting(1)
+        try:
+            await self._lock.acquire()
+        finally:
+            self._add_waiting(-1)
+        try:
             load_seconds = 0.0
             if self.resident is None or self.resident.key != key:
                 self.resident = None  # the old model is evicted as the load starts
@@ -159,6 +177,8 @@ class SimulatedGPU:
             finally:
                 if self.resident is not None:
                     self.resident.last_used = time.time()
+        finally:
+            self._lock.release()
 
     async def generate(self, job: Job) -> AsyncGenerator[str | Finished, None]:
         """Yield the response's tokens, then :class:`Finished`; holds the GPU throughout.

@@ -1,7 +1,9 @@
 """The simulator's own endpoints, under ``/_sim/`` (Ollama has nothing there).
 
 - ``GET /_sim/stats``: model loads so far, the resident model and its load
-  options, and every completed generation with its start and end (Unix seconds).
+  options, how many requests wait for the GPU, and every completed generation
+  with its start and end (Unix seconds). ``?until_waiting=N`` answers once N
+  requests wait (a test's way to know a request has reached the GPU's queue).
 - ``POST /_sim/reset``: clear the counters and the faults, unload the model.
 - ``GET|POST|DELETE /_sim/faults``: list, arm (a fault or a list of them), clear.
 - ``POST /_sim/outage {"seconds": S}``: refuse connections for S seconds.
@@ -32,6 +34,7 @@ def control_routes(sim: Simulator) -> APIRouter:
             "loads": sim.gpu.loads,
             "resident": resident
             and {"model": resident.model.name, "options": dict(resident.key.options)},
+            "waiting": sim.gpu.waiting,
             "generations": [asdict(record) for record in sim.gpu.generations],
         }
 
@@ -39,7 +42,9 @@ def control_routes(sim: Simulator) -> APIRouter:
         return {"faults": [fault.model_dump() for fault in sim.faults.armed()]}
 
     @router.get("/stats")
-    async def get_stats() -> Response:
+    async def get_stats(until_waiting: int | None = None) -> Response:
+        if until_waiting is not None:
+            await sim.gpu.until_waiting(until_waiting)
         return OllamaJSON(stats())
 
     @router.post("/reset")
