@@ -6,9 +6,8 @@ the simulator records when each generation got the GPU and when it ended
 start. Rows, each on a fresh simulator state:
 
   through Foreman     the jobs submitted to Foreman at once (one concurrent request
-                      each); between two jobs the worker commits the first's
-                      JobSucceeded, asks the scheduler for the next, commits its
-                      JobStarted and sends it to the backend
+                      each); while one runs, the worker has already sent the next
+                      and it waits in the simulator's queue (ADR-0026)
   direct, queued      the same jobs sent straight to the simulator at once: its
                       own FIFO lock hands the GPU over (as Ollama's queue would)
   direct, sequential  one at a time, straight to the simulator: a client round trip

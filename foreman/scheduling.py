@@ -104,23 +104,24 @@ class JobQueue:
 
     def pick(self, loaded: str | None, now: float) -> QueuedJob | None:
         """Remove and return the job to run next (see the module's rule), or None."""
+        job = self.peek(loaded, now)
+        if job is not None:
+            self.remove(job.job_id)
+        return job
+
+    def peek(self, loaded: str | None, now: float) -> QueuedJob | None:
+        """The job :meth:`pick` would take, left in the queue."""
         oldest = self._peek(self._oldest)
         if oldest is None:
             return None
         if now - oldest.queued_at >= self.max_wait:
-            return self._take(oldest)
+            return oldest
         priority = self._top_priority()
         if loaded is not None:
             same_model = self._peek(self._by_model.get((priority, loaded)))
             if same_model is not None:
-                return self._take(same_model)
-        first = self._peek(self._by_priority[priority])
-        assert first is not None  # the priority has live jobs
-        return self._take(first)
-
-    def _take(self, job: QueuedJob) -> QueuedJob:
-        self.remove(job.job_id)
-        return job
+                return same_model
+        return self._peek(self._by_priority[priority])
 
     def _peek(self, heap: _Heap | None) -> QueuedJob | None:
         """The heap's oldest live job; entries of jobs no longer queued are dropped.

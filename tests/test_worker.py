@@ -277,3 +277,61 @@ async def test_an_attempt_over_the_job_timeout_mid_answer_fails(rig: Rig) -> Non
     assert isinstance(messages[-1], Failed)
     assert "job timeout" in messages[-1].message
     assert rig.events(job_id) == ["JobSubmitted", "JobStarted", "JobFailed"]
+
+
+async def waiting_at_backend(rig: Rig, count: int) -> None:
+    """Until ``count`` requests wait for the simulator's GPU."""
+    with trio.fail_after(10):
+        await rig.sim("GET", f"/_sim/stats?until_waiting={count}")
+
+
+async def test_the_next_job_for_the_loaded_model_waits_at_the_backend(rig: Rig) -> None:
+    await rig.sim("POST", "/_sim/faults", {"kind": "stall", "seconds": 30, "after_tokens": 1})
+    rig.start_worker()
+    running, running_output = await rig.submit(chat(stream=True))
+    assert running_output is not None
+    with trio.fail_after(10):
+        await running_output.receive()  # it holds the GPU, stalled
+    behind, behind_output = await rig.submit(chat())
+    other_model, other_output = await rig.submit(chat("qwen2"))
+    await waiting_at_backend(rig, 1)
+    # Sent, but not started: it has not got the GPU. The other model waits in Foreman.
+    assert rig.events(behind) == rig.events(other_model) == ["JobSubmitted"]
+    await rig.scheduler.send(Cancel(running, "client_disconnected"))
+    await answer(behind_output)
+    await answer(other_output)
+    assert rig.events(behind) == ["JobSubmitted", "JobStarted", "JobSucceeded"]
+    stats = await rig.sim("GET", "/_sim/stats")
+    assert [run["model"] for run in stats["generations"]] == ["llama3:latest", "qwen2:latest"]
+
+
+async def test_a_job_cancelled_while_waiting_at_the_backend_never_starts(rig: Rig) -> None:
+    await rig.sim("POST", "/_sim/faults", {"kind": "stall", "seconds": 30, "after_tokens": 1})
+    rig.start_worker()
+    running, running_output = await rig.submit(chat(stream=True))
+    assert running_output is not None
+    with trio.fail_after(10):
+        await running_output.receive()
+    behind, behind_output = await rig.submit(chat())
+    await waiting_at_backend(rig, 1)
+    await rig.scheduler.send(Cancel(behind, "client_disconnected"))
+    assert await answer(behind_output) == []
+    await waiting_at_backend(rig, 0)  # the backend was told: its request is gone
+    assert rig.events(behind) == ["JobSubmitted", "JobCancelled"]
+    _, last_output = await rig.submit(chat())
+    await rig.scheduler.send(Cancel(running, "client_disconnected"))
+    await answer(last_output)
+    assert len((await rig.sim("GET", "/_sim/stats"))["generations"]) == 1  # only the last
+
+
+async def test_the_job_timeout_counts_from_the_start_not_from_waiting_behind(rig: Rig) -> None:
+    # Each job holds the GPU for 1 s; the second waits 1 s behind the first, then runs
+    # 1 s: over the 1.5 s timeout counted from when it was sent, within it from its start.
+    stall = {"kind": "stall", "seconds": 1.0, "after_tokens": 0, "times": 2}
+    await rig.sim("POST", "/_sim/faults", stall)
+    first, first_output = await rig.submit(chat())
+    second, second_output = await rig.submit(chat())
+    rig.start_worker(job_timeout=1.5)
+    await answer(first_output)
+    await answer(second_output)
+    assert rig.events(first) == rig.events(second) == ["JobSubmitted", "JobStarted", "JobSucceeded"]

@@ -2,18 +2,24 @@
 
 Its inbox takes :class:`Work` (a job to queue: just submitted, recovered, or
 back for a retry), :class:`Ready` (a worker asking for its next job, naming
-the model the backend has loaded) and :class:`Cancel`. It answers a worker only
-when it has a job, and picks that job at that moment, so the drain-by-model
-choice always sees the current queue and the model loaded now
-(:mod:`foreman.scheduling`). :class:`Admit` keeps the queue within
-``max_queue``. A cancelled job still queued never runs: the
-scheduler records ``JobCancelled``; one already running is the worker's to stop,
-so the cancel goes on to it.
+the model the backend has loaded), :class:`Done` (a worker's backend call
+ended) and :class:`Cancel`. It answers a worker only when it has a job, and
+picks that job at that moment, so the drain-by-model choice always sees the
+current queue and the model loaded now (:mod:`foreman.scheduling`).
+
+A worker keeps one job waiting at the backend behind the one running, so the
+GPU goes from one to the next without waiting for Foreman (ADR-0026). While a
+worker's call is in flight, it is given only a job the rule would pick next
+*and* that needs no model swap: a swap waits until the backend is free, so a
+job for the loaded model arriving meanwhile still goes first.
+
+:class:`Admit` keeps the queue within ``max_queue``. A cancelled job still
+queued never runs: the scheduler records ``JobCancelled``; one already at the
+backend is the worker's to stop, so the cancel goes on to it.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +80,13 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
+class Done:
+    """The worker's backend call for this job ended: the job left the GPU."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class Admit:
     """May one more job queue? True reserves its place (``max_queue``) until its
     :class:`Work` comes, or a :class:`Release` gives the place back."""
@@ -86,7 +99,15 @@ class Release:
     """An admitted job will not come after all."""
 
 
-Message = Work | Ready | Cancel | Admit | Release
+Message = Work | Ready | Done | Cancel | Admit | Release
+
+
+@dataclass(frozen=True, slots=True)
+class _AtBackend:
+    """A job a worker has sent to the backend."""
+
+    control: trio.MemorySendChannel[Cancel]
+    model_key: str
 
 
 class Scheduler:
@@ -96,8 +117,8 @@ class Scheduler:
         self._queue = JobQueue(max_wait)
         self._work: dict[str, Work] = {}
         self._reserved = 0
-        self._idle_workers: deque[Ready] = deque()
-        self._running: dict[str, trio.MemorySendChannel[Cancel]] = {}
+        self._ready: list[Ready] = []
+        self._at_backend: dict[str, _AtBackend] = {}
 
     async def run(
         self,
@@ -115,36 +136,53 @@ class Scheduler:
                         if message.admitted:
                             self._reserved -= 1
                     case Ready():
-                        self._running = {  # the worker is done with the job it had
-                            job: control
-                            for job, control in self._running.items()
-                            if control is not message.control
-                        }
-                        self._idle_workers.append(message)
+                        self._ready.append(message)
+                    case Done():
+                        del self._at_backend[message.job_id]
                     case Cancel():
                         await self._cancel(message)
                     case Admit():
-                        admitted = len(self._queue) + self._reserved < self.max_queue
+                        admitted = self._queued() + self._reserved < self.max_queue
                         if admitted:
                             self._reserved += 1
                         message.reply.put(admitted)
                     case Release():
                         self._reserved -= 1
-                self._dispatch()
+                if self._ready and self._queue:
+                    self._dispatch()
 
     def _dispatch(self) -> None:
-        while self._idle_workers and self._queue:
-            ready = self._idle_workers.popleft()
-            job = self._queue.pick(ready.loaded, trio.current_time())
-            assert job is not None  # the queue is not empty
-            self._running[job.job_id] = ready.control
+        now = trio.current_time()
+        waiting = []
+        for ready in self._ready:
+            job = self._next_for(ready, now)
+            if job is None:
+                waiting.append(ready)
+                continue
+            self._queue.remove(job.job_id)
+            self._at_backend[job.job_id] = _AtBackend(ready.control, job.model_key)
             ready.reply.put(self._work.pop(job.job_id))
+        self._ready = waiting
+
+    def _queued(self) -> int:
+        """Jobs not started yet: in the queue, or waiting behind another at the backend."""
+        workers_busy = len({id(job.control) for job in self._at_backend.values()})
+        return len(self._queue) + len(self._at_backend) - workers_busy
+
+    def _next_for(self, ready: Ready, now: float) -> QueuedJob | None:
+        """The job for this worker now: the rule's pick, unless the worker's
+        backend is busy and the pick would swap its model."""
+        busy = [a.model_key for a in self._at_backend.values() if a.control is ready.control]
+        if not busy:
+            return self._queue.peek(ready.loaded, now)
+        job = self._queue.peek(busy[-1], now)
+        return job if job is not None and job.model_key == busy[-1] else None
 
     async def _cancel(self, cancel: Cancel) -> None:
         if self._queue.remove(cancel.job_id) is not None:
             await self._cancel_queued(self._work.pop(cancel.job_id), cancel.reason)
-        elif cancel.job_id in self._running:
-            await self._running[cancel.job_id].send(cancel)
+        elif cancel.job_id in self._at_backend:
+            await self._at_backend[cancel.job_id].control.send(cancel)
 
     async def _cancel_queued(self, work: Work, reason: str) -> None:
         await self._journal.append(work.job.job_id, [JobCancelled(reason=reason)])

@@ -1,7 +1,14 @@
-"""The worker: runs one job at a time on the backend, and records what happened.
+"""The worker: runs jobs on the backend one after another, and records what happened.
 
-For each job the scheduler hands it: ``JobStarted``, then the backend call,
-its answer relayed line by line to the waiting caller (if any), then one of
+It keeps the backend fed: while one job runs, the next one the scheduler
+gives it (same model only, see :mod:`foreman.actors.scheduler`) is already
+sent and waits in the backend's own queue, so the GPU goes straight from one
+to the next (ADR-0026). A job *starts* when the one before it has ended:
+``JobStarted`` is recorded then, concurrently with the call (not before it),
+and its ``job_timeout`` begins then.
+
+For each job: ``JobStarted``, its answer relayed line by line to the waiting
+caller (if any), then one of
 
 - ``JobSucceeded`` with the final response;
 - ``JobFailed`` with the backend's status and message, when the backend
@@ -11,13 +18,13 @@ its answer relayed line by line to the waiting caller (if any), then one of
   until ``max_attempts``; then ``JobAttemptFailed`` and ``JobFailed``;
 - ``JobCancelled`` when a cancel for the job reaches it through the
   scheduler (the caller hung up), or the caller stopped reading its answer.
+  A job cancelled while still waiting behind another never started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -25,7 +32,7 @@ import trio
 
 from foreman.actors.journal import JournalClient
 from foreman.actors.reply import Reply
-from foreman.actors.scheduler import Cancel, Failed, Line, Message, Output, Ready, Work
+from foreman.actors.scheduler import Cancel, Done, Failed, Line, Message, Output, Ready, Work
 from foreman.events.types import (
     Event,
     JobAttemptFailed,
@@ -68,113 +75,118 @@ class Worker:
         self.max_attempts = max_attempts
         self._backoff = backoff
         self.job_timeout = job_timeout
-        """Seconds one attempt may take; None: no limit."""
+        """Seconds one attempt may take once started; None: no limit."""
         self.loaded = loaded
-        """The model key the backend has loaded: the last one this worker ran."""
+        """The model key the backend has loaded, or will once its queue is through."""
         self._draining = trio.Event()
         self._waiting: trio.CancelScope | None = None
+        self._calls: dict[str, _Call] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run jobs until :meth:`drain` is called and the job at hand is done."""
+        """Run jobs until :meth:`drain` is called and the jobs at the backend are done."""
         control_send, control = trio.open_memory_channel[Cancel](16)
         async with (
             trio.open_nursery() as finishing,
             control_send,
             control,
             trio.open_nursery() as retries,
+            trio.open_nursery() as calls,
         ):
+            calls.start_soon(self._route, control)
             task_status.started()
-            while not self._draining.is_set():
-                reply: Reply[Work] = Reply()
-                await self._scheduler.send(Ready(self.loaded, reply, control_send))
-                with trio.CancelScope() as waiting:
-                    self._waiting = waiting
-                    work = await reply.wait()
-                self._waiting = None
-                if waiting.cancelled_caught:
-                    break
-                await self._run(work, control, retries, finishing)
+            last: trio.Event | None = None  # set when the newest call has ended
+            while (work := await self._next(control_send)) is not None:
+                self.loaded = work.job.model_key
+                ended = trio.Event()
+                calls.start_soon(self._attempt, work, last, ended, finishing, retries)
+                before, last = last, ended
+                if before is not None:  # one job at the backend and one behind it
+                    await before.wait()
+            if last is not None:
+                await last.wait()
+            calls.cancel_scope.cancel()
             retries.cancel_scope.cancel()  # a job waiting to retry stays queued in the log
 
     def drain(self) -> None:
-        """Take no further job; the one running may finish (shutdown's grace period)."""
+        """Take no further job; the ones at the backend may finish (shutdown's grace)."""
         self._draining.set()
         if self._waiting is not None:
             self._waiting.cancel()
 
-    async def _run(
+    async def _next(self, control: trio.MemorySendChannel[Cancel]) -> Work | None:
+        """The next job from the scheduler; None once draining."""
+        if self._draining.is_set():
+            return None
+        reply: Reply[Work] = Reply()
+        await self._scheduler.send(Ready(self.loaded, reply, control))
+        with trio.CancelScope() as self._waiting:
+            return await reply.wait()
+        return None
+
+    async def _route(self, control: trio.MemoryReceiveChannel[Cancel]) -> None:
+        """Hand each cancel to its job's call; one for a job already gone is stale."""
+        async for cancel in control:
+            call = self._calls.get(cancel.job_id)
+            if call is not None:
+                call.cancel(cancel)
+
+    async def _attempt(
         self,
         work: Work,
-        control: trio.MemoryReceiveChannel[Cancel],
-        retries: trio.Nursery,
+        before: trio.Event | None,
+        ended: trio.Event,
         finishing: trio.Nursery,
+        retries: trio.Nursery,
     ) -> None:
-        """Run one attempt. Its outcome is recorded in the background: the backend is
-        free, so the next job is fetched meanwhile and its JobStarted shares the commit."""
+        """Send the job to the backend now; it starts when ``before`` is set.
+        Its outcome is recorded in the background: the next job is on its way."""
         job_id = work.job.job_id
-        attempt = work.attempts + 1
-        await self._journal.append(
-            job_id, [JobStarted(attempt=attempt, backend=self._upstream.base_url)]
-        )
-        self.loaded = work.job.model_key
-        called = False
+        call = self._calls[job_id] = _Call(work)
         try:
-            outcome = await self._call(work, control)
-            called = True
-        finally:
-            if not called:  # cancelled (shutdown after its grace): back to the queue
+            async with trio.open_nursery() as turn:
+                turn.start_soon(self._take_turn, call, before)
+                outcome = await call.run(self._upstream)
+                if isinstance(outcome, Cancel) and not call.started:
+                    turn.cancel_scope.cancel()  # cancelled while waiting: it never started
+        except BaseException:
+            if call.started:  # cancelled (shutdown after its grace): back to the queue
                 with trio.CancelScope(shield=True):
                     await self._journal.append(job_id, [JobRequeued(reason="interrupted")])
+            raise
+        finally:
+            del self._calls[job_id]
+        await self._scheduler.send(Done(job_id))
+        ended.set()
+        attempt = work.attempts + 1
+        events: list[Event]
+        failed: Failed | None = None
         if isinstance(outcome, Unavailable):
             failure = JobAttemptFailed(attempt=attempt, error=str(outcome), retryable=True)
             if attempt < self.max_attempts:
-                await self._journal.append(job_id, [failure, JobRequeued(reason="retry")])
-                retried = dataclasses.replace(work, attempts=attempt)
-                retries.start_soon(self._requeue_later, retried, self._backoff(attempt))
+                retried = dataclasses.replace(work, attempts=attempt, admitted=False)
+                events = [failure, JobRequeued(reason="retry")]
+                retries.start_soon(self._retry, retried, events, self._backoff(attempt))
                 return
             final = f"the backend was unreachable {attempt} times: {outcome}"
-            finishing.start_soon(
-                self._finish,
-                work,
-                [failure, JobFailed(error=final)],
-                Failed(UNAVAILABLE_STATUS, final),
-            )
+            events = [failure, JobFailed(error=final)]
+            failed = Failed(UNAVAILABLE_STATUS, final)
         elif isinstance(outcome, BackendError):
+            events = [JobFailed(error=outcome.message, status=outcome.status)]
             failed = Failed(outcome.status or 500, outcome.message)
-            events: list[Event] = [JobFailed(error=outcome.message, status=outcome.status)]
-            finishing.start_soon(self._finish, work, events, failed)
         elif isinstance(outcome, Cancel):
-            cancelled: list[Event] = [JobCancelled(reason=outcome.reason)]
-            finishing.start_soon(self._finish, work, cancelled)
+            events = [JobCancelled(reason=outcome.reason)]
         else:
-            succeeded: list[Event] = [JobSucceeded(result=outcome)]
-            finishing.start_soon(self._finish, work, succeeded)
+            events = [JobSucceeded(result=outcome)]
+        finishing.start_soon(self._finish, work, events, failed)
 
-    async def _call(
-        self, work: Work, control: trio.MemoryReceiveChannel[Cancel]
-    ) -> dict[str, Any] | Unavailable | BackendError | Cancel:
-        """The backend call's outcome; a cancel for this job stops it where it is.
-
-        An attempt over ``job_timeout`` is Unavailable (retryable) while nothing
-        was answered yet, and a BackendError once the answer began."""
-        cancels: list[Cancel] = []
-        relay = _Relay(work.output)
-        with trio.CancelScope() as call:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_watch, work.job.job_id, control, call, cancels)
-                try:
-                    with trio.fail_after(self.job_timeout or math.inf):
-                        return await self._upstream.generate(work.kind, work.request, relay)
-                except (Unavailable, BackendError) as error:
-                    return error
-                except trio.TooSlowError:
-                    message = f"no answer within the job timeout ({self.job_timeout} s)"
-                    return BackendError(message, None) if relay.began else Unavailable(message)
-                except trio.BrokenResourceError:  # the caller stopped listening
-                    return Cancel(work.job.job_id, "client_disconnected")
-                finally:
-                    nursery.cancel_scope.cancel()
-        return cancels[0]
+    async def _take_turn(self, call: _Call, before: trio.Event | None) -> None:
+        """Once the job ahead has ended, this one has the GPU: it has started."""
+        if before is not None:
+            await before.wait()
+        call.start(self.job_timeout)
+        started = JobStarted(attempt=call.work.attempts + 1, backend=self._upstream.base_url)
+        with trio.CancelScope(shield=True):  # the job has started: that is recorded
+            await self._journal.append(call.work.job.job_id, [started])
 
     async def _finish(self, work: Work, events: list[Event], failed: Failed | None = None) -> None:
         """Record the job's end, then tell its caller (if still there) and let it go.
@@ -188,23 +200,55 @@ class Worker:
                 with contextlib.suppress(trio.BrokenResourceError):
                     await work.output.send(failed)
 
-    async def _requeue_later(self, work: Work, delay: float) -> None:
+    async def _retry(self, work: Work, events: list[Event], delay: float) -> None:
+        """Record the failed attempt; after ``delay`` the job queues again."""
+        with trio.CancelScope(shield=True):
+            await self._journal.append(work.job.job_id, events)
         await trio.sleep(delay)
         await self._scheduler.send(work)
 
 
-async def _watch(
-    job_id: str,
-    control: trio.MemoryReceiveChannel[Cancel],
-    call: trio.CancelScope,
-    cancels: list[Cancel],
-) -> None:
-    """Cancel ``call`` when a cancel for ``job_id`` comes; older ones are stale."""
-    async for cancel in control:
-        if cancel.job_id == job_id:
-            cancels.append(cancel)
-            call.cancel()
-            return
+Outcome = dict[str, Any] | Unavailable | BackendError | Cancel
+
+
+class _Call:
+    """One attempt's backend call: stopped by a cancel, timed from its start."""
+
+    def __init__(self, work: Work) -> None:
+        self.work = work
+        self.started = False
+        self._cancelled: Cancel | None = None
+        self._scope = trio.CancelScope()
+        self._limit = trio.CancelScope()  # the job timeout, armed by start()
+        self._timeout: float | None = None
+
+    def start(self, timeout: float | None) -> None:
+        self.started = True
+        if timeout is not None:
+            self._timeout = timeout
+            self._limit.deadline = trio.current_time() + timeout
+
+    def cancel(self, cancel: Cancel) -> None:
+        self._cancelled = cancel
+        self._scope.cancel()
+
+    async def run(self, upstream: Upstream) -> Outcome:
+        """The call's outcome. Over the timeout it is Unavailable (retryable) while
+        nothing was answered yet, and a BackendError once the answer began."""
+        job_id = self.work.job.job_id
+        relay = _Relay(self.work.output)
+        with self._scope:
+            with self._limit:
+                try:
+                    return await upstream.generate(self.work.kind, self.work.request, relay)
+                except (Unavailable, BackendError) as error:
+                    return error
+                except trio.BrokenResourceError:  # the caller stopped listening
+                    return Cancel(job_id, "client_disconnected")
+            message = f"no answer within the job timeout ({self._timeout} s)"
+            return BackendError(message, None) if relay.began else Unavailable(message)
+        assert self._cancelled is not None  # only cancel() cancels the scope
+        return self._cancelled
 
 
 class _Relay:
