@@ -11,7 +11,8 @@ C, ...) on a simulator that takes ``--load-latency`` seconds to load a model and
                   loaded model's jobs first
 
 Swaps are the simulator's model loads (``/_sim/stats``); the makespan runs from the
-first request sent to the last answer received. The ideal makespan is the work
+first request sent to the last answer received (wall clock, which the simulator's
+records share). The ideal makespan is the work
 (jobs x tokens x token latency) plus one load per model.
 
     python benchmarks/swaps.py [--jobs-per-model N] [--durability full|normal] [--json]
@@ -62,6 +63,10 @@ class Row:
     idle: float
     """Seconds the simulator sat idle between its first generation's start and its last
     one's end: the gaps between jobs."""
+    lead: float
+    """Seconds from the first request sent to the first generation's start."""
+    tail: float
+    """Seconds from the last generation's end to the last answer received."""
     run_changes: int
     """Times the model changed from one generation to the next, in the order they ran."""
     arrival_changes: int | None
@@ -77,6 +82,8 @@ class Row:
             "makespan_seconds": self.makespan,
             "simulator_busy_seconds": self.busy,
             "simulator_idle_seconds": self.idle,
+            "lead_seconds": self.lead,
+            "tail_seconds": self.tail,
             "model_changes_in_run_order": self.run_changes,
             "model_changes_in_arrival_order": self.arrival_changes,
         }
@@ -91,26 +98,39 @@ def changes(models: list[str]) -> int:
     return sum(1 for before, after in itertools.pairwise(models) if before != after)
 
 
-async def _generations(client: httpx.AsyncClient, sim: str) -> tuple[int, float, float, list[str]]:
-    """Loads, busy seconds, idle seconds and the models in the order they ran."""
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """What the simulator recorded of a run, and when (Unix seconds) it began and ended."""
+
+    loads: int
+    busy: float
+    idle: float
+    lead: float
+    tail: float
+    models: list[str]
+
+
+async def _generations(client: httpx.AsyncClient, sim: str, began: float, ended: float) -> _Run:
     stats = await sim_stats(client, sim)
     runs = sorted(stats["generations"], key=lambda g: g["started_at"])
     busy = sum(g["ended_at"] - g["started_at"] for g in runs)
-    idle = runs[-1]["ended_at"] - runs[0]["started_at"] - busy
-    return stats["loads"], busy, idle, [g["model"] for g in runs]
+    first, last = runs[0]["started_at"], runs[-1]["ended_at"]
+    idle = last - first - busy
+    return _Run(stats["loads"], busy, idle, first - began, ended - last, [g["model"] for g in runs])
 
 
 async def fifo(args: argparse.Namespace, client: httpx.AsyncClient, sim: str) -> Row:
     jobs = arrivals(args)
     await sim_reset(client, sim)
     progress(f"FIFO: {len(jobs)} jobs straight to the simulator, one at a time ...")
-    started = time.perf_counter()
+    began = time.time()
     for n, model in enumerate(jobs):
         await chat(client, sim, model, n)
-    makespan = time.perf_counter() - started
-    loads, busy, idle, ran = await _generations(client, sim)
+    ended = time.time()
+    run = await _generations(client, sim, began, ended)
     how = "straight to the simulator, one at a time, arrival order"
-    return Row("FIFO", how, len(jobs), loads, makespan, busy, idle, changes(ran), None)
+    return Row("FIFO", how, len(jobs), run.loads, ended - began, run.busy, run.idle, run.lead,
+               run.tail, changes(run.models), None)  # fmt: skip
 
 
 async def drain(args: argparse.Namespace, client: httpx.AsyncClient, sim: str) -> Row:
@@ -123,19 +143,19 @@ async def drain(args: argparse.Namespace, client: httpx.AsyncClient, sim: str) -
     ):
         progress(f"drain-by-model: {len(jobs)} jobs submitted to Foreman at once ...")
         async with httpx.AsyncClient(limits=limits(len(jobs)), timeout=None) as submitter:
-            started = time.perf_counter()
+            began = time.time()
             resets: list[int] = []
             async with trio.open_nursery() as nursery:
                 for n, model in enumerate(jobs):
                     nursery.start_soon(submit, submitter, url, model, n, resets)
-            makespan = time.perf_counter() - started
+            ended = time.time()
     if resets:
         progress(f"  {len(resets)} connections reset (listen backlog overflow), sent again")
-    loads, busy, idle, ran = await _generations(client, sim)
+    run = await _generations(client, sim, began, ended)
     arrived = [model for model, _ in submitted_models(db)]
     how = "submitted to Foreman all at once"
-    return Row("drain-by-model", how, len(jobs), loads, makespan, busy, idle, changes(ran),
-               changes(arrived))  # fmt: skip
+    return Row("drain-by-model", how, len(jobs), run.loads, ended - began, run.busy, run.idle,
+               run.lead, run.tail, changes(run.models), changes(arrived))  # fmt: skip
 
 
 def ideal(args: argparse.Namespace) -> float:
@@ -156,6 +176,8 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
                 "vs ideal",
                 "sim busy s",
                 "sim idle s",
+                "lead s",
+                "tail s",
                 "run changes",
                 "arrival changes",
             ],
@@ -169,6 +191,8 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
                     f"{row.makespan / best:,.2f}x",
                     fmt_float(row.busy, 2),
                     fmt_float(row.idle, 2),
+                    fmt_float(row.lead, 2),
+                    fmt_float(row.tail, 2),
                     row.run_changes,
                     "-" if row.arrival_changes is None else row.arrival_changes,
                 ]
@@ -186,6 +210,8 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         "overhead makes each token a little longer than nominal.",
         "sim idle s: the simulator idle between its first start and its last end (the gaps "
         "between jobs, see idle_gap.py).",
+        "lead s: from the first request sent to the first generation's start; tail s: from "
+        "the last generation's end to the last answer (makespan = lead + busy + idle + tail).",
         "run changes: model changes between consecutive generations at the simulator; arrival "
         "changes: between consecutive JobSubmitted in Foreman's log.",
         f"Foreman: {args.mode}, durability {args.durability.value.upper()}, FOREMAN_MAX_WAIT "

@@ -191,8 +191,13 @@ class SimulatedGPU:
         async with self.session(job.model, job.key) as load_seconds:
             started_at = time.time() - load_seconds  # when it got the GPU
             eval_start = time.perf_counter_ns()
+            # A GPU keeps a steady pace: each token is due one latency after the one
+            # before was due, so the timer's lateness on one token does not push back
+            # the rest; after a pause longer than a token (a stall) the pace starts over.
+            latency, due = self.config.token_latency, trio.current_time()
             for token in response_tokens(job.model.name, job.prompt, count):
-                await trio.sleep(self.config.token_latency)
+                due = max(due, trio.current_time() - latency) + latency
+                await trio.sleep_until(due)
                 yield token
             end = time.perf_counter_ns()
             self.generations.append(
