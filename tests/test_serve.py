@@ -146,24 +146,38 @@ async def test_health_reports_the_actors_and_the_backend(foreman: Foreman) -> No
     assert health["backend"]["reachable"] is True
 
 
+async def raw_post(url: str, path: str, body: dict[str, Any]) -> trio.SocketStream:
+    """Send a POST on a connection of its own, whose closing is an unmistakable hang-up."""
+    host, port = httpx.URL(url).host, httpx.URL(url).port
+    assert port is not None
+    stream = await trio.open_tcp_stream(host, port)
+    content = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(content)}\r\n\r\n"
+    )
+    await stream.send_all(head.encode() + content)
+    return stream
+
+
 async def test_a_caller_that_hangs_up_while_queued_cancels_its_job(foreman: Foreman) -> None:
     committed = await foreman.running.journal.subscribe()
     async with httpx.AsyncClient(base_url=foreman.url) as http:
         # The first job holds the GPU (the backend stalls), so the second waits.
-        stall = {"kind": "stall", "seconds": 5, "after_tokens": 1, "times": 1}
+        stall = {"kind": "stall", "seconds": 30, "after_tokens": 1, "times": 1}
         sim = (await http.get("/healthz")).json()["backend"]["url"]
         await http.post(f"{sim}/_sim/faults", json=stall)
         holder = {"model": "llama3", "prompt": "first", "stream": True}
         async with http.stream("POST", "/api/generate", json=holder) as first:
-            await first.aiter_lines().__anext__()  # running, and stalled
-            with trio.move_on_after(0.5):  # hang up while queued
-                await http.post("/api/generate", json={"model": "qwen2", "prompt": "second"})
-    cancelled = 0
-    with trio.fail_after(10):
-        async for events in committed:
-            cancelled += sum(event.type == "JobCancelled" for event in events)
-            if cancelled == 2:
-                break
+            lines = first.aiter_lines()  # kept: a dropped iterator would close the stream
+            await lines.__anext__()  # running, and stalled
+            await until_types(committed, ["JobSubmitted", "JobStarted"])
+            second = await raw_post(foreman.url, "/api/generate", {"model": "qwen2"})
+            await until_types(committed, ["JobSubmitted"])  # queued behind the first
+            await second.aclose()  # hangs up while queued
+            await until_types(committed, ["JobCancelled"])
+        # The first hangs up mid-stream: its call is stopped though the backend stalls.
+        await until_types(committed, ["JobCancelled"])
     outcomes = sorted(events for events in foreman.job_events().values())
     assert outcomes == [
         ["JobSubmitted", "JobCancelled"],  # the queued one never ran

@@ -173,7 +173,7 @@ async def _stream(
             yield message.data
         finished = True
     finally:
-        await output.aclose()
+        output.close()  # not aclose(): a checkpoint, where a hang-up's cancellation lands
         if not finished:
             with trio.CancelScope(shield=True):
                 await gateway.scheduler.send(Cancel(job_id, "client_disconnected"))
