@@ -239,6 +239,14 @@ class Settings(BaseSettings):
         5.0, ge=0, description="a duration >= 0 (seconds, or such as 5s, 1m)"
     )
     """How long the running job may finish after SIGINT/SIGTERM before it is stopped."""
+    job_ttl: Duration = Field(
+        7 * 24 * 3600.0, gt=0, description="a duration > 0 (seconds, or such as 168h, 12h30m)"
+    )
+    """How long a finished job is kept before the janitor prunes it."""
+    janitor_interval: Duration = Field(
+        60.0, gt=0, description="a duration > 0 (seconds, or such as 30s, 5m)"
+    )
+    """How often the janitor looks for work."""
     durability: Annotated[Durability, BeforeValidator(_lower)] = Field(
         Durability.FULL, description=f"one of {', '.join(Durability)}"
     )

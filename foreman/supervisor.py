@@ -1,8 +1,9 @@
 """The supervisor: one Trio nursery hosting Foreman's actors, wired by memory channels.
 
 Start order: the simulator (with ``--backend sim``), the journal (it opens the
-log and catches the projections up), the scheduler, crash recovery, the
-worker, and last the HTTP actor, so nothing is accepted before it can be kept.
+log and catches the projections up), the scheduler, the janitor, crash
+recovery, the worker, and last the HTTP actor, so nothing is accepted before
+it can be kept.
 An actor that fails cancels the nursery: Foreman stops loudly, never half-alive.
 
 Stopping (SIGINT/SIGTERM): stop accepting, let the running job finish within
@@ -19,12 +20,14 @@ from functools import partial
 import trio
 
 from foreman.actors.http import serve_http
+from foreman.actors.janitor import Janitor
 from foreman.actors.journal import Journal, JournalClient
 from foreman.actors.scheduler import Message, Scheduler
 from foreman.actors.worker import Worker
 from foreman.api.app import create_app
 from foreman.api.ollama import Gateway
-from foreman.config import SIM, Settings
+from foreman.config import SIM, Settings, format_duration
+from foreman.events.reader import Reader
 from foreman.logs import log, log_transitions
 from foreman.recovery import recover
 from foreman.scheduling import model_key
@@ -66,6 +69,14 @@ async def run_foreman(
         scheduler = Scheduler(journal.clone(), settings.max_wait, settings.max_queue)
         await nursery.start(scheduler.run, scheduler_inbox)
         log.info("scheduler: started")
+        reader = await nursery.start(Reader(settings.db).run)
+        janitor = Janitor(
+            journal.clone(), reader, ttl=settings.job_ttl, interval=settings.janitor_interval
+        )
+        await nursery.start(janitor.run)
+        log.info(
+            "janitor: started, pruning jobs finished over %s ago", format_duration(settings.job_ttl)
+        )
         requeued = await recover(
             settings.db, journal, scheduler_send, max_attempts=settings.max_attempts
         )

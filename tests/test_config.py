@@ -35,6 +35,8 @@ DEFAULTS = {
     "max_wait": 60.0,
     "max_queue": 512,
     "shutdown_grace": 5.0,
+    "job_ttl": 7 * 24 * 3600.0,
+    "janitor_interval": 60.0,
     "durability": "full",
     "log_format": "text",
 }
@@ -82,6 +84,9 @@ def test_defaults() -> None:
         ("FOREMAN_MAX_WAIT", "2m30s", "max_wait", 150.0),
         ("FOREMAN_MAX_QUEUE", "64", "max_queue", 64),
         ("FOREMAN_SHUTDOWN_GRACE", "0", "shutdown_grace", 0.0),
+        ("FOREMAN_JOB_TTL", "168h", "job_ttl", 7 * 86400.0),
+        ("FOREMAN_JOB_TTL", "36h", "job_ttl", 36 * 3600.0),
+        ("FOREMAN_JANITOR_INTERVAL", "5m", "janitor_interval", 300.0),
         ("FOREMAN_DURABILITY", "normal", "durability", Durability.NORMAL),
         ("FOREMAN_DURABILITY", "OFF", "durability", Durability.OFF),
         ("FOREMAN_LOG_FORMAT", "json", "log_format", "json"),

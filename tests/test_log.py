@@ -178,7 +178,7 @@ def test_a_projection_behind_its_checkpoint_catches_up_on_open(db_path: Path) ->
 
     reopened = EventLog.open(db_path)
     assert jobs(reopened) == expected
-    assert reopened.checkpoint(JobsProjection()) == (1, 2, reopened.head()[1])
+    assert reopened.checkpoint(JobsProjection()) == (JobsProjection.version, 2, reopened.head()[1])
 
 
 def test_a_projection_of_another_version_is_rebuilt_on_open(db_path: Path) -> None:

@@ -142,7 +142,7 @@ async def test_health_reports_the_actors_and_the_backend(foreman: Foreman) -> No
     async with httpx.AsyncClient(base_url=foreman.url) as http:
         health = (await http.get("/healthz")).json()
     assert health["status"] == "ok"
-    assert set(health["actors"]) == {"journal", "scheduler", "worker", "http"}
+    assert set(health["actors"]) == {"journal", "scheduler", "worker", "janitor", "http"}
     assert health["backend"]["reachable"] is True
 
 

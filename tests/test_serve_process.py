@@ -231,7 +231,8 @@ def test_sigterm_requeues_the_job_still_running_after_the_grace(
     request = httpx.stream("POST", f"{foreman.url}/api/chat", json=body, timeout=30)
     with running(foreman), request as response:
         assert response.status_code == 200
-        next(response.iter_lines())  # it runs, and the backend has stalled
+        lines = response.iter_lines()  # kept: a dropped iterator would close the stream
+        next(lines)  # it runs, and the backend has stalled
         signalled = time.monotonic()
         status = foreman.terminate(timeout=10)
         stopped_after = time.monotonic() - signalled

@@ -31,7 +31,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                 backend["version"] = json.loads(content).get("version")
             except (Unavailable, ValueError, AttributeError) as error:
                 backend["error"] = str(error)
-        actors = dict.fromkeys(("journal", "scheduler", "worker", "http"), "running")
+        actors = dict.fromkeys(("journal", "scheduler", "worker", "janitor", "http"), "running")
         return OllamaJSON({"status": "ok", "actors": actors, "backend": backend})
 
     answer_errors_as_ollama(app)

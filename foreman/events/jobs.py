@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, Literal, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
 
 from foreman.events.projection import IllegalTransition
 from foreman.events.types import (
@@ -27,6 +27,9 @@ from foreman.events.types import (
     JobSubmitted,
     RecordedEvent,
 )
+
+if TYPE_CHECKING:
+    from foreman.events.log import EventLog
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -221,7 +224,7 @@ class JobsProjection:
     """Stores :class:`Job` rows in the ``jobs`` table."""
 
     name: ClassVar[str] = "jobs"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
 
     def create(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -245,11 +248,15 @@ class JobsProjection:
                 cancel_reason TEXT
             ) WITHOUT ROWID"""
         )
-        # Only unfinished jobs are indexed by state: recovery finds them without a scan,
-        # and finished jobs cost no index upkeep.
+        # Only unfinished jobs are indexed by state: recovery finds them without a scan.
         conn.execute(
             "CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) "
             "WHERE state IN ('queued', 'running')"
+        )
+        # Finished jobs by when they finished: the janitor's pruning order.
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) "
+            "WHERE finished_at IS NOT NULL"
         )
 
     def drop(self, conn: sqlite3.Connection) -> None:
@@ -279,3 +286,14 @@ class JobsProjection:
 
     def load_all(self, conn: sqlite3.Connection) -> dict[str, Job]:
         return {row[0]: _from_row(row) for row in conn.execute(f"{_SELECT} ORDER BY id")}
+
+
+def finished_before(log: EventLog, cutoff: str, limit: int) -> list[str]:
+    """Up to ``limit`` finished jobs whose ``finished_at`` is before ``cutoff``, the
+    longest finished first (by the ``jobs_finished`` index, not a scan)."""
+    rows = log.conn.execute(
+        "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+        "ORDER BY finished_at LIMIT ?",
+        (cutoff, limit),
+    )
+    return [job_id for (job_id,) in rows]
