@@ -239,6 +239,17 @@ class Settings(BaseSettings):
         5.0, ge=0, description="a duration >= 0 (seconds, or such as 5s, 1m)"
     )
     """How long the running job may finish after SIGINT/SIGTERM before it is stopped."""
+    artifacts_dir: Path | None = Field(
+        None, description="a directory path (default: beside the database, NAME.artifacts)"
+    )
+    """Where jobs' outputs are stored."""
+    artifact_inline_max: Annotated[int, BeforeValidator(parse_size)] = Field(
+        256 * 1024,
+        ge=0,
+        description="a size >= 0: a whole number of bytes, or such as 256KiB or 1MiB",
+    )
+    """An output up to this size is shown inline in ``GET /jobs/{id}``; a larger one
+    only by its URL."""
     job_ttl: Duration = Field(
         7 * 24 * 3600.0, gt=0, description="a duration > 0 (seconds, or such as 168h, 12h30m)"
     )
@@ -259,6 +270,10 @@ class Settings(BaseSettings):
     @property
     def address(self) -> Address:
         return parse_address(self.listen)
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.artifacts_dir or self.db.with_suffix(".artifacts")
 
 
 def env_name(setting: str) -> str:

@@ -26,6 +26,7 @@ from foreman.actors.scheduler import Message, Scheduler
 from foreman.actors.worker import Worker
 from foreman.api.app import create_app
 from foreman.api.ollama import Gateway
+from foreman.artifacts import ArtifactStore
 from foreman.config import SIM, Settings, format_duration
 from foreman.events.reader import Reader
 from foreman.logs import log, log_transitions
@@ -70,8 +71,13 @@ async def run_foreman(
         await nursery.start(scheduler.run, scheduler_inbox)
         log.info("scheduler: started")
         reader = await nursery.start(Reader(settings.db).run)
+        store = ArtifactStore(settings.artifact_root)
         janitor = Janitor(
-            journal.clone(), reader, ttl=settings.job_ttl, interval=settings.janitor_interval
+            journal.clone(),
+            reader,
+            store,
+            ttl=settings.job_ttl,
+            interval=settings.janitor_interval,
         )
         await nursery.start(janitor.run)
         log.info(
@@ -86,6 +92,7 @@ async def run_foreman(
             upstream,
             journal.clone(),
             scheduler_send.clone(),
+            store,
             max_attempts=settings.max_attempts,
             job_timeout=settings.job_timeout,
             loaded=await _loaded_model(upstream),

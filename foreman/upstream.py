@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-ENDPOINTS = {"chat": "/api/chat", "generate": "/api/generate"}
+ENDPOINTS = {"chat": "/api/chat", "generate": "/api/generate", "embed": "/api/embed"}
 ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error answer kept: enough for any message, bounded for a hostile one."""
 
@@ -54,10 +54,10 @@ class Upstream:
         await self._client.aclose()
 
     async def generate(self, kind: str, body: dict[str, Any], relay: Relay) -> dict[str, Any]:
-        """Run one chat or generate request; each line of the answer goes to ``relay``
-        (one line for ``stream: false``), but an error line is raised instead. Returns
-        the final response, a stream's content joined into it as Ollama's
-        non-streaming answer holds it."""
+        """Run one chat, generate or embed request; each line of the answer goes to
+        ``relay`` (one line for ``stream: false`` and for embed), but an error line is
+        raised instead. Returns the final response, a stream's content joined into it
+        as Ollama's non-streaming answer holds it."""
         request = self._client.build_request("POST", ENDPOINTS[kind], json=body)
         try:
             response = await self._client.send(request, stream=True)

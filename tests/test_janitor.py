@@ -11,6 +11,7 @@ import trio.testing
 
 from foreman.actors.janitor import PRUNE_BATCH, Janitor
 from foreman.actors.journal import Journal, JournalClient
+from foreman.artifacts import ArtifactStore
 from foreman.events.audit import verify
 from foreman.events.log import EventLog
 from foreman.events.reader import Reader
@@ -46,11 +47,18 @@ class Rig:
         self.db_path = db_path
         self.journal = journal
         self.reader = reader
+        self.store = ArtifactStore(db_path.with_suffix(".artifacts"))
         self.now = datetime.now(UTC)
 
     def janitor(self, *, interval: float = 60.0, batch: int = PRUNE_BATCH) -> Janitor:
         return Janitor(
-            self.journal, self.reader, ttl=TTL, interval=interval, batch=batch, clock=self.clock
+            self.journal,
+            self.reader,
+            self.store,
+            ttl=TTL,
+            interval=interval,
+            batch=batch,
+            clock=self.clock,
         )
 
     def clock(self) -> datetime:
@@ -112,3 +120,22 @@ async def test_the_janitor_sweeps_every_interval(
     (pruned,) = await committed.receive()
     assert (pruned.stream, pruned.type) == (job_id, "JobPruned")
     assert trio.current_time() - started == pytest.approx(600)
+
+
+async def test_pruning_removes_a_jobs_outputs_and_a_restart_collects_leftovers(
+    rig: Rig, nursery: trio.Nursery
+) -> None:
+    pruned = await finished_job(rig.journal)
+    kept = await finished_job(rig.journal)
+    for job_id in (pruned, kept):
+        rig.store.put(job_id, "content.txt", "text/plain", b"hello")
+    leftover = new_ulid()  # outputs of a job pruned just before a crash
+    rig.store.put(leftover, "content.txt", "text/plain", b"hello")
+    await nursery.start(rig.janitor().run)  # collects the leftover as it starts
+    assert rig.store.jobs() == sorted([pruned, kept])
+
+    cutoff = datetime.now(UTC)
+    await finished_job(rig.journal)
+    rig.now = cutoff + timedelta(seconds=TTL)
+    assert await rig.janitor().sweep() == 2
+    assert rig.store.jobs() == []

@@ -16,9 +16,10 @@ import trio
 from foreman.actors.journal import Journal, JournalClient
 from foreman.actors.scheduler import Cancel, Failed, Line, Message, Output, Scheduler, Work
 from foreman.actors.worker import Worker
+from foreman.artifacts import ArtifactStore
 from foreman.events.jobs import Job, JobsProjection
 from foreman.events.log import EventLog
-from foreman.events.types import JobCancelled, JobSubmitted, RecordedEvent
+from foreman.events.types import JobCancelled, JobSubmitted, JobSucceeded, RecordedEvent
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob
 from foreman.simulator import SimulatorConfig, serve_simulator
@@ -50,6 +51,7 @@ class Rig:
             Upstream(upstream or self.simulator),
             self.journal,
             self.scheduler.clone(),
+            ArtifactStore(self.db_path.with_suffix(".artifacts")),
             max_attempts=options.pop("max_attempts", 3),
             **options,
         )
@@ -335,3 +337,20 @@ async def test_the_job_timeout_counts_from_the_start_not_from_waiting_behind(rig
     await answer(first_output)
     await answer(second_output)
     assert rig.events(first) == rig.events(second) == ["JobSubmitted", "JobStarted", "JobSucceeded"]
+
+
+async def test_a_succeeded_job_names_its_outputs_stored_before_the_event(rig: Rig) -> None:
+    store = ArtifactStore(rig.db_path.with_suffix(".artifacts"))
+    committed = await rig.journal.subscribe()
+    rig.start_worker()
+    job_id, output = await rig.submit(chat())
+    await answer(output)
+    succeeded = await until_recorded(committed, job_id, "JobSucceeded")
+    event = succeeded.event
+    assert isinstance(event, JobSucceeded)
+    names = {ref.name: ref for ref in event.artifacts}
+    assert set(names) == {"response.json", "content.txt"}
+    stored = json.loads(store.path(job_id, names["response.json"].sha256).read_bytes())
+    assert stored == event.result
+    text = store.path(job_id, names["content.txt"].sha256).read_text()
+    assert text == event.result["message"]["content"]

@@ -2,7 +2,8 @@
 
 Every ``interval`` seconds it prunes the jobs that finished more than ``ttl``
 seconds ago: a ``JobPruned`` for each removes its projection row (the API
-answers 404 for it afterwards). Its events stay: the log is append-only, and
+answers 404 for it afterwards), then its stored outputs are removed. Its
+events stay: the log is append-only, and
 ``foreman events verify`` still passes. Jobs are pruned ``batch`` at a time,
 each batch's appends group-committed by the journal, so a backlog of a million
 is worked off in many short commits with the server's own appends between
@@ -11,13 +12,14 @@ them, never in one long transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 import trio
 
 from foreman.actors.journal import JournalClient
-from foreman.events.jobs import finished_before
+from foreman.artifacts import ArtifactStore
+from foreman.events.jobs import existing_jobs, finished_before
 from foreman.events.log import format_timestamp
 from foreman.events.reader import Reader
 from foreman.events.types import JobPruned
@@ -35,6 +37,7 @@ class Janitor:
         self,
         journal: JournalClient,
         reader: Reader,
+        store: ArtifactStore,
         *,
         ttl: float,
         interval: float,
@@ -43,6 +46,7 @@ class Janitor:
     ) -> None:
         self._journal = journal
         self._reader = reader
+        self._store = store
         self.ttl = ttl
         self.interval = interval
         self.batch = batch
@@ -50,6 +54,10 @@ class Janitor:
         """Wall-clock time, which the log's timestamps are in (not Trio's clock)."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Collect what a crash left behind, then sweep every ``interval``."""
+        swept = await trio.to_thread.run_sync(self._store.sweep, self._known_jobs)
+        if swept:
+            log.info("janitor: removed the outputs of %d jobs no longer in the log", swept)
         task_status.started()
         while True:
             await trio.sleep(self.interval)
@@ -63,7 +71,16 @@ class Janitor:
             async with trio.open_nursery() as nursery:
                 for job_id in expired:
                     nursery.start_soon(self._journal.append, job_id, [JobPruned()])
+            await trio.to_thread.run_sync(self._remove_outputs, expired)
             pruned += len(expired)
         if pruned:
             log.info("janitor: pruned %d jobs finished before %s", pruned, cutoff)
         return pruned
+
+    def _remove_outputs(self, job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            self._store.remove(job_id)
+
+    def _known_jobs(self, job_ids: Iterable[str]) -> set[str]:
+        """Of these ids, the jobs the log still holds (from a worker thread)."""
+        return trio.from_thread.run(self._reader.read, existing_jobs, list(job_ids))

@@ -10,7 +10,8 @@ and its ``job_timeout`` begins then.
 For each job: ``JobStarted``, its answer relayed line by line to the waiting
 caller (if any), then one of
 
-- ``JobSucceeded`` with the final response;
+- ``JobSucceeded`` with the final response and its outputs, stored first
+  (:mod:`foreman.artifacts`);
 - ``JobFailed`` with the backend's status and message, when the backend
   answered with an error (final: retrying would get the same answer);
 - ``JobAttemptFailed`` and ``JobRequeued(retry)`` when the backend could not
@@ -33,7 +34,9 @@ import trio
 from foreman.actors.journal import JournalClient
 from foreman.actors.reply import Reply
 from foreman.actors.scheduler import Cancel, Done, Failed, Line, Message, Output, Ready, Work
+from foreman.artifacts import ArtifactStore, outputs
 from foreman.events.types import (
+    ArtifactRef,
     Event,
     JobAttemptFailed,
     JobCancelled,
@@ -63,6 +66,7 @@ class Worker:
         upstream: Upstream,
         journal: JournalClient,
         scheduler: trio.MemorySendChannel[Message],
+        store: ArtifactStore,
         *,
         max_attempts: int,
         backoff: Callable[[int], float] = exponential_backoff,
@@ -72,6 +76,7 @@ class Worker:
         self._upstream = upstream
         self._journal = journal
         self._scheduler = scheduler
+        self._store = store
         self.max_attempts = max_attempts
         self._backoff = backoff
         self.job_timeout = job_timeout
@@ -176,7 +181,8 @@ class Worker:
         elif isinstance(outcome, Cancel):
             events = [JobCancelled(reason=outcome.reason)]
         else:
-            events = [JobSucceeded(result=outcome)]
+            finishing.start_soon(self._succeed, work, outcome)
+            return
         finishing.start_soon(self._finish, work, events, failed)
 
     async def _take_turn(self, call: _Call, before: trio.Event | None) -> None:
@@ -187,6 +193,20 @@ class Worker:
         started = JobStarted(attempt=call.work.attempts + 1, backend=self._upstream.base_url)
         with trio.CancelScope(shield=True):  # the job has started: that is recorded
             await self._journal.append(call.work.job.job_id, [started])
+
+    async def _succeed(self, work: Work, result: dict[str, Any]) -> None:
+        """Store the job's outputs, then record the success naming them: an event never
+        points at an output that is not on disk."""
+        with trio.CancelScope(shield=True):
+            artifacts = await trio.to_thread.run_sync(
+                self._store_outputs, work.job.job_id, work.kind, result
+            )
+        await self._finish(work, [JobSucceeded(result=result, artifacts=artifacts)])
+
+    def _store_outputs(
+        self, job_id: str, kind: str, result: dict[str, Any]
+    ) -> tuple[ArtifactRef, ...]:
+        return tuple(self._store.put(job_id, *output) for output in outputs(kind, result))
 
     async def _finish(self, work: Work, events: list[Event], failed: Failed | None = None) -> None:
         """Record the job's end, then tell its caller (if still there) and let it go.

@@ -63,6 +63,8 @@ class Job(NamedTuple):
     """The ``seq`` of the JobSucceeded event holding the result and artifact references:
     they live in the log once, not copied into every projection row (ADR-0017)."""
     cancel_reason: str | None = None
+    metadata: str | None = None
+    """The submitter's metadata as JSON text: stored and echoed back, never read here."""
 
 
 def _require(job: Job | None, recorded: RecordedEvent, *states: str) -> Job:
@@ -94,6 +96,7 @@ def _submitted(job: Job | None, recorded: RecordedEvent) -> Job:
         updated_at=recorded.recorded_at,
         state_webhook_url=event.state_webhook_url,
         idempotency_key=event.idempotency_key,
+        metadata=None if event.metadata is None else json.dumps(event.metadata),
     )
 
 
@@ -224,7 +227,7 @@ class JobsProjection:
     """Stores :class:`Job` rows in the ``jobs`` table."""
 
     name: ClassVar[str] = "jobs"
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3
 
     def create(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -245,13 +248,17 @@ class JobsProjection:
                 idempotency_key TEXT,
                 error TEXT,
                 result_seq INTEGER,
-                cancel_reason TEXT
+                cancel_reason TEXT,
+                metadata TEXT
             ) WITHOUT ROWID"""
         )
-        # Only unfinished jobs are indexed by state: recovery finds them without a scan.
+        # By state, newest first within one: recovery finds the unfinished jobs, and
+        # GET /jobs?state= pages through one state, without a scan.
+        conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id)")
+        # Idempotency-Key: the job a key already created.
         conn.execute(
-            "CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) "
-            "WHERE state IN ('queued', 'running')"
+            "CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (idempotency_key) "
+            "WHERE idempotency_key IS NOT NULL"
         )
         # Finished jobs by when they finished: the janitor's pruning order.
         conn.execute(
@@ -297,3 +304,8 @@ def finished_before(log: EventLog, cutoff: str, limit: int) -> list[str]:
         (cutoff, limit),
     )
     return [job_id for (job_id,) in rows]
+
+
+def existing_jobs(log: EventLog, job_ids: list[str]) -> set[str]:
+    """Which of ``job_ids`` the jobs projection holds (not pruned, not unknown)."""
+    return set(JobsProjection().load(log.conn, job_ids))

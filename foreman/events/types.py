@@ -62,6 +62,8 @@ class JobSubmitted(Event):
     state_webhook_url: str | None = None
     origin: Origin
     idempotency_key: str | None = None
+    metadata: dict[str, Any] | None = None
+    """The submitter's own data, echoed back with the job (async jobs)."""
 
     @model_validator(mode="after")
     def _webhooks_only_for_async_jobs(self) -> JobSubmitted:
