@@ -8,18 +8,20 @@ The rule, applied by :meth:`JobQueue.pick`:
    the model the backend has loaded, if there is one; else the oldest job.
 
 "The model" is its :func:`model_key`: the model *and* the options that make
-Ollama load it again when they change. Every operation is O(log n) in queued
-jobs: heaps with lazy deletion, not scans.
+Ollama load it again when they change. :meth:`JobQueue.position` tells how many
+jobs the rule would run before a given one if nothing new arrived and none
+waited ``max_wait``. Every operation is O(log n) in queued jobs: sorted lists
+of ``(arrival, job_id)`` (ADR-0028), not scans.
 """
 
 from __future__ import annotations
 
-import heapq
 import json
-from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+from sortedcontainers import SortedDict, SortedList
 
 from foreman.events.types import JobSubmitted
 from foreman.wire import model_name
@@ -54,52 +56,65 @@ class QueuedJob:
         return cls(job_id, arrival, submitted.priority, key, queued_at)
 
 
-_Heap = list[tuple[int, str]]
+_Entries: TypeAlias = "SortedList[tuple[int, str]]"
+"""``(arrival, job_id)`` of queued jobs, oldest first."""
+
+
+@dataclass(slots=True)
+class _Level:
+    """The jobs of one priority: all, and by model key."""
+
+    jobs: _Entries = field(default_factory=SortedList)
+    groups: dict[str, _Entries] = field(default_factory=dict)
+
+    def drained_last(self, loaded: str | None) -> str | None:
+        """The model loaded once the rule has run this level, entered with ``loaded``:
+        the loaded model's group goes first, then the others by their oldest job."""
+        others = [(group[0], key) for key, group in self.groups.items() if key != loaded]
+        return max(others)[1] if others else loaded
 
 
 class JobQueue:
     def __init__(self, max_wait: float) -> None:
         self.max_wait = max_wait
-        self._live: dict[str, QueuedJob] = {}
-        self._oldest: _Heap = []
-        self._by_priority: defaultdict[int, _Heap] = defaultdict(list)
-        self._by_model: defaultdict[tuple[int, str], _Heap] = defaultdict(list)
-        self._priorities: list[int] = []  # negated: a max-heap
-        # Live jobs per heap: a heap whose jobs are all gone is dropped whole.
-        self._count: defaultdict[int, int] = defaultdict(int)
-        self._model_count: defaultdict[tuple[int, str], int] = defaultdict(int)
+        self._jobs: dict[str, QueuedJob] = {}
+        self._all: _Entries = SortedList()  # the starvation check needs the oldest of all
+        self._levels: SortedDict[int, _Level] = SortedDict()  # none empty
 
     def __len__(self) -> int:
-        return len(self._live)
+        return len(self._jobs)
 
     def __contains__(self, job_id: object) -> bool:
-        return job_id in self._live
+        return job_id in self._jobs
+
+    def get(self, job_id: str) -> QueuedJob | None:
+        return self._jobs.get(job_id)
 
     def push(self, job: QueuedJob) -> None:
-        if job.job_id in self._live:
+        if job.job_id in self._jobs:
             raise ValueError(f"job {job.job_id} is already queued")
-        self._live[job.job_id] = job
+        self._jobs[job.job_id] = job
         entry = (job.arrival, job.job_id)
-        heapq.heappush(self._oldest, entry)
-        heapq.heappush(self._by_priority[job.priority], entry)
-        heapq.heappush(self._by_model[job.priority, job.model_key], entry)
-        if job.priority not in self._count:
-            heapq.heappush(self._priorities, -job.priority)
-        self._count[job.priority] += 1
-        self._model_count[job.priority, job.model_key] += 1
+        self._all.add(entry)
+        level = self._levels.setdefault(job.priority, _Level())
+        level.jobs.add(entry)
+        level.groups.setdefault(job.model_key, SortedList()).add(entry)
 
     def remove(self, job_id: str) -> QueuedJob | None:
-        """Take a job out (cancelled); its heap entries are dropped lazily."""
-        job = self._live.pop(job_id, None)
+        """Take a job out (picked or cancelled), or None if it is not queued."""
+        job = self._jobs.pop(job_id, None)
         if job is None:
             return None
-        self._count[job.priority] -= 1
-        if self._count[job.priority] == 0:
-            del self._count[job.priority], self._by_priority[job.priority]
-        model = (job.priority, job.model_key)
-        self._model_count[model] -= 1
-        if self._model_count[model] == 0:
-            del self._model_count[model], self._by_model[model]
+        entry = (job.arrival, job.job_id)
+        self._all.remove(entry)
+        level: _Level = self._levels[job.priority]
+        group = level.groups[job.model_key]
+        group.remove(entry)
+        if not group:
+            del level.groups[job.model_key]
+        level.jobs.remove(entry)
+        if not level.jobs:
+            del self._levels[job.priority]
         return job
 
     def pick(self, loaded: str | None, now: float) -> QueuedJob | None:
@@ -111,33 +126,38 @@ class JobQueue:
 
     def peek(self, loaded: str | None, now: float) -> QueuedJob | None:
         """The job :meth:`pick` would take, left in the queue."""
-        oldest = self._peek(self._oldest)
-        if oldest is None:
+        if not self._all:
             return None
+        oldest = self._jobs[self._all[0][1]]
         if now - oldest.queued_at >= self.max_wait:
             return oldest
-        priority = self._top_priority()
-        if loaded is not None:
-            same_model = self._peek(self._by_model.get((priority, loaded)))
-            if same_model is not None:
-                return same_model
-        return self._peek(self._by_priority[priority])
+        level: _Level = self._levels.peekitem(-1)[1]
+        same_model = level.groups.get(loaded) if loaded is not None else None
+        return self._jobs[(same_model or level.jobs)[0][1]]
 
-    def _peek(self, heap: _Heap | None) -> QueuedJob | None:
-        """The heap's oldest live job; entries of jobs no longer queued are dropped.
+    def position(self, job: QueuedJob, loaded: str | None) -> int:
+        """How many queued jobs :meth:`pick` would take before ``job``, starting with
+        ``loaded``, if nothing new arrived and no job waited ``max_wait``.
 
-        An entry is live only if its job is queued with that same arrival: a job
-        taken and queued again (a retry) has older entries that must not count.
+        ``job`` is either queued (it does not count itself) or not (then: where it
+        would stand if pushed now). The rule drains each priority from the highest
+        down: the loaded model's jobs first, then each other model's in the order of
+        their oldest job; the model drained last is the one loaded at the next level.
         """
-        while heap:
-            arrival, job_id = heap[0]
-            job = self._live.get(job_id)
-            if job is not None and job.arrival == arrival:
-                return job
-            heapq.heappop(heap)
-        return None
-
-    def _top_priority(self) -> int:
-        while -self._priorities[0] not in self._count:
-            heapq.heappop(self._priorities)
-        return -self._priorities[0]
+        ahead = 0
+        higher = self._levels.irange(job.priority, inclusive=(False, True), reverse=True)
+        for priority in higher:
+            level: _Level = self._levels[priority]
+            ahead += len(level.jobs)
+            loaded = level.drained_last(loaded)
+        level = self._levels.get(job.priority, _Level())
+        entry = (job.arrival, job.job_id)
+        own = level.groups.get(job.model_key)
+        ahead += own.bisect_left(entry) if own else 0
+        if job.model_key == loaded:
+            return ahead
+        oldest = min(own[0], entry) if own else entry
+        for key, group in level.groups.items():
+            if key == loaded or (key != job.model_key and group[0] < oldest):
+                ahead += len(group)
+        return ahead

@@ -1,6 +1,8 @@
-"""The job queue against a naive reference: same pick, every time."""
+"""The job queue against a naive reference: same pick, same position, every time."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -13,10 +15,12 @@ MAX_WAIT = 10.0
 MODELS = ["llama3:latest", "qwen2:latest", 'llama3:latest {"num_ctx": 8192}']
 
 
-def naive_pick(jobs: dict[str, QueuedJob], loaded: str | None, now: float) -> QueuedJob | None:
+def naive_pick(
+    jobs: dict[str, QueuedJob], loaded: str | None, now: float, max_wait: float = MAX_WAIT
+) -> QueuedJob | None:
     if not jobs:
         return None
-    starving = [j for j in jobs.values() if now - j.queued_at >= MAX_WAIT]
+    starving = [j for j in jobs.values() if now - j.queued_at >= max_wait]
     if starving:
         return min(starving, key=lambda j: j.arrival)
     top = max(j.priority for j in jobs.values())
@@ -65,6 +69,63 @@ def test_the_queue_picks_exactly_as_the_naive_rule(steps: list[Step]) -> None:
                 del reference[expected.job_id]
                 picked.append(expected)
         assert len(queue) == len(reference)
+
+
+def naive_order(jobs: dict[str, QueuedJob], loaded: str | None) -> list[QueuedJob]:
+    """Every job in the order the rule runs them, if none arrives and none starves."""
+    jobs, order = dict(jobs), []
+    while (job := naive_pick(jobs, loaded, 0.0, max_wait=math.inf)) is not None:
+        order.append(jobs.pop(job.job_id))
+        loaded = job.model_key
+    return order
+
+
+LOADED = [*MODELS, None, "mistral:latest"]  # the last: a model no job asks for
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["push", "push", "push", "remove", "repush"]),
+            st.integers(0, 2),  # priority, or which job to remove or push again
+            st.integers(0, len(MODELS) - 1),
+        ),
+        max_size=60,
+    ),
+    st.sampled_from(LOADED),
+    st.tuples(st.integers(0, 2), st.integers(0, len(MODELS) - 1), st.integers(0, 60)),
+)
+def test_position_is_the_index_in_the_naive_order(
+    steps: list[tuple[str, int, int]], loaded: str | None, outsider: tuple[int, int, int]
+) -> None:
+    queue = JobQueue(math.inf)
+    reference: dict[str, QueuedJob] = {}
+    removed: list[QueuedJob] = []
+    for arrival, (op, small, model) in enumerate(steps):
+        if op == "push":
+            job = QueuedJob(f"job-{arrival}", 2 * arrival, small, MODELS[model], float(arrival))
+            queue.push(job)
+            reference[job.job_id] = job
+        elif op == "remove" and reference:
+            victim = sorted(reference)[small % len(reference)]
+            removed.append(reference.pop(victim))
+            assert queue.remove(victim) == removed[-1]
+        elif op == "repush" and removed:
+            job = removed.pop(small % len(removed))
+            queue.push(job)  # back in the queue, keeping its place
+            reference[job.job_id] = job
+    order = naive_order(reference, loaded)
+    for index, job in enumerate(order):
+        assert queue.get(job.job_id) == job
+        assert queue.position(job, loaded) == index
+    # A job not queued (say, waiting out a backoff): where it would stand if pushed now.
+    priority, model, arrival = outsider
+    job = QueuedJob("outsider", 2 * arrival + 1, priority, MODELS[model], float(arrival))
+    assert queue.get(job.job_id) is None
+    expected = naive_order({**reference, job.job_id: job}, loaded).index(job)
+    assert queue.position(job, loaded) == expected
+    assert len(queue) == len(reference)
 
 
 def test_a_job_cannot_be_queued_twice() -> None:
