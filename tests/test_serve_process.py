@@ -167,11 +167,13 @@ def test_kill_9_with_jobs_queued_and_running_loses_none_and_ends_each_once(
         assert foreman.popen.returncode == -9
         kills.append(kill)
         answers |= answered
-        assert len(kill.jobs_in("JobStarted")) == 1, "the stalled job was running at the kill"
+        assert kill.jobs_in("JobStarted"), "the stalled job was running at the kill"
         assert kill.jobs_in("JobSubmitted", "JobRequeued"), "some jobs were queued at the kill"
         assert len(answered) >= ANSWERS_BEFORE_KILL
+        # An answer precedes its durable JobSucceeded (ADR-0025): a job answered just
+        # before the kill may still be running in the log, and runs again.
         ended = {prompt_of(events[0]): events[-1].type for events in kill.streams.values()}
-        assert {ended.get(prompt) for prompt in answered} == {"JobSucceeded"}
+        assert {ended.get(prompt) for prompt in answered} <= {"JobSucceeded", "JobStarted"}
 
     with running(start_foreman(tmp_path / "foreman-last.log", simulator.url, db)) as foreman:
         final = settle(db, foreman)

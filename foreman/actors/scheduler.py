@@ -20,8 +20,10 @@ backend is the worker's to stop, so the cancel goes on to it.
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
@@ -62,12 +64,29 @@ class Work:
     """Where a synchronous caller waits for the answer; None for async jobs."""
     admitted: bool = False
     """It holds a place :class:`Admit` reserved for it."""
+    not_before: float = -math.inf
+    """Trio time before which it may not run: a retry's backoff. The scheduler holds
+    it meanwhile, so a cancel still finds it."""
+
+
+CancelOutcome = Literal["cancelled", "stopping", "not_found"]
+"""``cancelled``: it was queued and ``JobCancelled`` is committed; ``stopping``: it
+is at the backend and its worker stops it; ``not_found``: neither (finished)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
     job_id: str
     reason: str
+    outcome: Reply[CancelOutcome] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """How many jobs run before this queued one (None: it is not queued)."""
+
+    job_id: str
+    reply: Reply[int | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +118,7 @@ class Release:
     """An admitted job will not come after all."""
 
 
-Message = Work | Ready | Done | Cancel | Admit | Release
+Message = Work | Ready | Done | Cancel | Position | Admit | Release
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,9 +135,12 @@ class Scheduler:
         self.max_queue = max_queue
         self._queue = JobQueue(max_wait)
         self._work: dict[str, Work] = {}
+        self._delayed: dict[str, Work] = {}
+        self._due: list[tuple[float, str]] = []  # heap of (not_before, job) for _delayed
         self._reserved = 0
         self._ready: list[Ready] = []
-        self._at_backend: dict[str, _AtBackend] = {}
+        self._at_backend: dict[str, _AtBackend] = {}  # in the order they were sent
+        self._loaded: str | None = None
 
     async def run(
         self,
@@ -128,28 +150,58 @@ class Scheduler:
     ) -> None:
         task_status.started()
         async with inbox:
-            async for message in inbox:
-                match message:
-                    case Work():
-                        self._queue.push(message.job)
-                        self._work[message.job.job_id] = message
-                        if message.admitted:
-                            self._reserved -= 1
-                    case Ready():
-                        self._ready.append(message)
-                    case Done():
-                        del self._at_backend[message.job_id]
-                    case Cancel():
-                        await self._cancel(message)
-                    case Admit():
-                        admitted = self._queued() + self._reserved < self.max_queue
-                        if admitted:
-                            self._reserved += 1
-                        message.reply.put(admitted)
-                    case Release():
-                        self._reserved -= 1
+            while True:
+                message: Message | None = None
+                with trio.move_on_at(self._due[0][0] if self._due else math.inf):
+                    try:
+                        message = await inbox.receive()
+                    except trio.EndOfChannel:
+                        return
+                if message is not None:  # else: a delayed job is due
+                    await self._handle(message)
+                self._release_due()
                 if self._ready and self._queue:
                     self._dispatch()
+
+    async def _handle(self, message: Message) -> None:
+        match message:
+            case Work():
+                if message.admitted:
+                    self._reserved -= 1
+                if message.not_before > trio.current_time():
+                    self._delayed[message.job.job_id] = message
+                    heapq.heappush(self._due, (message.not_before, message.job.job_id))
+                else:
+                    self._enqueue(message)
+            case Ready():
+                self._loaded = self._loaded if message.loaded is None else message.loaded
+                self._ready.append(message)
+            case Done():
+                del self._at_backend[message.job_id]
+            case Cancel():
+                await self._cancel(message)
+            case Position():
+                message.reply.put(self._position(message.job_id))
+            case Admit():
+                admitted = self._queued() + self._reserved < self.max_queue
+                if admitted:
+                    self._reserved += 1
+                message.reply.put(admitted)
+            case Release():
+                self._reserved -= 1
+
+    def _enqueue(self, work: Work) -> None:
+        self._queue.push(work.job)
+        self._work[work.job.job_id] = work
+
+    def _release_due(self) -> None:
+        """Queue the delayed jobs whose time has come."""
+        now = trio.current_time()
+        while self._due and self._due[0][0] <= now:
+            _, job_id = heapq.heappop(self._due)
+            work = self._delayed.pop(job_id, None)  # None: cancelled meanwhile
+            if work is not None:
+                self._enqueue(work)
 
     def _dispatch(self) -> None:
         now = trio.current_time()
@@ -161,13 +213,14 @@ class Scheduler:
                 continue
             self._queue.remove(job.job_id)
             self._at_backend[job.job_id] = _AtBackend(ready.control, job.model_key)
+            self._loaded = job.model_key
             ready.reply.put(self._work.pop(job.job_id))
         self._ready = waiting
 
     def _queued(self) -> int:
         """Jobs not started yet: in the queue, or waiting behind another at the backend."""
         workers_busy = len({id(job.control) for job in self._at_backend.values()})
-        return len(self._queue) + len(self._at_backend) - workers_busy
+        return len(self._queue) + len(self._delayed) + len(self._at_backend) - workers_busy
 
     def _next_for(self, ready: Ready, now: float) -> QueuedJob | None:
         """The job for this worker now: the rule's pick, unless the worker's
@@ -178,11 +231,28 @@ class Scheduler:
         job = self._queue.peek(busy[-1], now)
         return job if job is not None and job.model_key == busy[-1] else None
 
+    def _position(self, job_id: str) -> int | None:
+        """Jobs that run before ``job_id``: those at the backend, then the queue's order."""
+        if job_id in self._at_backend:
+            return list(self._at_backend).index(job_id)  # behind the running one
+        work = self._work.get(job_id) or self._delayed.get(job_id)
+        if work is None:
+            return None
+        return len(self._at_backend) + self._queue.position(work.job, self._loaded)
+
     async def _cancel(self, cancel: Cancel) -> None:
+        outcome: CancelOutcome = "not_found"
         if self._queue.remove(cancel.job_id) is not None:
             await self._cancel_queued(self._work.pop(cancel.job_id), cancel.reason)
+            outcome = "cancelled"
+        elif cancel.job_id in self._delayed:
+            await self._cancel_queued(self._delayed.pop(cancel.job_id), cancel.reason)
+            outcome = "cancelled"
         elif cancel.job_id in self._at_backend:
             await self._at_backend[cancel.job_id].control.send(cancel)
+            outcome = "stopping"
+        if cancel.outcome is not None:
+            cancel.outcome.put(outcome)
 
     async def _cancel_queued(self, work: Work, reason: str) -> None:
         await self._journal.append(work.job.job_id, [JobCancelled(reason=reason)])

@@ -94,7 +94,6 @@ class Worker:
             trio.open_nursery() as finishing,
             control_send,
             control,
-            trio.open_nursery() as retries,
             trio.open_nursery() as calls,
         ):
             calls.start_soon(self._route, control)
@@ -103,14 +102,13 @@ class Worker:
             while (work := await self._next(control_send)) is not None:
                 self.loaded = work.job.model_key
                 ended = trio.Event()
-                calls.start_soon(self._attempt, work, last, ended, finishing, retries)
+                calls.start_soon(self._attempt, work, last, ended, finishing)
                 before, last = last, ended
                 if before is not None:  # one job at the backend and one behind it
                     await before.wait()
             if last is not None:
                 await last.wait()
             calls.cancel_scope.cancel()
-            retries.cancel_scope.cancel()  # a job waiting to retry stays queued in the log
 
     def drain(self) -> None:
         """Take no further job; the ones at the backend may finish (shutdown's grace)."""
@@ -141,7 +139,6 @@ class Worker:
         before: trio.Event | None,
         ended: trio.Event,
         finishing: trio.Nursery,
-        retries: trio.Nursery,
     ) -> None:
         """Send the job to the backend now; it starts when ``before`` is set.
         Its outcome is recorded in the background: the next job is on its way."""
@@ -170,7 +167,7 @@ class Worker:
             if attempt < self.max_attempts:
                 retried = dataclasses.replace(work, attempts=attempt, admitted=False)
                 events = [failure, JobRequeued(reason="retry")]
-                retries.start_soon(self._retry, retried, events, self._backoff(attempt))
+                finishing.start_soon(self._retry, retried, events, self._backoff(attempt))
                 return
             final = f"the backend was unreachable {attempt} times: {outcome}"
             events = [failure, JobFailed(error=final)]
@@ -221,11 +218,11 @@ class Worker:
                     await work.output.send(failed)
 
     async def _retry(self, work: Work, events: list[Event], delay: float) -> None:
-        """Record the failed attempt; after ``delay`` the job queues again."""
+        """Record the failed attempt; the job queues again, to run after ``delay``."""
         with trio.CancelScope(shield=True):
             await self._journal.append(work.job.job_id, events)
-        await trio.sleep(delay)
-        await self._scheduler.send(work)
+        retried = dataclasses.replace(work, not_before=trio.current_time() + delay)
+        await self._scheduler.send(retried)
 
 
 Outcome = dict[str, Any] | Unavailable | BackendError | Cancel
