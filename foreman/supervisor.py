@@ -25,6 +25,7 @@ from foreman.actors.journal import Journal, JournalClient
 from foreman.actors.scheduler import Message, Scheduler
 from foreman.actors.worker import Worker
 from foreman.api.app import create_app
+from foreman.api.jobs import JobDesk
 from foreman.api.ollama import Gateway
 from foreman.artifacts import ArtifactStore
 from foreman.config import SIM, Settings, format_duration
@@ -100,7 +101,9 @@ async def run_foreman(
         worker_scope, worker_done = trio.CancelScope(), trio.Event()
         nursery.start_soon(_run_worker, worker, worker_scope, worker_done)
         log.info("worker: started, backend %s", backend)
-        app = create_app(Gateway(journal, scheduler_send, upstream, settings.max_body))
+        gateway = Gateway(journal, scheduler_send, upstream, settings.max_body)
+        desk = JobDesk(journal, scheduler_send, reader, store, settings.artifact_inline_max)
+        app = create_app(gateway, desk)
         stop_accepting = trio.Event()
         url = await nursery.start(
             partial(serve_http, app, settings.address, shutdown_trigger=stop_accepting.wait)

@@ -89,6 +89,13 @@ def error_response(error: OllamaError) -> OllamaJSON:
     return OllamaJSON({"error": error.message}, status_code=error.status)
 
 
+def routing_error_response(error: HTTPException) -> Response:
+    """An unknown path or a wrong method, in plain text as Ollama's router (gin) says it."""
+    status = error.status_code
+    phrase = "page not found" if status == 404 else HTTPStatus(status).phrase.lower()
+    return PlainTextResponse(f"{status} {phrase}", status_code=status)
+
+
 def answer_errors_as_ollama(app: FastAPI) -> None:
     """Errors as Ollama gives them: ``{"error": ...}`` with its status, and unknown
     paths or wrong methods in plain text, as Ollama's router (gin) answers them."""
@@ -99,9 +106,7 @@ def answer_errors_as_ollama(app: FastAPI) -> None:
 
     async def routing_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
-        status = error.status_code
-        phrase = "page not found" if status == 404 else HTTPStatus(status).phrase.lower()
-        return PlainTextResponse(f"{status} {phrase}", status_code=status)
+        return routing_error_response(error)
 
     app.add_exception_handler(OllamaError, ollama_error)
     app.add_exception_handler(HTTPException, routing_error)

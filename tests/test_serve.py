@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -16,49 +15,13 @@ import trio
 
 from foreman.config import load_settings
 from foreman.events.log import EventLog
-from foreman.events.types import RecordedEvent
 from foreman.ids import new_ulid
 from foreman.simulator import SimulatorConfig, serve_simulator
-from foreman.supervisor import Running, run_foreman
+from foreman.supervisor import run_foreman
 from tests import factories
+from tests.running import Foreman, start_foreman, until_types
 
 T = TypeVar("T")
-
-
-@dataclass
-class Foreman:
-    url: str
-    db_path: Path
-    running: Running
-
-    async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """A call of the official (synchronous) client, on a thread."""
-        return await trio.to_thread.run_sync(partial(method, *args, **kwargs))
-
-    def client(self) -> ollama.Client:
-        return ollama.Client(host=self.url)
-
-    def job_events(self) -> dict[str, list[str]]:
-        log = EventLog.open(self.db_path, read_only=True)
-        try:
-            streams: dict[str, list[str]] = {}
-            for event in log.read():
-                streams.setdefault(event.stream, []).append(event.type)
-            return streams
-        finally:
-            log.close()
-
-
-async def start_foreman(
-    nursery: trio.Nursery, db_path: Path, **settings: Any
-) -> AsyncIterator[Foreman]:
-    config = load_settings(listen="127.0.0.1:0", backend="sim", db=db_path, **settings)
-    stop = trio.Event()
-    running = await nursery.start(
-        partial(run_foreman, config, stop, simulator=SimulatorConfig(listen="127.0.0.1:0"))
-    )
-    yield Foreman(running.url, db_path, running)
-    stop.set()
 
 
 @pytest.fixture
@@ -204,20 +167,6 @@ async def test_beyond_max_queue_callers_get_503_and_retry_after(
                 assert busy.headers["retry-after"] == "1"
                 assert "maximum pending requests exceeded" in busy.json()["error"]
         assert len(foreman.job_events()) == 2  # the refused one was never recorded
-
-
-async def until_types(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], types: list[str]
-) -> None:
-    """Wait until events of these types, in this order, are committed."""
-    wanted = list(types)
-    with trio.fail_after(10):
-        async for events in committed:
-            for event in events:
-                if wanted and event.type == wanted[0]:
-                    wanted.pop(0)
-            if not wanted:
-                return
 
 
 async def test_unfinished_jobs_of_a_previous_run_are_recovered(

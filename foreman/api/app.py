@@ -6,21 +6,38 @@ import json
 
 import trio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from starlette.responses import Response
 
 from foreman import __version__
+from foreman.api.errors import DeclaredBodyLimit, install_error_handlers
+from foreman.api.jobs import JobDesk, job_routes
 from foreman.api.ollama import Gateway, ollama_routes
 from foreman.upstream import Unavailable
-from foreman.wire import OllamaJSON, answer_errors_as_ollama
+from foreman.wire import OllamaJSON
 
 HEALTH_PROBE_SECONDS = 2.0
 
 
-def create_app(gateway: Gateway) -> FastAPI:
-    app = FastAPI(title="Foreman", version=__version__)
-    app.include_router(ollama_routes(gateway))
+DESCRIPTION = """Foreman queues LLM work for one GPU in front of Ollama.
 
-    @app.get("/healthz")
+The async job API is described here. The Ollama-compatible endpoints
+(`/api/chat`, `/api/generate`, `/api/embed`, ...) follow Ollama's own API and are
+not repeated: point an Ollama client at Foreman."""
+
+
+def create_app(gateway: Gateway, desk: JobDesk) -> FastAPI:
+    """The app; ``/docs`` serves its own Swagger UI assets (no CDN, no internet)."""
+    app = FastAPIOffline(
+        title="Foreman",
+        version=__version__,
+        description=DESCRIPTION,
+    )
+    app.add_middleware(DeclaredBodyLimit, max_body=gateway.max_body)
+    app.include_router(ollama_routes(gateway), include_in_schema=False)
+    app.include_router(job_routes(desk, gateway.max_body))
+
+    @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
         """Ready: every actor runs (one that fails stops Foreman); the backend's state."""
         backend: dict[str, object] = {"url": gateway.upstream.base_url, "reachable": False}
@@ -34,5 +51,5 @@ def create_app(gateway: Gateway) -> FastAPI:
         actors = dict.fromkeys(("journal", "scheduler", "worker", "janitor", "http"), "running")
         return OllamaJSON({"status": "ok", "actors": actors, "backend": backend})
 
-    answer_errors_as_ollama(app)
+    install_error_handlers(app)
     return app

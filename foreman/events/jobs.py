@@ -208,7 +208,7 @@ def _to_row(job: Job) -> tuple[Any, ...]:
     return (*job[:_ERROR], json.dumps(error), *job[_ERROR + 1 :])
 
 
-def _from_row(row: tuple[Any, ...]) -> Job:
+def job_from_row(row: tuple[Any, ...]) -> Job:
     job = Job._make(row)
     error = job.error
     if error is None:
@@ -216,7 +216,7 @@ def _from_row(row: tuple[Any, ...]) -> Job:
     return job._replace(error=JobError(*json.loads(error)))  # type: ignore[arg-type]
 
 
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+SELECT_JOBS = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 _UPSERT = (
     f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 )
@@ -280,8 +280,8 @@ class JobsProjection:
         for start in range(0, len(keys), _LOAD_CHUNK):
             chunk = keys[start : start + _LOAD_CHUNK]
             marks = ", ".join("?" * len(chunk))
-            for row in conn.execute(f"{_SELECT} WHERE id IN ({marks})", chunk):
-                job = _from_row(row)
+            for row in conn.execute(f"{SELECT_JOBS} WHERE id IN ({marks})", chunk):
+                job = job_from_row(row)
                 jobs[job.id] = job
         return jobs
 
@@ -292,7 +292,7 @@ class JobsProjection:
             conn.executemany("DELETE FROM jobs WHERE id = ?", gone)
 
     def load_all(self, conn: sqlite3.Connection) -> dict[str, Job]:
-        return {row[0]: _from_row(row) for row in conn.execute(f"{_SELECT} ORDER BY id")}
+        return {row[0]: job_from_row(row) for row in conn.execute(f"{SELECT_JOBS} ORDER BY id")}
 
 
 def finished_before(log: EventLog, cutoff: str, limit: int) -> list[str]:

@@ -1,0 +1,383 @@
+"""The async job API: ``POST /jobs``, then poll, list, audit, cancel, fetch outputs.
+
+A job submitted here is the same durable job ``/api/chat`` makes (origin
+``async``): ``JobSubmitted`` is committed before the 202, the scheduler runs
+it by priority then drain-by-model, and it never streams. Reads come from the
+log through the :class:`~foreman.events.reader.Reader`; the queue position,
+which only the scheduler knows, is asked of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import trio
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import FileResponse, Response
+
+from foreman.actors.journal import JournalClient
+from foreman.actors.reply import Reply
+from foreman.actors.scheduler import Admit, Cancel, CancelOutcome, Message, Position, Release, Work
+from foreman.api.errors import ApiProblem
+from foreman.api.schemas import (
+    ApiError,
+    ArtifactView,
+    EventView,
+    JobAccepted,
+    JobErrorView,
+    JobEvents,
+    JobPage,
+    JobSummary,
+    JobView,
+    SubmitJob,
+)
+from foreman.artifacts import ArtifactStore, is_text, valid_name
+from foreman.events.jobs import TERMINAL_STATES, Job, JobState
+from foreman.events.queries import (
+    JobRecord,
+    job_by_idempotency_key,
+    job_events,
+    job_record,
+    list_jobs,
+    was_submitted,
+)
+from foreman.events.reader import Reader
+from foreman.events.types import ArtifactRef, JobKind, JobSubmitted
+from foreman.ids import new_ulid
+from foreman.scheduling import QueuedJob
+
+BUSY = "the queue is full (FOREMAN_MAX_QUEUE): try again shortly"
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ApiError, "description": description}
+    for status, description in {
+        400: "The body is not JSON.",
+        404: "No such job (or artifact).",
+        409: "In conflict with the job's state, or with an earlier use of the Idempotency-Key.",
+        410: "The job finished long ago and was pruned (FOREMAN_JOB_TTL).",
+        413: "The body is over FOREMAN_MAX_BODY.",
+        422: "A field is missing or invalid.",
+        503: "The queue is full (FOREMAN_MAX_QUEUE).",
+    }.items()
+}
+
+
+JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/job_id"}}
+    for name, operation in (
+        ("GetJob", "get_job"),
+        ("GetJobEvents", "get_job_events"),
+        ("CancelJob", "cancel_job"),
+    )
+}
+"""OpenAPI links: the id ``POST /jobs`` returns is what the other operations take."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobDesk:
+    """What the job API's routes talk to."""
+
+    journal: JournalClient
+    scheduler: trio.MemorySendChannel[Message]
+    reader: Reader
+    store: ArtifactStore
+    inline_max: int
+    _keys: dict[str, trio.Lock] = field(default_factory=dict)
+    """One lock per Idempotency-Key in use: the lookup and the submit are one step."""
+
+
+def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
+    router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+    def responses(
+        *statuses: int, extra: dict[int | str, dict[str, Any]] | None = None
+    ) -> dict[int | str, dict[str, Any]]:
+        return (extra or {}) | {status: ERRORS[status] for status in statuses}
+
+    @router.post(
+        "",
+        operation_id="submit_job",
+        status_code=202,
+        response_model=JobAccepted,
+        responses=responses(
+            400,
+            409,
+            413,
+            422,
+            503,
+            extra={
+                200: {"model": JobAccepted, "description": "The job this key made."},
+                202: {"links": JOB_LINKS},
+            },
+        ),
+        max_body_size=max_body,
+    )
+    async def submit(
+        body: SubmitJob,
+        idempotency_key: Annotated[
+            str | None, Header(min_length=1, max_length=255, description="Repeat safely.")
+        ] = None,
+    ) -> Response:
+        """Queue a job; 202 with its id and ``Location``. With an ``Idempotency-Key``
+        already used for the same body: 200 and that job; for another body: 409."""
+        if idempotency_key is None:
+            return await _submit(desk, body, None)
+        lock = desk._keys.setdefault(idempotency_key, trio.Lock())
+        try:
+            async with lock:
+                return await _submit_once(desk, body, idempotency_key)
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                desk._keys.pop(idempotency_key, None)
+
+    @router.get("", operation_id="list_jobs", response_model=JobPage, responses=responses(422))
+    async def list_(
+        state: JobState | None = None,
+        model: str | None = None,
+        kind: JobKind | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
+        cursor: Annotated[str | None, Query(description="next_cursor of the page before")] = None,
+    ) -> JobPage:
+        """Jobs, newest first, a page at a time."""
+        jobs = await desk.reader.read(
+            lambda log: list_jobs(
+                log, state=state, model=model, kind=kind, before=cursor, limit=limit + 1
+            )
+        )
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return JobPage(
+            jobs=[_summary(job) for job in jobs], next_cursor=jobs[-1].id if more else None
+        )
+
+    @router.get(
+        "/{job_id}", operation_id="get_job", response_model=JobView, responses=responses(404, 410)
+    )
+    async def get(job_id: str) -> JobView:
+        """The job: state, place in the queue, result, outputs."""
+        return await _view(desk, await _record(desk, job_id))
+
+    @router.get(
+        "/{job_id}/events",
+        operation_id="get_job_events",
+        response_model=JobEvents,
+        responses=responses(404),
+    )
+    async def events(job_id: str) -> JobEvents:
+        """The job's whole history from the log (kept after it is pruned), for audit."""
+        recorded = await desk.reader.read(job_events, job_id)
+        if not recorded:
+            raise ApiProblem(404, f"no job {job_id!r}")
+        return JobEvents(
+            events=[
+                EventView(
+                    seq=e.seq, type=e.type, recorded_at=e.recorded_at, data=json.loads(e.data)
+                )
+                for e in recorded
+            ]
+        )
+
+    @router.delete(
+        "/{job_id}",
+        operation_id="cancel_job",
+        response_model=JobView,
+        responses=responses(
+            404,
+            409,
+            410,
+            extra={202: {"model": JobView, "description": "Running: being stopped."}},
+        ),
+    )
+    async def cancel(job_id: str) -> Response:
+        """Cancel: a queued job never runs (200); a running one's backend call is
+        stopped (202, ``JobCancelled`` follows); a finished one: 409."""
+        record = await _record(desk, job_id)
+        if record.job.state not in TERMINAL_STATES:
+            outcome: Reply[CancelOutcome] = Reply()
+            await desk.scheduler.send(Cancel(job_id, "cancelled_by_request", outcome))
+            if await outcome.wait() != "not_found":
+                record = await _record(desk, job_id)
+                view = await _view(desk, record)
+                status = 200 if record.job.state == "cancelled" else 202
+                return Response(view.model_dump_json(), status, media_type="application/json")
+            record = await _record(desk, job_id)
+        raise ApiProblem(409, f"job {job_id} has already {record.job.state}: nothing to cancel")
+
+    @router.get(
+        "/{job_id}/artifacts/{name}",
+        operation_id="get_artifact",
+        response_class=FileResponse,
+        responses=responses(
+            404,
+            410,
+            extra={
+                200: {"description": "The artifact's bytes.", "content": {"*/*": {}}},
+                206: {"description": "The requested range.", "content": {"*/*": {}}},
+                304: {"description": "Unchanged (If-None-Match)."},
+            },
+        ),
+    )
+    async def artifact(job_id: str, name: str, request: Request) -> Response:
+        """An output's bytes, with its media type, ``ETag`` (its sha256) and ranges."""
+        record = await _record(desk, job_id)
+        ref = _artifact(record, name)
+        etag = f'"{ref.sha256}"'
+        if etag in _etags(request.headers.get("if-none-match", "")):
+            return Response(status_code=304, headers={"ETag": etag})
+        path = desk.store.path(job_id, ref.sha256)
+        return FileResponse(path, media_type=ref.media_type, headers={"ETag": etag})
+
+    return router
+
+
+async def _submit_once(desk: JobDesk, body: SubmitJob, key: str) -> Response:
+    earlier = await desk.reader.read(job_by_idempotency_key, key)
+    if earlier is None:
+        return await _submit(desk, body, key)
+    job_id, submitted = earlier
+    if _as_submitted(body, key) != submitted:
+        raise ApiProblem(409, f"Idempotency-Key {key!r} was used for another request body")
+    record = await _record(desk, job_id)
+    return _accepted(await _accepted_view(desk, record.job), 200)
+
+
+async def _submit(desk: JobDesk, body: SubmitJob, key: str | None) -> Response:
+    admitted: Reply[bool] = Reply()
+    await desk.scheduler.send(Admit(admitted))
+    if not await admitted.wait():
+        raise ApiProblem(503, BUSY, headers={"Retry-After": "1"})
+    job_id = new_ulid()
+    submitted = _as_submitted(body, key)
+    try:
+        (event,) = await desk.journal.append(job_id, [submitted], expected_version=0)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await desk.scheduler.send(Release())
+        raise
+    queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
+    await desk.scheduler.send(Work(queued, body.kind, submitted.request, 0, admitted=True))
+    accepted = JobAccepted(
+        job_id=job_id,
+        state="queued",
+        created_at=event.recorded_at,
+        queue_position=await _position(desk, job_id),
+        location=f"/jobs/{job_id}",
+    )
+    return _accepted(accepted, 202)
+
+
+def _as_submitted(body: SubmitJob, key: str | None) -> JobSubmitted:
+    """The event a submission becomes: async jobs never stream."""
+    request = body.request.model_dump()
+    if body.kind != "embed":
+        request["stream"] = False
+    return JobSubmitted(
+        kind=body.kind,
+        model=request["model"],
+        request=request,
+        priority=body.priority,
+        state_webhook_url=body.state_webhook_url,
+        origin="async",
+        idempotency_key=key,
+        metadata=body.metadata,
+    )
+
+
+def _accepted(accepted: JobAccepted, status: int) -> Response:
+    headers = {"Location": accepted.location}
+    return Response(accepted.model_dump_json(), status, headers, media_type="application/json")
+
+
+async def _accepted_view(desk: JobDesk, job: Job) -> JobAccepted:
+    position = await _position(desk, job.id) if job.state == "queued" else None
+    return JobAccepted(
+        job_id=job.id,
+        state=job.state,
+        created_at=job.created_at,
+        queue_position=position,
+        location=f"/jobs/{job.id}",
+    )
+
+
+async def _position(desk: JobDesk, job_id: str) -> int | None:
+    reply: Reply[int | None] = Reply()
+    await desk.scheduler.send(Position(job_id, reply))
+    return await reply.wait()
+
+
+async def _record(desk: JobDesk, job_id: str) -> JobRecord:
+    record = await desk.reader.read(job_record, job_id)
+    if record is not None:
+        return record
+    if await desk.reader.read(was_submitted, job_id):
+        raise ApiProblem(410, f"job {job_id} finished long ago and was pruned (FOREMAN_JOB_TTL)")
+    raise ApiProblem(404, f"no job {job_id!r}")
+
+
+def _summary(job: Job) -> JobSummary:
+    return JobSummary(
+        id=job.id,
+        kind=job.kind,
+        model=job.model,
+        state=job.state,
+        priority=job.priority,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        error=None if job.error is None else JobErrorView(**job.error._asdict()),
+        metadata=None if job.metadata is None else json.loads(job.metadata),
+    )
+
+
+async def _view(desk: JobDesk, record: JobRecord) -> JobView:
+    job, succeeded = record.job, record.succeeded
+    refs = succeeded.artifacts if succeeded is not None else ()
+    artifacts = await trio.to_thread.run_sync(_artifact_views, desk, job.id, refs)
+    position = await _position(desk, job.id) if job.state == "queued" else None
+    return JobView(
+        **_summary(job).model_dump(),
+        queue_position=position,
+        result=None if succeeded is None else succeeded.result,
+        artifacts=artifacts,
+    )
+
+
+def _artifact_views(
+    desk: JobDesk, job_id: str, refs: tuple[ArtifactRef, ...]
+) -> list[ArtifactView]:
+    """Each output by URL, and inline when small enough (a blocking read: a thread)."""
+    views = []
+    for ref in refs:
+        inline, encoding = None, None
+        if ref.size <= desk.inline_max:
+            data = desk.store.path(job_id, ref.sha256).read_bytes()
+            if is_text(ref.media_type):
+                inline, encoding = data.decode("utf-8", errors="replace"), "utf-8"
+            else:
+                inline, encoding = base64.b64encode(data).decode(), "base64"
+        views.append(
+            ArtifactView(
+                **ref.model_dump(),
+                url=f"/jobs/{job_id}/artifacts/{ref.name}",
+                inline=inline,
+                inline_encoding=encoding,
+            )
+        )
+    return views
+
+
+def _artifact(record: JobRecord, name: str) -> ArtifactRef:
+    refs = record.succeeded.artifacts if record.succeeded is not None else ()
+    for ref in refs if valid_name(name) else ():
+        if ref.name == name:
+            return ref
+    raise ApiProblem(404, f"job {record.job.id} has no artifact named {name!r}")
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}

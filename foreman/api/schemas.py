@@ -1,0 +1,138 @@
+"""The job API's request and response bodies: the contract clients and webhook
+receivers depend on, and the source of ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from foreman.events.jobs import JobState
+from foreman.events.types import JobKind
+
+MAX_PRIORITY = 1_000_000
+"""Priorities are small integers; the bound keeps them within SQLite's and JSON's."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackendRequest(BaseModel):
+    """An Ollama request body: ``model`` and whatever else that endpoint takes."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: Annotated[str, Field(min_length=1, pattern=r"\S", description="The model to run.")]
+
+
+class SubmitJob(_Model):
+    """``POST /jobs``: a job to run asynchronously (it never streams)."""
+
+    kind: JobKind = Field(description="Which Ollama endpoint runs it: chat, generate or embed.")
+    request: BackendRequest = Field(
+        description="The Ollama request body, as /api/chat, /api/generate or /api/embed take it."
+    )
+    priority: Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = Field(
+        0, description="Higher runs first; within a priority, jobs drain by model."
+    )
+    state_webhook_url: str | None = Field(
+        None, description="An absolute http(s) URL told about every state change."
+    )
+    metadata: dict[str, Any] | None = Field(None, description="Echoed back with the job.")
+
+    @field_validator("state_webhook_url")
+    @classmethod
+    def _absolute_http_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return None
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return url
+
+
+class JobAccepted(_Model):
+    """The answer to ``POST /jobs``: where the job is and what it is doing."""
+
+    job_id: str
+    state: JobState
+    created_at: str
+    queue_position: int | None = Field(
+        description="While queued: how many jobs run before it, under the current rule."
+    )
+    location: str = Field(description="The job's URL, as in the Location header.")
+
+
+class JobErrorView(_Model):
+    message: str
+    status: int | None = Field(description="The backend's HTTP status, when it answered.")
+
+
+class ArtifactView(_Model):
+    name: str
+    media_type: str
+    size: int
+    sha256: str
+    url: str
+    inline: str | None = Field(
+        description="The content, when at most FOREMAN_ARTIFACT_INLINE_MAX bytes."
+    )
+    inline_encoding: Literal["utf-8", "base64"] | None = Field(
+        description="How ``inline`` holds the bytes: text as a string, anything else base64."
+    )
+
+
+class JobSummary(_Model):
+    """A job as listed: its state, without its outputs."""
+
+    id: str
+    kind: JobKind
+    model: str
+    state: JobState
+    priority: int
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    error: JobErrorView | None
+    metadata: dict[str, Any] | None
+
+
+class JobView(JobSummary):
+    """``GET /jobs/{id}``: the job, its place in the queue, its result and outputs."""
+
+    queue_position: int | None = Field(
+        description="While queued: how many jobs run before it, under the current rule."
+    )
+    result: dict[str, Any] | None = Field(description="The backend's final response.")
+    artifacts: list[ArtifactView]
+
+
+class JobPage(_Model):
+    jobs: list[JobSummary]
+    next_cursor: str | None = Field(description="Pass as ``cursor`` for the next, older page.")
+
+
+class EventView(_Model):
+    seq: int
+    type: str
+    recorded_at: str
+    data: dict[str, Any]
+
+
+class JobEvents(_Model):
+    events: list[EventView]
+
+
+class FieldProblem(_Model):
+    field: str
+    message: str
+
+
+class ApiError(_Model):
+    """Every error the job API answers: a message a person can act on."""
+
+    error: str
+    detail: list[FieldProblem] | None = None

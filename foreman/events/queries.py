@@ -1,0 +1,81 @@
+"""Read models for the job API: what ``GET /jobs`` and friends ask the log.
+
+Each query takes the reader's :class:`~foreman.events.log.EventLog` (a
+read-only connection, one read transaction per call, ADR-0027).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from foreman.events.jobs import SELECT_JOBS, Job, JobState, job_from_row
+from foreman.events.log import EventLog
+from foreman.events.types import JobSubmitted, JobSucceeded, RecordedEvent
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    job: Job
+    succeeded: JobSucceeded | None
+    """The success event (result and artifact refs), once the job succeeded."""
+
+
+def job_record(log: EventLog, job_id: str) -> JobRecord | None:
+    row = log.conn.execute(f"{SELECT_JOBS} WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return None
+    job = job_from_row(row)
+    succeeded = None
+    if job.result_seq is not None:
+        (event,) = log.read(after=job.result_seq - 1, until=job.result_seq)
+        assert isinstance(event.event, JobSucceeded)
+        succeeded = event.event
+    return JobRecord(job, succeeded)
+
+
+def was_submitted(log: EventLog, job_id: str) -> bool:
+    """Whether the log has a job of this id, pruned or not."""
+    found = log.conn.execute("SELECT 1 FROM events WHERE stream = ? LIMIT 1", (job_id,))
+    return found.fetchone() is not None
+
+
+def submission(log: EventLog, job_id: str) -> JobSubmitted:
+    first = log.conn.execute(
+        "SELECT seq FROM events WHERE stream = ? AND version = 1", (job_id,)
+    ).fetchone()
+    (event,) = log.read(after=first[0] - 1, until=first[0])
+    assert isinstance(event.event, JobSubmitted)
+    return event.event
+
+
+def job_by_idempotency_key(log: EventLog, key: str) -> tuple[str, JobSubmitted] | None:
+    """The job an ``Idempotency-Key`` created, and what it was submitted with."""
+    row = log.conn.execute("SELECT id FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+    return None if row is None else (row[0], submission(log, row[0]))
+
+
+def list_jobs(
+    log: EventLog,
+    *,
+    state: JobState | None,
+    model: str | None,
+    kind: str | None,
+    before: str | None,
+    limit: int,
+) -> list[Job]:
+    """Newest first (ids are ULIDs: time order), older than ``before`` if given."""
+    where, args = [], []
+    for column, value in (("state", state), ("model", model), ("kind", kind)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if before is not None:
+        where.append("id < ?")
+        args.append(before)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    rows = log.conn.execute(f"{SELECT_JOBS}{clause} ORDER BY id DESC LIMIT ?", (*args, limit))
+    return [job_from_row(row) for row in rows]
+
+
+def job_events(log: EventLog, job_id: str) -> list[RecordedEvent]:
+    return log.read_stream(job_id)

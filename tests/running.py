@@ -1,0 +1,80 @@
+"""A whole Foreman in the test's nursery, over real HTTP, with the simulator as backend."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+import ollama
+import trio
+
+from foreman.config import load_settings
+from foreman.events.log import EventLog
+from foreman.events.types import RecordedEvent
+from foreman.simulator import SimulatorConfig
+from foreman.supervisor import Running, run_foreman
+
+T = TypeVar("T")
+
+
+@dataclass
+class Foreman:
+    url: str
+    db_path: Path
+    running: Running
+
+    async def call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A call of the official (synchronous) client, on a thread."""
+        return await trio.to_thread.run_sync(partial(method, *args, **kwargs))
+
+    def client(self) -> ollama.Client:
+        return ollama.Client(host=self.url)
+
+    def job_events(self) -> dict[str, list[str]]:
+        log = EventLog.open(self.db_path, read_only=True)
+        try:
+            streams: dict[str, list[str]] = {}
+            for event in log.read():
+                streams.setdefault(event.stream, []).append(event.type)
+            return streams
+        finally:
+            log.close()
+
+
+async def start_foreman(
+    nursery: trio.Nursery, db_path: Path, **settings: Any
+) -> AsyncIterator[Foreman]:
+    """Foreman until the test is done with it; then it stops as on SIGTERM, and the
+    test's teardown waits for that (jobs still finishing record their outcome)."""
+    config = load_settings(listen="127.0.0.1:0", backend="sim", db=db_path, **settings)
+    stop, stopped = trio.Event(), trio.Event()
+
+    async def run(task_status: trio.TaskStatus[Running]) -> None:
+        try:
+            simulator = SimulatorConfig(listen="127.0.0.1:0")
+            await run_foreman(config, stop, simulator=simulator, task_status=task_status)
+        finally:
+            stopped.set()
+
+    running = await nursery.start(run)
+    yield Foreman(running.url, db_path, running)
+    stop.set()
+    with trio.fail_after(30):
+        await stopped.wait()
+
+
+async def until_types(
+    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], types: list[str]
+) -> None:
+    """Wait until events of these types, in this order, are committed."""
+    wanted = list(types)
+    with trio.fail_after(10):
+        async for events in committed:
+            for event in events:
+                if wanted and event.type == wanted[0]:
+                    wanted.pop(0)
+            if not wanted:
+                return
