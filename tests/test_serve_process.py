@@ -18,9 +18,16 @@ from typing import Any
 import httpx
 import pytest
 
+from foreman.artifacts import ArtifactStore
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import EventLog
-from foreman.events.types import JobRequeued, JobStarted, JobSubmitted, RecordedEvent
+from foreman.events.types import (
+    JobRequeued,
+    JobStarted,
+    JobSubmitted,
+    JobSucceeded,
+    RecordedEvent,
+)
 from tests.processes import Process, foreman_command, running, start_foreman, start_simulator
 
 TERMINAL = frozenset({"JobSucceeded", "JobFailed", "JobCancelled"})
@@ -216,6 +223,15 @@ def test_kill_9_with_jobs_queued_and_running_loses_none_and_ends_each_once(
     for prompt, answer in answers.items():
         result = json.loads(by_prompt[prompt].data)["result"]
         assert answer["message"] == result["message"], prompt
+
+    # No success, committed before a kill or after, names an output missing from disk.
+    store = ArtifactStore(db.with_suffix(".artifacts"))
+    for job, events in final.items():
+        succeeded = events[-1].event
+        assert isinstance(succeeded, JobSucceeded)
+        assert {ref.name for ref in succeeded.artifacts} == {"response.json", "content.txt"}
+        for ref in succeeded.artifacts:
+            assert store.path(job, ref.sha256).stat().st_size == ref.size
 
     verified = foreman_command("events", "verify", "--db", str(db))
     assert verified.returncode == 0, verified.stdout + verified.stderr

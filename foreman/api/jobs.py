@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -86,8 +88,19 @@ class JobDesk:
     reader: Reader
     store: ArtifactStore
     inline_max: int
-    _keys: dict[str, trio.Lock] = field(default_factory=dict)
-    """One lock per Idempotency-Key in use: the lookup and the submit are one step."""
+    _key_locks: dict[str, trio.Lock] = field(default_factory=dict)
+
+    @asynccontextmanager
+    async def holding(self, idempotency_key: str) -> AsyncIterator[None]:
+        """One submission at a time per Idempotency-Key, so its lookup and its submit
+        are one step; the lock goes away with its last user."""
+        lock = self._key_locks.setdefault(idempotency_key, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._key_locks.pop(idempotency_key, None)
 
 
 def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
@@ -126,13 +139,8 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
         already used for the same body: 200 and that job; for another body: 409."""
         if idempotency_key is None:
             return await _submit(desk, body, None)
-        lock = desk._keys.setdefault(idempotency_key, trio.Lock())
-        try:
-            async with lock:
-                return await _submit_once(desk, body, idempotency_key)
-        finally:
-            if not lock.locked() and lock.statistics().tasks_waiting == 0:
-                desk._keys.pop(idempotency_key, None)
+        async with desk.holding(idempotency_key):
+            return await _submit_once(desk, body, idempotency_key)
 
     @router.get("", operation_id="list_jobs", response_model=JobPage, responses=responses(422))
     async def list_(
