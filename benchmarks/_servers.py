@@ -18,7 +18,8 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,81 @@ async def foreman(
         running: Running = await nursery.start(run_foreman, settings, stop)
         yield running.url, db
         stop.set()
+
+
+# -- Helpers for the job-API benchmarks (submit.py, memory.py, prune.py) ----------------
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A server process: its URL, its PID (for RSS and CPU time) and its output file."""
+
+    url: str
+    pid: int
+    log: Path
+
+
+@asynccontextmanager
+async def program(
+    name: str, argv: list[str], env: dict[str, str], ready: str
+) -> AsyncIterator[Served]:
+    """Run ``argv`` as a process, output in ``.work/<name>.log``, as ``foreman`` and
+    ``simulator`` do in subprocess mode; yields once a line with ``ready`` names its URL;
+    SIGTERM at the end (SIGKILL if it will not stop)."""
+    WORK_DIR.mkdir(exist_ok=True)
+    log_path = WORK_DIR / f"{name}.log"
+    with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (opening is instant)
+        process = await trio.lowlevel.open_process(
+            argv, cwd=ROOT, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        url = await _wait_for_url(process, trio.Path(log_path), ready)
+        yield Served(url, process.pid, log_path)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(STOP_SECONDS) as waiting:
+            await process.wait()
+        if waiting.cancelled_caught:
+            progress(f"  {name} did not stop within {STOP_SECONDS:.0f} s of SIGTERM: killed")
+            process.kill()
+            await process.wait()
+
+
+def foreman_on(
+    name: str, db: Path, backend: str, env: dict[str, str]
+) -> AbstractAsyncContextManager[Served]:
+    """``foreman serve`` as a process on the log at ``db`` as it is (not removed first),
+    with ``env`` (``FOREMAN_*`` settings) added."""
+    argv = [sys.executable, "-m", "foreman.cli", "serve", "--backend", backend]
+    argv += ["--listen", "127.0.0.1:0", "--db", str(db)]
+    return program(f"foreman-{name}", argv, env, "http: listening on")
+
+
+async def stall_backend(client: httpx.AsyncClient, sim: str) -> None:
+    """Arm the simulator so that every generation holds the GPU for an hour: the first
+    job a Foreman sends stalls, and every later one stays queued."""
+    fault = {"kind": "stall", "seconds": 3600, "after_tokens": 0, "times": None}
+    (await client.post(f"{sim}/_sim/faults", json=fault)).raise_for_status()
+
+
+async def wait_healthy(client: httpx.AsyncClient, url: str) -> None:
+    """Until ``GET /healthz`` answers 200 (every actor runs)."""
+    with trio.fail_after(STARTUP_SECONDS):
+        while True:
+            if (await client.get(f"{url}/healthz")).status_code == 200:
+                return
+            await trio.sleep(0.05)
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A ``/proc/PID/status`` memory figure (``VmRSS``, ``VmHWM``: the peak) in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise ValueError(f"no {field} for process {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

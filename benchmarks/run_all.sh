@@ -12,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 python="${PYTHON:-python3}"
 
-for benchmark in append.py replay.py open_after_crash.py latency.py swaps.py idle_gap.py; do
+for benchmark in append.py replay.py open_after_crash.py latency.py swaps.py idle_gap.py \
+    submit.py memory.py prune.py; do
     echo "== ${benchmark}" >&2
     "${python}" "${benchmark}" "$@"
     echo
