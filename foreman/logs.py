@@ -43,10 +43,13 @@ def configure(log_format: Literal["text", "json"]) -> None:
 
 
 async def log_transitions(committed: trio.MemoryReceiveChannel[list[RecordedEvent]]) -> None:
-    """A line per committed job event: its job, type and what it says."""
+    """A line per committed job event: its job, type and what it says (not for
+    ``JobPruned``: the janitor logs how many it pruned)."""
     async with committed:
         async for events in committed:
             for event in events:
+                if event.type == "JobPruned":
+                    continue
                 data = json.loads(event.data)
                 fields = {"job": event.stream, "event": event.type, "seq": event.seq, **data}
                 fields.pop("request", None)

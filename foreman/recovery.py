@@ -3,15 +3,17 @@
 On start, after the journal has caught the projections up: a job left
 ``running`` was interrupted, so it gets ``JobRequeued(interrupted)`` (the
 attempt counts; past ``max_attempts`` it fails instead); then every queued job
-goes to the scheduler in its original order of arrival.
+goes to the scheduler in its original order of arrival. Jobs are read a chunk
+at a time through the Reader, so a deep queue is recovered without holding
+every job's events in memory at once.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import trio
 
@@ -19,8 +21,11 @@ from foreman.actors.journal import JournalClient
 from foreman.actors.scheduler import Message, Work
 from foreman.events.jobs import Job, JobsProjection
 from foreman.events.log import EventLog
+from foreman.events.reader import Reader
 from foreman.events.types import JobFailed, JobRequeued, JobSubmitted
 from foreman.scheduling import QueuedJob
+
+CHUNK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,55 +36,62 @@ class Unfinished:
     """The seq of its JobSubmitted: its place in the queue."""
 
 
-def unfinished_jobs(path: str | Path) -> list[Unfinished]:
-    """Queued and running jobs, oldest first (a blocking read, for a worker thread)."""
-    log = EventLog.open(path, read_only=True)
-    try:
-        with log.snapshot():
-            ids = [
-                row[0]
-                for row in log.conn.execute(
-                    "SELECT id FROM jobs WHERE state IN ('queued', 'running')"
-                )
-            ]
-            jobs = JobsProjection().load(log.conn, ids)
-            found = []
-            for job_id, job in jobs.items():
-                first = log.read_stream(job_id)[0]
-                assert isinstance(first.event, JobSubmitted)
-                found.append(Unfinished(job, first.event, first.seq))
-    finally:
-        log.close()
-    return sorted(found, key=lambda unfinished: unfinished.arrival)
+def unfinished_arrivals(log: EventLog) -> list[tuple[int, str]]:
+    """``(seq of JobSubmitted, job id)`` of queued and running jobs, oldest first."""
+    rows = log.conn.execute(
+        "SELECT e.seq, j.id FROM jobs j JOIN events e ON e.stream = j.id AND e.version = 1 "
+        "WHERE j.state IN ('queued', 'running') ORDER BY e.seq"
+    )
+    return [(seq, job_id) for seq, job_id in rows]
+
+
+def unfinished_jobs(log: EventLog, arrivals: list[tuple[int, str]]) -> list[Unfinished]:
+    """These jobs as they stand, with what they were submitted with, in this order."""
+    jobs = JobsProjection().load(log.conn, [job_id for _, job_id in arrivals])
+    found = []
+    for seq, job_id in arrivals:
+        (first,) = log.read(after=seq - 1, until=seq)
+        assert isinstance(first.event, JobSubmitted)
+        found.append(Unfinished(jobs[job_id], first.event, seq))
+    return found
 
 
 async def recover(
-    path: str | Path,
+    reader: Reader,
     journal: JournalClient,
     scheduler: trio.MemorySendChannel[Message],
     *,
     max_attempts: int,
-) -> list[str]:
-    """Requeue what a previous run left unfinished; returns the ids queued again."""
-    requeued = []
-    for unfinished in await trio.to_thread.run_sync(unfinished_jobs, path):
-        job = unfinished.job
-        if job.state == "running":
-            if job.attempts >= max_attempts:
-                error = f"interrupted by a restart during attempt {job.attempts} of {max_attempts}"
-                await journal.append(job.id, [JobFailed(error=error)])
-                continue
-            await journal.append(job.id, [JobRequeued(reason="interrupted")])
-        await scheduler.send(_work(unfinished))
-        requeued.append(job.id)
+) -> int:
+    """Requeue what a previous run left unfinished; returns how many were queued again."""
+    arrivals = await reader.read(unfinished_arrivals)
+    requeued = 0
+    for start in range(0, len(arrivals), CHUNK):
+        for unfinished in await reader.read(unfinished_jobs, arrivals[start : start + CHUNK]):
+            if await _may_run_again(unfinished.job, journal, max_attempts):
+                await scheduler.send(_work(unfinished))
+                requeued += 1
     return requeued
+
+
+async def _may_run_again(job: Job, journal: JournalClient, max_attempts: int) -> bool:
+    """A job interrupted while running is requeued, or fails past its last attempt."""
+    if job.state != "running":
+        return True
+    if job.attempts >= max_attempts:
+        error = f"interrupted by a restart during attempt {job.attempts} of {max_attempts}"
+        await journal.append(job.id, [JobFailed(error=error)])
+        return False
+    await journal.append(job.id, [JobRequeued(reason="interrupted")])
+    return True
 
 
 def _work(unfinished: Unfinished) -> Work:
     job, submitted = unfinished.job, unfinished.submitted
     waited = max(0.0, time.time() - _epoch(job.created_at))
     queued = QueuedJob.of(job.id, unfinished.arrival, submitted, trio.current_time() - waited)
-    return Work(queued, submitted.kind, submitted.request, attempts=job.attempts)
+    body = json.dumps(submitted.request).encode()
+    return Work(queued, submitted.kind, body, attempts=job.attempts)
 
 
 def _epoch(stamp: str) -> float:

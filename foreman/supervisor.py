@@ -85,9 +85,9 @@ async def run_foreman(
             "janitor: started, pruning jobs finished over %s ago", format_duration(settings.job_ttl)
         )
         requeued = await recover(
-            settings.db, journal, scheduler_send, max_attempts=settings.max_attempts
+            reader, journal, scheduler_send, max_attempts=settings.max_attempts
         )
-        log.info("recovery: %d unfinished jobs queued again", len(requeued))
+        log.info("recovery: %d unfinished jobs queued again", requeued)
         upstream = Upstream(backend)
         worker = Worker(
             upstream,

@@ -53,12 +53,13 @@ class Upstream:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def generate(self, kind: str, body: dict[str, Any], relay: Relay) -> dict[str, Any]:
+    async def generate(self, kind: str, body: bytes, relay: Relay) -> dict[str, Any]:
         """Run one chat, generate or embed request; each line of the answer goes to
         ``relay`` (one line for ``stream: false`` and for embed), but an error line is
         raised instead. Returns the final response, a stream's content joined into it
         as Ollama's non-streaming answer holds it."""
-        request = self._client.build_request("POST", ENDPOINTS[kind], json=body)
+        headers = {"content-type": "application/json"}
+        request = self._client.build_request("POST", ENDPOINTS[kind], content=body, headers=headers)
         try:
             response = await self._client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout) as error:

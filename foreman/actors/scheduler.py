@@ -23,7 +23,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import trio
 
@@ -57,7 +57,8 @@ class Work:
 
     job: QueuedJob
     kind: str
-    request: dict[str, Any]
+    body: bytes
+    """The backend request body (JSON), as bytes: a queued job costs little memory."""
     attempts: int
     """Attempts made so far."""
     output: trio.MemorySendChannel[Output] | None = None

@@ -257,7 +257,7 @@ class _Call:
         with self._scope:
             with self._limit:
                 try:
-                    return await upstream.generate(self.work.kind, self.work.request, relay)
+                    return await upstream.generate(self.work.kind, self.work.body, relay)
                 except (Unavailable, BackendError) as error:
                     return error
                 except trio.BrokenResourceError:  # the caller stopped listening

@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import trio
 from fastapi import APIRouter, Header, Query, Request
@@ -38,6 +38,7 @@ from foreman.api.schemas import (
 )
 from foreman.artifacts import ArtifactStore, is_text, valid_name
 from foreman.events.jobs import TERMINAL_STATES, Job, JobState
+from foreman.events.log import EventLog
 from foreman.events.queries import (
     JobRecord,
     job_by_idempotency_key,
@@ -165,9 +166,9 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
     @router.get(
         "/{job_id}", operation_id="get_job", response_model=JobView, responses=responses(404, 410)
     )
-    async def get(job_id: str) -> JobView:
+    async def get(job_id: str) -> Response:
         """The job: state, place in the queue, result, outputs."""
-        return await _view(desk, await _record(desk, job_id))
+        return _json(await _view(desk, job_id))
 
     @router.get(
         "/{job_id}/events",
@@ -208,10 +209,8 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
             outcome: Reply[CancelOutcome] = Reply()
             await desk.scheduler.send(Cancel(job_id, "cancelled_by_request", outcome))
             if await outcome.wait() != "not_found":
-                record = await _record(desk, job_id)
-                view = await _view(desk, record)
-                status = 200 if record.job.state == "cancelled" else 202
-                return Response(view.model_dump_json(), status, media_type="application/json")
+                view = await _view(desk, job_id)
+                return _json(view, 200 if view.state == "cancelled" else 202)
             record = await _record(desk, job_id)
         raise ApiProblem(409, f"job {job_id} has already {record.job.state}: nothing to cancel")
 
@@ -267,7 +266,8 @@ async def _submit(desk: JobDesk, body: SubmitJob, key: str | None) -> Response:
             await desk.scheduler.send(Release())
         raise
     queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
-    await desk.scheduler.send(Work(queued, body.kind, submitted.request, 0, admitted=True))
+    request = json.dumps(submitted.request).encode()
+    await desk.scheduler.send(Work(queued, body.kind, request, 0, admitted=True))
     accepted = JobAccepted(
         job_id=job_id,
         state="queued",
@@ -319,15 +319,24 @@ async def _position(desk: JobDesk, job_id: str) -> int | None:
 
 async def _record(desk: JobDesk, job_id: str) -> JobRecord:
     record = await desk.reader.read(job_record, job_id)
-    if record is not None:
-        return record
+    if record is None:
+        await _missing(desk, job_id)
+    return record
+
+
+async def _missing(desk: JobDesk, job_id: str) -> NoReturn:
+    """404, or 410 for a job the log has but the janitor pruned."""
     if await desk.reader.read(was_submitted, job_id):
         raise ApiProblem(410, f"job {job_id} finished long ago and was pruned (FOREMAN_JOB_TTL)")
     raise ApiProblem(404, f"no job {job_id!r}")
 
 
 def _summary(job: Job) -> JobSummary:
-    return JobSummary(
+    return JobSummary(**_fields(job))
+
+
+def _fields(job: Job) -> dict[str, Any]:
+    return dict(
         id=job.id,
         kind=job.kind,
         model=job.model,
@@ -342,23 +351,36 @@ def _summary(job: Job) -> JobSummary:
     )
 
 
-async def _view(desk: JobDesk, record: JobRecord) -> JobView:
+async def _view(desk: JobDesk, job_id: str) -> JobView:
+    """The job's view: its record and outputs read in one go on the reader's thread,
+    its queue position from the scheduler."""
+    found = await desk.reader.read(_read_view, desk, job_id)
+    if found is None:
+        await _missing(desk, job_id)
+    record, artifacts = found
     job, succeeded = record.job, record.succeeded
-    refs = succeeded.artifacts if succeeded is not None else ()
-    artifacts = await trio.to_thread.run_sync(_artifact_views, desk, job.id, refs)
-    position = await _position(desk, job.id) if job.state == "queued" else None
     return JobView(
-        **_summary(job).model_dump(),
-        queue_position=position,
+        **_fields(job),
+        queue_position=await _position(desk, job.id) if job.state == "queued" else None,
         result=None if succeeded is None else succeeded.result,
         artifacts=artifacts,
     )
 
 
+def _read_view(
+    log: EventLog, desk: JobDesk, job_id: str
+) -> tuple[JobRecord, list[ArtifactView]] | None:
+    record = job_record(log, job_id)
+    if record is None:
+        return None
+    refs = record.succeeded.artifacts if record.succeeded is not None else ()
+    return record, _artifact_views(desk, job_id, refs)
+
+
 def _artifact_views(
     desk: JobDesk, job_id: str, refs: tuple[ArtifactRef, ...]
 ) -> list[ArtifactView]:
-    """Each output by URL, and inline when small enough (a blocking read: a thread)."""
+    """Each output by URL, and inline when small enough (blocking file reads)."""
     views = []
     for ref in refs:
         inline, encoding = None, None
@@ -377,6 +399,11 @@ def _artifact_views(
             )
         )
     return views
+
+
+def _json(model: JobView, status: int = 200) -> Response:
+    """Serialized once, straight from the model (the route's response_model documents it)."""
+    return Response(model.model_dump_json(), status, media_type="application/json")
 
 
 def _artifact(record: JobRecord, name: str) -> ArtifactRef:

@@ -84,7 +84,8 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Response:
-    body = decode_json(await read_body(request, gateway.max_body))
+    raw = await read_body(request, gateway.max_body)
+    body = decode_json(raw)
     if not isinstance(body, dict):
         raise OllamaError(400, "the request body must be a JSON object")
     model = body.get("model")
@@ -110,7 +111,7 @@ async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Respons
         raise
     send, output = trio.open_memory_channel[Output](OUTPUT_BUFFER)
     queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
-    work = Work(queued, kind, body, attempts=0, output=send, admitted=True)
+    work = Work(queued, kind, raw, attempts=0, output=send, admitted=True)
     await gateway.scheduler.send(work)
 
     first = await _first_output(gateway, job_id, output, request)
