@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +45,7 @@ class Rig:
             events += [factories.started(), factories.attempt_failed(), factories.requeued_retry()]
         (first, *_) = await self.journal.append(job_id, events, expected_version=0)
         job = QueuedJob.of(job_id, first.seq, submitted, trio.current_time())
-        return Work(job, "chat", submitted.request, attempts=int(retried))
+        return Work(job, "chat", json.dumps(submitted.request).encode(), attempts=int(retried))
 
     async def ready(self, loaded: str | None = None) -> Reply[Work]:
         reply: Reply[Work] = Reply()
@@ -83,7 +84,7 @@ async def test_a_retried_job_is_handed_out_exactly_when_its_backoff_ends(
 ) -> None:
     work = await rig.queued(retried=True)
     sent = trio.current_time()
-    await rig.inbox.send(Work(work.job, work.kind, work.request, 1, not_before=sent + 2.0))
+    await rig.inbox.send(Work(work.job, work.kind, work.body, 1, not_before=sent + 2.0))
     handed = await (await rig.ready()).wait()
     assert handed.job == work.job
     assert trio.current_time() - sent == pytest.approx(2.0)
@@ -94,7 +95,7 @@ async def test_a_job_cancelled_during_its_backoff_never_runs(
 ) -> None:
     work = await rig.queued(retried=True)
     await rig.inbox.send(
-        Work(work.job, work.kind, work.request, 1, not_before=trio.current_time() + 2)
+        Work(work.job, work.kind, work.body, 1, not_before=trio.current_time() + 2)
     )
     assert await rig.cancel(work.job.job_id) == "cancelled"
     reply = await rig.ready()

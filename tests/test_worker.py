@@ -43,7 +43,8 @@ class Rig:
         (event,) = await self.journal.append(job_id, [submitted], expected_version=0)
         send, receive = trio.open_memory_channel[Output](16) if wait else (None, None)
         job = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
-        await self.scheduler.send(Work(job, kind, body, attempts=0, output=send))
+        work = Work(job, kind, json.dumps(body).encode(), attempts=0, output=send)
+        await self.scheduler.send(work)
         return job_id, receive
 
     def start_worker(self, upstream: str | None = None, **options: Any) -> None:
