@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import trio
 
@@ -19,14 +19,23 @@ log = logging.getLogger("foreman")
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, "job_event", None)
         line = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
-            **getattr(record, "fields", {}),
+            **(_event_fields(event) if event is not None else {}),
         }
         return json.dumps(line)
+
+
+def _event_fields(event: RecordedEvent) -> dict[str, Any]:
+    """What a job event says, for a JSON line (decoded only when JSON lines are on)."""
+    data = json.loads(event.data)
+    data.pop("request", None)
+    data.pop("result", None)
+    return {"job": event.stream, "event": event.type, "seq": event.seq, **data}
 
 
 def configure(log_format: Literal["text", "json"]) -> None:
@@ -50,8 +59,4 @@ async def log_transitions(committed: trio.MemoryReceiveChannel[list[RecordedEven
             for event in events:
                 if event.type == "JobPruned":
                     continue
-                data = json.loads(event.data)
-                fields = {"job": event.stream, "event": event.type, "seq": event.seq, **data}
-                fields.pop("request", None)
-                fields.pop("result", None)
-                log.info("job %s %s", event.stream, event.type, extra={"fields": fields})
+                log.info("job %s %s", event.stream, event.type, extra={"job_event": event})

@@ -68,6 +68,8 @@ class Work:
     not_before: float = -math.inf
     """Trio time before which it may not run: a retry's backoff. The scheduler holds
     it meanwhile, so a cancel still finds it."""
+    position: Reply[int | None] | None = None
+    """Where to answer its queue position once it is queued (saves a Position)."""
 
 
 CancelOutcome = Literal["cancelled", "stopping", "not_found"]
@@ -174,6 +176,8 @@ class Scheduler:
                     heapq.heappush(self._due, (message.not_before, message.job.job_id))
                 else:
                     self._enqueue(message)
+                if message.position is not None:
+                    message.position.put(self._position(message.job.job_id))
             case Ready():
                 self._loaded = self._loaded if message.loaded is None else message.loaded
                 self._ready.append(message)

@@ -267,12 +267,13 @@ async def _submit(desk: JobDesk, body: SubmitJob, key: str | None) -> Response:
         raise
     queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
     request = json.dumps(submitted.request).encode()
-    await desk.scheduler.send(Work(queued, body.kind, request, 0, admitted=True))
+    position: Reply[int | None] = Reply()
+    await desk.scheduler.send(Work(queued, body.kind, request, 0, admitted=True, position=position))
     accepted = JobAccepted(
         job_id=job_id,
         state="queued",
         created_at=event.recorded_at,
-        queue_position=await _position(desk, job_id),
+        queue_position=await position.wait(),
         location=f"/jobs/{job_id}",
     )
     return _accepted(accepted, 202)

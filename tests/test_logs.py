@@ -1,0 +1,37 @@
+"""Log lines: readable by default; with FOREMAN_LOG_FORMAT=json, one JSON object each."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from foreman.events.log import EventLog
+from foreman.ids import new_ulid
+from foreman.logs import JsonFormatter
+from tests import factories
+
+
+def test_a_job_event_as_a_json_line_says_what_happened_without_the_payloads(
+    log: EventLog,
+) -> None:
+    job_id = new_ulid()
+    submitted, started = log.append(job_id, [factories.submitted(), factories.started()])
+    lines = []
+    for event in (submitted, started):
+        record = logging.makeLogRecord(
+            {"msg": "job %s %s", "args": (job_id, event.type), "job_event": event}
+        )
+        lines.append(json.loads(JsonFormatter().format(record)))
+    first, second = lines
+    assert first["message"] == f"job {job_id} JobSubmitted"
+    assert (first["job"], first["event"], first["seq"]) == (job_id, "JobSubmitted", submitted.seq)
+    assert first["model"] == "llama3" and "request" not in first
+    assert (second["event"], second["attempt"]) == ("JobStarted", 1)
+
+
+def test_other_lines_are_plain_json_messages() -> None:
+    record = logging.makeLogRecord(
+        {"msg": "journal: started on %s", "args": ("x.db",), "levelname": "INFO"}
+    )
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["message"], line["level"]) == ("journal: started on x.db", "info")
