@@ -49,10 +49,9 @@ def unfinished_jobs(log: EventLog, arrivals: list[tuple[int, str]]) -> list[Unfi
     """These jobs as they stand, with what they were submitted with, in this order."""
     jobs = JobsProjection().load(log.conn, [job_id for _, job_id in arrivals])
     found = []
-    for seq, job_id in arrivals:
-        (first,) = log.read(after=seq - 1, until=seq)
+    for first in log.events_at([seq for seq, _ in arrivals]):  # in arrival order
         assert isinstance(first.event, JobSubmitted)
-        found.append(Unfinished(jobs[job_id], first.event, seq))
+        found.append(Unfinished(jobs[first.stream], first.event, first.seq))
     return found
 
 

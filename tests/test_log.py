@@ -271,3 +271,13 @@ def test_the_event_union_is_discriminated_by_type() -> None:
         assert adapter.validate_json(event.model_dump_json()) == event
     with pytest.raises(ValidationError, match="JobTeleported"):
         adapter.validate_python({"type": "JobTeleported"})
+
+
+def test_events_at_reads_the_events_of_given_seqs_in_order(log: EventLog) -> None:
+    job_id = new_ulid()
+    log.append(job_id, [submitted(), started(), succeeded()])
+    assert [(e.seq, e.type) for e in log.events_at([3, 1])] == [
+        (1, "JobSubmitted"),
+        (3, "JobSucceeded"),
+    ]
+    assert log.events_at([99]) == []

@@ -277,6 +277,12 @@ class EventLog:
             )
         ]
 
+    def events_at(self, seqs: Sequence[int]) -> list[RecordedEvent]:
+        """The events with these ``seq``s (at most SQLite's 32,766 variables), in order."""
+        marks = ", ".join("?" * len(seqs))
+        rows = self.conn.execute(f"{_SELECT_EVENTS} WHERE seq IN ({marks}) ORDER BY seq", seqs)
+        return [RecordedEvent(*row) for row in rows]
+
     def checkpoint(self, projection: Projection[Any]) -> tuple[int, int, str] | None:
         """``(version, seq, head_hash)`` recorded for ``projection``, if any."""
         row = self.conn.execute(
