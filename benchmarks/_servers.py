@@ -148,30 +148,9 @@ def sim_config(load_latency: float, token_latency: float, tokens: int) -> Simula
 async def _process(
     name: str, args: list[str], env: dict[str, str], ready: str
 ) -> AsyncIterator[str]:
-    """Run ``python -m foreman.cli ARGS``; yields the URL from its first output line
-    containing ``ready``; SIGTERM at the end (SIGKILL if it will not stop)."""
-    WORK_DIR.mkdir(exist_ok=True)
-    log_path = trio.Path(WORK_DIR / f"{name}.log")
-    with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (opening is instant)
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "foreman.cli", *args],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield await _wait_for_url(process, log_path, ready)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        with trio.move_on_after(STOP_SECONDS) as waiting:
-            await process.wait()
-        if waiting.cancelled_caught:
-            progress(f"  {name} did not stop within {STOP_SECONDS:.0f} s of SIGTERM: killed")
-            process.kill()
-            await process.wait()
-    if process.returncode not in (0, -signal.SIGTERM):
-        progress(f"  {name} exited with {process.returncode}; see {log_path}")
+    """Run ``python -m foreman.cli ARGS`` (see :func:`program`); yields its URL."""
+    async with program(name, [sys.executable, "-m", "foreman.cli", *args], env, ready) as served:
+        yield served.url
 
 
 async def _wait_for_url(process: trio.Process, log_path: trio.Path, ready: str) -> str:
@@ -258,6 +237,8 @@ async def program(
             progress(f"  {name} did not stop within {STOP_SECONDS:.0f} s of SIGTERM: killed")
             process.kill()
             await process.wait()
+    if process.returncode not in (0, -signal.SIGTERM):
+        progress(f"  {name} exited with {process.returncode}; see {log_path}")
 
 
 def foreman_on(
