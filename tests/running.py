@@ -78,3 +78,24 @@ async def until_types(
                     wanted.pop(0)
             if not wanted:
                 return
+
+
+async def until_recorded(
+    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job_id: str, *types: str
+) -> RecordedEvent:
+    """The job's next committed event of one of ``types``: synchronises on the log."""
+    with trio.fail_after(10):
+        async for events in committed:
+            for event in events:
+                if event.stream == job_id and event.type in types:
+                    return event
+    raise AssertionError("the journal stopped")
+
+
+def event_types(db_path: Path, job_id: str) -> list[str]:
+    """The types of a job's events, in order, as the log holds them."""
+    log = EventLog.open(db_path, read_only=True)
+    try:
+        return [event.type for event in log.read_stream(job_id)]
+    finally:
+        log.close()

@@ -16,7 +16,7 @@ from ulid import ULID
 from foreman.events.audit import verify
 from foreman.events.log import EventLog
 from foreman.events.types import RecordedEvent
-from tests.running import Foreman, start_foreman
+from tests.running import Foreman, start_foreman, until_recorded
 
 ENDS = {"JobSucceeded", "JobFailed", "JobCancelled"}
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "why is the sky blue?"}]}
@@ -36,18 +36,6 @@ async def foreman(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Foreman
 async def http(foreman: Foreman) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as client:
         yield client
-
-
-async def until_recorded(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job_id: str, *types: str
-) -> str:
-    """Wait until the job's next event of one of ``types`` is committed; its type."""
-    with trio.fail_after(10):
-        async for events in committed:
-            for event in events:
-                if event.stream == job_id and event.type in types:
-                    return event.type
-    raise AssertionError("the journal stopped")
 
 
 async def until_all_ended(
@@ -80,7 +68,7 @@ async def test_submit_then_poll_until_the_result_and_its_outputs(
     assert accepted["state"] == "queued"
     assert accepted["queue_position"] == 0
 
-    assert await until_recorded(committed, job_id, "JobSucceeded") == "JobSucceeded"
+    assert (await until_recorded(committed, job_id, "JobSucceeded")).type == "JobSucceeded"
     job = (await http.get(f"/jobs/{job_id}")).json()
     assert (job["id"], job["kind"], job["model"], job["state"]) == (
         job_id,
@@ -289,7 +277,7 @@ async def test_cancel_a_queued_job_a_running_job_and_not_a_finished_one(
     assert (cancelled.status_code, cancelled.json()["state"]) == (200, "cancelled")
     stopping = await http.delete(f"/jobs/{running}")
     assert stopping.status_code == 202
-    assert await until_recorded(committed, running, "JobCancelled") == "JobCancelled"
+    assert (await until_recorded(committed, running, "JobCancelled")).type == "JobCancelled"
     assert (await http.get(f"/jobs/{running}")).json()["state"] == "cancelled"
     again = await http.delete(f"/jobs/{running}")
     assert again.status_code == 409

@@ -22,10 +22,10 @@ from foreman.actors.scheduler import (
     Scheduler,
     Work,
 )
-from foreman.events.log import EventLog
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob
 from tests import factories
+from tests.running import event_types
 
 
 @dataclass
@@ -63,11 +63,7 @@ class Rig:
         return await reply.wait()
 
     def events(self, job_id: str) -> list[str]:
-        log = EventLog.open(self.db_path, read_only=True)
-        try:
-            return [event.type for event in log.read_stream(job_id)]
-        finally:
-            log.close()
+        return event_types(self.db_path, job_id)
 
 
 @pytest.fixture

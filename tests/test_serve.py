@@ -31,6 +31,7 @@ async def foreman(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Foreman
 
 
 async def test_the_official_client_works_unchanged(foreman: Foreman) -> None:
+    committed = await foreman.running.journal.subscribe()
     client = foreman.client()
     messages = [{"role": "user", "content": "why is the sky blue?"}]
     answer = await foreman.call(client.chat, model="llama3", messages=messages)
@@ -54,6 +55,8 @@ async def test_the_official_client_works_unchanged(foreman: Foreman) -> None:
     shown = await foreman.call(client.show, "llama3")
     assert shown.details is not None
 
+    # An answer precedes its durable JobSucceeded (ADR-0025): wait for the commits.
+    await until_types(committed, ["JobSucceeded"] * 3)
     jobs = foreman.job_events()
     assert len(jobs) == 3  # chat, streamed chat, generate: embeddings are not jobs
     assert all(events[-1] == "JobSucceeded" for events in jobs.values())

@@ -19,11 +19,12 @@ from foreman.actors.worker import Worker
 from foreman.artifacts import ArtifactStore
 from foreman.events.jobs import Job, JobsProjection
 from foreman.events.log import EventLog
-from foreman.events.types import JobCancelled, JobSubmitted, JobSucceeded, RecordedEvent
+from foreman.events.types import JobCancelled, JobSubmitted, JobSucceeded
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob
 from foreman.simulator import SimulatorConfig, serve_simulator
 from foreman.upstream import Upstream
+from tests.running import event_types, until_recorded
 
 
 @dataclass
@@ -66,11 +67,7 @@ class Rig:
             log.close()
 
     def events(self, job_id: str) -> list[str]:
-        log = EventLog.open(self.db_path, read_only=True)
-        try:
-            return [event.type for event in log.read_stream(job_id)]
-        finally:
-            log.close()
+        return event_types(self.db_path, job_id)
 
     async def sim(self, method: str, path: str, body: Any = None) -> Any:
         async with httpx.AsyncClient(base_url=self.simulator) as client:
@@ -192,18 +189,6 @@ async def test_a_job_fails_once_every_attempt_found_the_backend_down(rig: Rig) -
         "JobAttemptFailed",
         "JobRequeued",
     ] * 2 + ["JobStarted", "JobAttemptFailed", "JobFailed"]
-
-
-async def until_recorded(
-    events: trio.MemoryReceiveChannel[list[RecordedEvent]], job_id: str, type_: str
-) -> RecordedEvent:
-    """The first committed event of ``type_`` for ``job_id``: synchronises on the log."""
-    with trio.fail_after(10):
-        async for batch in events:
-            for event in batch:
-                if (event.stream, event.type) == (job_id, type_):
-                    return event
-    raise AssertionError("the journal stopped")
 
 
 async def test_a_caller_that_hangs_up_mid_stream_cancels_the_running_job(rig: Rig) -> None:
