@@ -71,10 +71,8 @@ def ollama_routes(gateway: Gateway) -> APIRouter:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it is known to be over ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise OllamaError(413, f"request body is over the {limit}-byte limit")
+    """The request body, or 413 as soon as it is over ``limit`` bytes (one whose
+    Content-Length says so never gets here: :class:`~foreman.api.errors.DeclaredBodyLimit`)."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
