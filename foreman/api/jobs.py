@@ -42,7 +42,6 @@ from foreman.events.log import EventLog
 from foreman.events.queries import (
     JobRecord,
     job_by_idempotency_key,
-    job_events,
     job_record,
     list_jobs,
     was_submitted,
@@ -178,7 +177,7 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
     )
     async def events(job_id: str) -> JobEvents:
         """The job's whole history from the log (kept after it is pruned), for audit."""
-        recorded = await desk.reader.read(job_events, job_id)
+        recorded = await desk.reader.read(EventLog.read_stream, job_id)
         if not recorded:
             raise ApiProblem(404, f"no job {job_id!r}")
         return JobEvents(

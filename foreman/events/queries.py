@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from foreman.events.jobs import SELECT_JOBS, Job, JobState, job_from_row
 from foreman.events.log import EventLog
-from foreman.events.types import JobSubmitted, JobSucceeded, RecordedEvent
+from foreman.events.types import JobSubmitted, JobSucceeded
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ def job_record(log: EventLog, job_id: str) -> JobRecord | None:
     job = job_from_row(row)
     succeeded = None
     if job.result_seq is not None:
-        (event,) = log.read(after=job.result_seq - 1, until=job.result_seq)
+        (event,) = log.events_at([job.result_seq])
         assert isinstance(event.event, JobSucceeded)
         succeeded = event.event
     return JobRecord(job, succeeded)
@@ -43,7 +43,7 @@ def submission(log: EventLog, job_id: str) -> JobSubmitted:
     first = log.conn.execute(
         "SELECT seq FROM events WHERE stream = ? AND version = 1", (job_id,)
     ).fetchone()
-    (event,) = log.read(after=first[0] - 1, until=first[0])
+    (event,) = log.events_at([first[0]])
     assert isinstance(event.event, JobSubmitted)
     return event.event
 
@@ -75,7 +75,3 @@ def list_jobs(
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     rows = log.conn.execute(f"{SELECT_JOBS}{clause} ORDER BY id DESC LIMIT ?", (*args, limit))
     return [job_from_row(row) for row in rows]
-
-
-def job_events(log: EventLog, job_id: str) -> list[RecordedEvent]:
-    return log.read_stream(job_id)
