@@ -6,7 +6,7 @@ the same output writes the same file), removed with their job when the
 janitor prunes it. A job's outputs are written durably *before* the event
 naming them is committed, so an event never points at a missing file; a crash
 between the two, or between pruning a job and removing its directory, leaves
-a directory :meth:`ArtifactStore.sweep` collects. Blocking file I/O: callers
+a directory the janitor removes when it starts. Blocking file I/O: callers
 run it on a thread.
 """
 
@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,14 +116,6 @@ class ArtifactStore:
         if not self.root.is_dir():
             return []
         return sorted(entry.name for entry in self.root.iterdir() if _JOB_ID.fullmatch(entry.name))
-
-    def sweep(self, known: Callable[[Iterable[str]], set[str]]) -> int:
-        """Remove the outputs of jobs that ``known`` (given ids, returns those the log
-        still holds) does not know: pruned, their directory left by a crash."""
-        orphans = set(self.jobs()) - known(self.jobs())
-        for job_id in orphans:
-            self.remove(job_id)
-        return len(orphans)
 
 
 def _json_bytes(value: Any) -> bytes:

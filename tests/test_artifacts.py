@@ -106,21 +106,13 @@ def test_remove_takes_a_jobs_outputs_and_only_them(tmp_path: Path) -> None:
     assert files_under(tmp_path) == [store.path(OTHER, kept.sha256)]
 
 
-def test_sweep_removes_the_outputs_of_jobs_the_log_no_longer_holds(tmp_path: Path) -> None:
-    store = ArtifactStore(tmp_path)
-    store.put(JOB, "a.bin", "application/octet-stream", b"pruned")
-    kept = store.put(OTHER, "a.bin", "application/octet-stream", b"kept")
-    stranger = tmp_path / "not-a-job"
-    stranger.mkdir()
-
-    assert store.sweep(lambda ids: {OTHER} & set(ids)) == 1
-    assert store.jobs() == [OTHER]
-    assert files_under(tmp_path) == [store.path(OTHER, kept.sha256)]
-    assert stranger.is_dir()
-
-
-def test_sweep_of_a_missing_root_removes_nothing(tmp_path: Path) -> None:
-    assert ArtifactStore(tmp_path / "none").sweep(lambda _: set()) == 0
+def test_jobs_lists_the_stored_jobs_and_nothing_else(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    assert store.jobs() == []  # no root yet
+    store.put(OTHER, "a.bin", "application/octet-stream", b"b")
+    store.put(JOB, "a.bin", "application/octet-stream", b"a")
+    (store.root / "not-a-job").mkdir()
+    assert store.jobs() == sorted([JOB, OTHER])
 
 
 def test_chat_outputs_with_images() -> None:

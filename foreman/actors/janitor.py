@@ -13,7 +13,7 @@ transaction.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import trio
@@ -56,9 +56,11 @@ class Janitor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Collect what a crash left behind, then sweep every ``interval``."""
-        swept = await trio.to_thread.run_sync(self._store.sweep, self._known_jobs)
-        if swept:
-            log.info("janitor: removed the outputs of %d jobs no longer in the log", swept)
+        stored = await trio.to_thread.run_sync(self._store.jobs)
+        orphans = sorted(set(stored) - await self._reader.read(existing_jobs, stored))
+        await trio.to_thread.run_sync(self._remove_outputs, orphans)
+        if orphans:
+            log.info("janitor: removed the outputs of %d jobs no longer in the log", len(orphans))
         task_status.started()
         while True:
             await trio.sleep(self.interval)
@@ -85,7 +87,3 @@ class Janitor:
     def _remove_outputs(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
             self._store.remove(job_id)
-
-    def _known_jobs(self, job_ids: Iterable[str]) -> set[str]:
-        """Of these ids, the jobs the log still holds (from a worker thread)."""
-        return trio.from_thread.run(self._reader.read, existing_jobs, list(job_ids))
