@@ -1,4 +1,5 @@
-"""Replay properties: incremental projection == full replay == replay in chunks."""
+"""Replay properties: incremental projection == full replay == replay in chunks, for
+the jobs and the webhook deliveries."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from foreman.events.deliveries import DeliveriesProjection, Delivery
 from foreman.events.jobs import TERMINAL_STATES, JobsProjection
 from foreman.events.log import Append, Durability, EventLog
 from foreman.events.projection import IllegalTransition
@@ -24,6 +26,11 @@ from foreman.events.types import (
     JobStarted,
     JobSubmitted,
     JobSucceeded,
+    WebhookAbandoned,
+    WebhookAttemptFailed,
+    WebhookDelivered,
+    WebhookRedeliveryRequested,
+    delivery_stream,
 )
 from foreman.ids import new_ulid
 
@@ -47,21 +54,35 @@ def fresh_log() -> Iterator[EventLog]:
 Model = dict[str, tuple[str, int]]
 
 
-def valid_append(data: st.DataObject, model: Model) -> tuple[Append, tuple[str, int]]:
-    """A legal next append for a new or existing job, and the job's state after it."""
-    live = sorted(job for job, (state, _) in model.items() if state != "pruned")
+def valid_append(
+    data: st.DataObject, model: Model, log: EventLog, batch: list[Append]
+) -> tuple[Append, tuple[str, int]]:
+    """A legal next append for a new or existing job (or its webhook deliveries), and
+    the job's state after it; a job already in ``batch`` is left alone, as the
+    deliveries its appends will make are not in the log yet."""
+    taken = {append.stream.removeprefix("webhooks/") for append in batch}
+    live = sorted(
+        job for job, (state, _) in model.items() if state != "pruned" and job not in taken
+    )
     if not live or data.draw(st.integers(0, 3)) == 0:
         job = new_ulid()
+        origin = data.draw(st.sampled_from(["sync", "async"]))
         event = JobSubmitted(
             kind=data.draw(st.sampled_from(["chat", "generate", "embed"])),
             model=data.draw(MODELS),
             request={"prompt": data.draw(st.text(max_size=20))},
             priority=data.draw(st.integers(-2, 2)),
-            origin=data.draw(st.sampled_from(["sync", "async"])),
+            origin=origin,
+            state_webhook_url="http://hook.example/" if origin == "async" else None,
         )
         return Append(job, [event], expected_version=0), ("queued", 0)
     job = data.draw(st.sampled_from(live))
     state, attempts = model[job]
+    deliveries = DeliveriesProjection().load(log.conn, [job]).get(job, ())
+    owed = any(delivery.state == "pending" for delivery in deliveries)
+    # A finished job that owes a notification cannot be pruned: it is delivered first.
+    if deliveries and ((owed and state in TERMINAL_STATES) or data.draw(st.booleans())):
+        return Append(delivery_stream(job), [data.draw(delivery_event(deliveries))]), model[job]
     choices: list[tuple[list[Event], tuple[str, int]]]
     if state == "queued":
         choices = [
@@ -88,38 +109,58 @@ def valid_append(data: st.DataObject, model: Model) -> tuple[Append, tuple[str, 
     return Append(job, events), after
 
 
+def delivery_event(deliveries: tuple[Delivery, ...]) -> st.SearchStrategy[Event]:
+    """A legal outcome for a pending delivery, or a redelivery of finished ones."""
+    pending = [d for d in deliveries if d.state == "pending"]
+    finished = [d.id for d in deliveries if d.state != "pending"]
+    choices: list[Event] = []
+    for delivery in pending[:1]:
+        attempt = delivery.attempts + 1
+        choices += [
+            WebhookDelivered(delivery=delivery.id, attempt=attempt, status=204),
+            WebhookAttemptFailed(
+                delivery=delivery.id, attempt=attempt, error="HTTP 503", status=503, retry_at="t"
+            ),
+            WebhookAbandoned(delivery=delivery.id, attempt=attempt, error="HTTP 400", status=400),
+        ]
+    if finished:
+        choices.append(WebhookRedeliveryRequested(deliveries=tuple(finished)))
+    return st.sampled_from(choices)
+
+
 @PROPERTY_SETTINGS
 @given(st.data())
 def test_incremental_projection_equals_full_and_chunked_replay(data: st.DataObject) -> None:
-    projection = JobsProjection()
     with fresh_log() as log:
         model: Model = {}
         snapshots = []
         for batch_size in data.draw(st.lists(st.integers(1, 8), min_size=1, max_size=10)):
             appends = []
             for _ in range(batch_size):
-                append, after = valid_append(data, model)
+                append, after = valid_append(data, model, log, appends)
                 appends.append(append)
-                model[append.stream] = after
+                model[append.stream.removeprefix("webhooks/")] = after
             assert all(isinstance(r, list) for r in log.append_many(appends))
-            snapshots.append((log.head()[0], projection.load_all(log.conn)))
+            snapshots.append((log.head()[0], [p.load_all(log.conn) for p in log.projections]))
 
-        incremental = projection.load_all(log.conn)
-        assert {job: (j.state, j.attempts) for job, j in incremental.items()} == {
+        jobs = JobsProjection().load_all(log.conn)
+        assert {job: (j.state, j.attempts) for job, j in jobs.items()} == {
             job: value for job, value in model.items() if value[0] != "pruned"
         }
-        assert state_at(log, projection) == incremental
-        rebuild(
-            log,
-            projection,
-            chunk=data.draw(st.integers(1, 7), label="chunk"),
-            cache=data.draw(st.integers(0, 6), label="cache"),
-        )
-        assert projection.load_all(log.conn) == incremental
-        rebuild(log, projection)
-        assert projection.load_all(log.conn) == incremental
-        for seq, snapshot in snapshots:
-            assert state_at(log, projection, until=seq) == snapshot
+        for index, projection in enumerate(log.projections):
+            incremental = projection.load_all(log.conn)
+            assert state_at(log, projection) == incremental
+            rebuild(
+                log,
+                projection,
+                chunk=data.draw(st.integers(1, 7), label="chunk"),
+                cache=data.draw(st.integers(0, 6), label="cache"),
+            )
+            assert projection.load_all(log.conn) == incremental
+            rebuild(log, projection)
+            assert projection.load_all(log.conn) == incremental
+            for seq, snapshot in snapshots:
+                assert state_at(log, projection, until=seq) == snapshot[index]
 
 
 ANY_EVENT = st.sampled_from(

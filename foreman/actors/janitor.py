@@ -22,6 +22,7 @@ from foreman.actors.journal import JournalClient
 from foreman.artifacts import ArtifactStore
 from foreman.events.jobs import existing_jobs, finished_before
 from foreman.events.log import format_timestamp
+from foreman.events.projection import IllegalTransition
 from foreman.events.reader import Reader
 from foreman.events.types import JobPruned
 from foreman.logs import log
@@ -72,17 +73,30 @@ class Janitor:
         pruned = 0
         while expired := await self._reader.read(finished_before, cutoff, self.batch):
             started = trio.current_time()
+            done: list[str] = []
             async with trio.open_nursery() as nursery:
                 for job_id in expired:
-                    nursery.start_soon(self._journal.append, job_id, [JobPruned()])
-            await trio.to_thread.run_sync(self._remove_outputs, expired)
-            pruned += len(expired)
+                    nursery.start_soon(self._prune, job_id, done)
+            await trio.to_thread.run_sync(self._remove_outputs, done)
+            pruned += len(done)
+            if not done:
+                break
             # Give the server as much time again before the next batch: a backlog is
             # worked off at half speed rather than by crowding out requests.
             await trio.sleep(trio.current_time() - started)
         if pruned:
             log.info("janitor: pruned %d jobs finished before %s", pruned, cutoff)
         return pruned
+
+    async def _prune(self, job_id: str, done: list[str]) -> None:
+        try:
+            await self._journal.append(job_id, [JobPruned()])
+        except IllegalTransition as refused:
+            # A webhook redelivery made it owe a notification again since it was read:
+            # it waits for a later sweep.
+            log.info("janitor: %s", refused)
+        else:
+            done.append(job_id)
 
     def _remove_outputs(self, job_ids: list[str]) -> None:
         for job_id in job_ids:

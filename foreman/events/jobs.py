@@ -297,9 +297,12 @@ class JobsProjection:
 
 def finished_before(log: EventLog, cutoff: str, limit: int) -> list[str]:
     """Up to ``limit`` finished jobs whose ``finished_at`` is before ``cutoff``, the
-    longest finished first (by the ``jobs_finished`` index, not a scan)."""
+    longest finished first (by the ``jobs_finished`` index, not a scan), leaving out
+    those whose webhook deliveries are still pending (they are owed first)."""
     rows = log.conn.execute(
         "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+        "AND NOT EXISTS (SELECT 1 FROM deliveries "
+        "WHERE deliveries.job_id = jobs.id AND state = 'pending') "
         "ORDER BY finished_at LIMIT ?",
         (cutoff, limit),
     )

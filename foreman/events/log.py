@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from foreman.events.chain import GENESIS, chain_hash
+from foreman.events.deliveries import DeliveriesProjection
 from foreman.events.jobs import JobsProjection
 from foreman.events.projection import Fold, IllegalTransition, Projection
 from foreman.events.types import Event, RecordedEvent, encode
@@ -130,6 +131,11 @@ def utc_now() -> str:
     return format_timestamp(datetime.now(UTC))
 
 
+def default_projections() -> list[Projection[Any]]:
+    """The projections Foreman keeps: the jobs, and the webhook outbox."""
+    return [JobsProjection(), DeliveriesProjection()]
+
+
 class EventLog:
     def __init__(self, conn: sqlite3.Connection, projections: Sequence[Projection[Any]]) -> None:
         self.conn = conn
@@ -166,7 +172,7 @@ class EventLog:
             conn = sqlite3.connect(path, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 10000")
-            log = cls(conn, [JobsProjection()] if projections is None else projections)
+            log = cls(conn, default_projections() if projections is None else projections)
             is_new = log._check_format(allow_empty=not read_only)
             if read_only:
                 return log

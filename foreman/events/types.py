@@ -3,8 +3,11 @@
 Each class carries ``type`` (the discriminator, also stored in its own column)
 and a ``SCHEMA_VERSION``. A row is decoded by its stored ``type`` and
 ``schema_version``; an older version is first upcast to the current shape
-(see :meth:`Event.upcast`), so old logs keep loading. Webhook delivery events
-join this module with the webhook issue.
+(see :meth:`Event.upcast`), so old logs keep loading.
+
+Job events live on the job's stream (its id); webhook delivery events on the
+job's delivery stream (:func:`delivery_stream`), so a job's own stream stays
+the story of the job.
 """
 
 from __future__ import annotations
@@ -123,6 +126,52 @@ class JobPruned(Event):
     type: Literal["JobPruned"] = "JobPruned"
 
 
+DELIVERY_STREAM_PREFIX = "webhooks/"
+
+
+def delivery_stream(job_id: str) -> str:
+    """The stream of a job's webhook deliveries: every attempt and its outcome."""
+    return f"{DELIVERY_STREAM_PREFIX}{job_id}"
+
+
+class WebhookAttemptFailed(Event):
+    """An attempt to deliver a notification failed; the next is due at ``retry_at``."""
+
+    type: Literal["WebhookAttemptFailed"] = "WebhookAttemptFailed"
+    delivery: str
+    """The notification's id (its ``webhook-id``)."""
+    attempt: Annotated[int, Field(ge=1)]
+    error: str
+    status: int | None = None
+    """The receiver's HTTP status, when it answered."""
+    retry_at: str
+    """When the next attempt is due (wall clock, as ``recorded_at``): kept across restarts."""
+
+
+class WebhookDelivered(Event):
+    type: Literal["WebhookDelivered"] = "WebhookDelivered"
+    delivery: str
+    attempt: Annotated[int, Field(ge=1)]
+    status: int
+
+
+class WebhookAbandoned(Event):
+    """The last attempt failed, or the failure is final: no more tries unless redelivered."""
+
+    type: Literal["WebhookAbandoned"] = "WebhookAbandoned"
+    delivery: str
+    attempt: Annotated[int, Field(ge=1)]
+    error: str
+    status: int | None = None
+
+
+class WebhookRedeliveryRequested(Event):
+    """An operator asked for these notifications to be sent again, with fresh tries."""
+
+    type: Literal["WebhookRedeliveryRequested"] = "WebhookRedeliveryRequested"
+    deliveries: Annotated[tuple[str, ...], Field(min_length=1)]
+
+
 AnyEvent = Annotated[
     JobSubmitted
     | JobStarted
@@ -131,7 +180,11 @@ AnyEvent = Annotated[
     | JobSucceeded
     | JobFailed
     | JobCancelled
-    | JobPruned,
+    | JobPruned
+    | WebhookAttemptFailed
+    | WebhookDelivered
+    | WebhookAbandoned
+    | WebhookRedeliveryRequested,
     Field(discriminator="type"),
 ]
 
@@ -146,6 +199,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         JobFailed,
         JobCancelled,
         JobPruned,
+        WebhookAttemptFailed,
+        WebhookDelivered,
+        WebhookAbandoned,
+        WebhookRedeliveryRequested,
     )
 }
 
