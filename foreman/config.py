@@ -15,10 +15,11 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from foreman.events.log import Durability
+from foreman.webhooks.signing import secret_key
 
 ENV_PREFIX = "FOREMAN_"
 OLLAMA_HOST = "OLLAMA_HOST"
@@ -27,6 +28,8 @@ DEFAULT_BACKEND = f"http://127.0.0.1:{OLLAMA_PORT}"
 SIM = "sim"
 """The backend that runs Foreman's built-in simulator in-process."""
 MAX_PORT = 65535
+SECRET_SETTINGS = frozenset({"webhook_secret"})
+"""Settings whose values are never printed, not even when they are invalid."""
 
 _DURATION_UNITS = {
     "ns": 1e-9,
@@ -188,6 +191,32 @@ def _valid_backend(value: object) -> object:
     return normalise_backend(value) if isinstance(value, str) else value
 
 
+def _valid_secret(value: object) -> object:
+    if isinstance(value, str):
+        secret_key(value)
+    return value
+
+
+def _host_list(value: object) -> object:
+    """``a.example, *.b.example``: lower case, no spaces, ``None`` when empty."""
+    if not isinstance(value, str):
+        return value
+    hosts = sorted({host.strip().lower() for host in value.split(",") if host.strip()})
+    for host in hosts:
+        if not re.fullmatch(r"(\*\.)?[a-z0-9_.:-]+", host):
+            raise ValueError(f"not a host name: {host!r}")
+    return ",".join(hosts) or None
+
+
+def _base_url(value: object) -> object:
+    if not isinstance(value, str):
+        return value
+    split = urllib.parse.urlsplit(value.strip())
+    if split.scheme not in ("http", "https") or not split.hostname or split.query:
+        raise ValueError(f"not an http(s) base URL: {value!r}")
+    return value.strip().rstrip("/")
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
@@ -258,6 +287,33 @@ class Settings(BaseSettings):
         60.0, gt=0, description="a duration > 0 (seconds, or such as 30s, 5m)"
     )
     """How often the janitor looks for work."""
+    public_url: Annotated[str | None, BeforeValidator(_base_url)] = Field(
+        None, description="an http(s) URL such as https://foreman.example:11435"
+    )
+    """The URL others reach Foreman at: webhook payloads link artifacts under it.
+    Default: the address Foreman listens on."""
+    webhook_secret: Annotated[SecretStr | None, BeforeValidator(_valid_secret)] = Field(
+        None, description="whsec_ and base64 (Standard Webhooks), or any other non-empty text"
+    )
+    """Signs every webhook (``webhook-signature``, ``X-Foreman-Signature``); unset:
+    webhooks go unsigned."""
+    webhook_timeout: Duration = Field(
+        10.0, gt=0, description="a duration > 0 (seconds, or such as 10s, 500ms)"
+    )
+    """How long one delivery attempt may take, all of it."""
+    webhook_backoff: Duration = Field(
+        2.0, gt=0, description="a duration > 0 (seconds, or such as 2s, 500ms)"
+    )
+    """The wait before a delivery's first retry; it doubles for each one after."""
+    webhook_max_retries: int = Field(5, ge=0, description="a whole number >= 0")
+    """Retries after a delivery's first try; then it is abandoned."""
+    webhook_concurrency: int = Field(16, ge=1, description="a whole number >= 1")
+    """Deliveries in flight at once, each to a different job's receiver."""
+    webhook_allowed_hosts: Annotated[str | None, BeforeValidator(_host_list)] = Field(
+        None, description="host names separated by commas; *.example.com allows subdomains"
+    )
+    """When set, webhooks go only to these hosts (checked on submission and on every
+    attempt); unset: anywhere."""
     durability: Annotated[Durability, BeforeValidator(_lower)] = Field(
         Durability.FULL, description=f"one of {', '.join(Durability)}"
     )
@@ -274,6 +330,16 @@ class Settings(BaseSettings):
     @property
     def artifact_root(self) -> Path:
         return self.artifacts_dir or self.db.with_suffix(".artifacts")
+
+    @property
+    def allowed_hosts(self) -> frozenset[str] | None:
+        hosts = self.webhook_allowed_hosts
+        return None if hosts is None else frozenset(hosts.split(","))
+
+    @property
+    def webhook_key(self) -> bytes | None:
+        secret = self.webhook_secret
+        return None if secret is None else secret_key(secret.get_secret_value())
 
 
 def env_name(setting: str) -> str:
@@ -327,5 +393,6 @@ def load_settings(**overrides: Any) -> Settings:
             where = source.removeprefix("env ") if source != "default" else env_name(setting)
             value = os.environ.get(where)
         expected = Settings.model_fields[setting].description
-        problems.append(f"{where}: must be {expected}, got {value!r}")
+        shown = "a value not shown here" if setting in SECRET_SETTINGS else repr(value)
+        problems.append(f"{where}: must be {expected}, got {shown}")
     raise ConfigError(problems)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import trio
 
-from foreman.events.types import RecordedEvent
+from foreman.events.types import DELIVERY_STREAM_PREFIX, RecordedEvent
 
 log = logging.getLogger("foreman")
 
@@ -52,11 +52,12 @@ def configure(log_format: Literal["text", "json"]) -> None:
 
 
 async def log_transitions(committed: trio.MemoryReceiveChannel[list[RecordedEvent]]) -> None:
-    """A line per committed job event: its job, type and what it says (not for
-    ``JobPruned``: the janitor logs how many it pruned)."""
+    """A line per committed job or webhook delivery event: its stream, type and what it
+    says (not for ``JobPruned``: the janitor logs how many it pruned)."""
     async with committed:
         async for events in committed:
             for event in events:
                 if event.type == "JobPruned":
                     continue
-                log.info("job %s %s", event.stream, event.type, extra={"job_event": event})
+                what = "delivery" if event.stream.startswith(DELIVERY_STREAM_PREFIX) else "job"
+                log.info("%s %s %s", what, event.stream, event.type, extra={"job_event": event})

@@ -2,8 +2,9 @@
 
 Start order: the simulator (with ``--backend sim``), the journal (it opens the
 log and catches the projections up), the scheduler, the janitor, crash
-recovery, the worker, and last the HTTP actor, so nothing is accepted before
-it can be kept.
+recovery, the worker, the HTTP actor (nothing is accepted before it can be
+kept), and the webhook dispatcher, whose links need the URL the HTTP actor got;
+it delivers whatever became pending before it started.
 An actor that fails cancels the nursery: Foreman stops loudly, never half-alive.
 
 Stopping (SIGINT/SIGTERM): stop accepting, let the running job finish within
@@ -19,6 +20,7 @@ from functools import partial
 
 import trio
 
+from foreman.actors.dispatcher import Dispatcher
 from foreman.actors.http import serve_http
 from foreman.actors.janitor import Janitor
 from foreman.actors.journal import Journal, JournalClient
@@ -35,6 +37,8 @@ from foreman.recovery import recover
 from foreman.scheduling import model_key
 from foreman.simulator import SimulatorConfig, serve_simulator
 from foreman.upstream import Unavailable, Upstream
+from foreman.webhooks.policy import RetryPolicy
+from foreman.webhooks.sender import Sender
 
 SCHEDULER_INBOX = 1024
 
@@ -102,13 +106,39 @@ async def run_foreman(
         nursery.start_soon(_run_worker, worker, worker_scope, worker_done)
         log.info("worker: started, backend %s", backend)
         gateway = Gateway(journal, scheduler_send, upstream, settings.max_body)
-        desk = JobDesk(journal, scheduler_send, reader, store, settings.artifact_inline_max)
+        desk = JobDesk(
+            journal,
+            scheduler_send,
+            reader,
+            store,
+            settings.artifact_inline_max,
+            settings.allowed_hosts,
+        )
         app = create_app(gateway, desk)
         stop_accepting = trio.Event()
         url = await nursery.start(
             partial(serve_http, app, settings.address, shutdown_trigger=stop_accepting.wait)
         )
         log.info("http: listening on %s", url)
+        sender = Sender(
+            key=settings.webhook_key,
+            timeout=settings.webhook_timeout,
+            allowed_hosts=settings.allowed_hosts,
+            connections=settings.webhook_concurrency,
+        )
+        dispatcher = Dispatcher(
+            journal.clone(),
+            reader,
+            sender,
+            policy=RetryPolicy(settings.webhook_backoff, settings.webhook_max_retries),
+            concurrency=settings.webhook_concurrency,
+            base_url=settings.public_url or url,
+        )
+        await nursery.start(dispatcher.run)
+        log.info(
+            "dispatcher: started, webhooks %s",
+            "signed" if sender.signed else "unsigned (FOREMAN_WEBHOOK_SECRET is not set)",
+        )
         task_status.started(Running(url, journal))
 
         await stop.wait()
@@ -122,6 +152,7 @@ async def run_foreman(
         await worker_done.wait()
         nursery.cancel_scope.cancel()
     await upstream.aclose()
+    await sender.aclose()
     log.info("stopped")
 
 

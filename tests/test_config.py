@@ -39,6 +39,13 @@ DEFAULTS = {
     "artifact_inline_max": 256 * 1024,
     "job_ttl": 7 * 24 * 3600.0,
     "janitor_interval": 60.0,
+    "public_url": None,
+    "webhook_secret": None,
+    "webhook_timeout": 10.0,
+    "webhook_backoff": 2.0,
+    "webhook_max_retries": 5,
+    "webhook_concurrency": 16,
+    "webhook_allowed_hosts": None,
     "durability": "full",
     "log_format": "text",
 }

@@ -108,7 +108,14 @@ async def test_health_reports_the_actors_and_the_backend(foreman: Foreman) -> No
     async with httpx.AsyncClient(base_url=foreman.url) as http:
         health = (await http.get("/healthz")).json()
     assert health["status"] == "ok"
-    assert set(health["actors"]) == {"journal", "scheduler", "worker", "janitor", "http"}
+    assert set(health["actors"]) == {
+        "journal",
+        "scheduler",
+        "worker",
+        "janitor",
+        "http",
+        "dispatcher",
+    }
     assert health["backend"]["reachable"] is True
 
 

@@ -13,6 +13,7 @@ from foreman import __version__
 from foreman.api.errors import DeclaredBodyLimit, install_error_handlers
 from foreman.api.jobs import JobDesk, job_routes
 from foreman.api.ollama import Gateway, ollama_routes
+from foreman.api.schemas import WebhookPayload
 from foreman.upstream import Unavailable
 from foreman.wire import OllamaJSON
 
@@ -48,8 +49,18 @@ def create_app(gateway: Gateway, desk: JobDesk) -> FastAPI:
                 backend["version"] = json.loads(content).get("version")
             except (Unavailable, ValueError, AttributeError) as error:
                 backend["error"] = str(error)
-        actors = dict.fromkeys(("journal", "scheduler", "worker", "janitor", "http"), "running")
+        actors = dict.fromkeys(
+            ("journal", "scheduler", "worker", "janitor", "http", "dispatcher"), "running"
+        )
         return OllamaJSON({"status": "ok", "actors": actors, "backend": backend})
+
+    @app.webhooks.post("job-state", tags=["webhooks"])
+    def job_state(payload: WebhookPayload) -> None:
+        """Sent to a job's ``state_webhook_url`` on each state change, at least once:
+        deduplicate by ``webhook-id``. With FOREMAN_WEBHOOK_SECRET set it carries the
+        Standard Webhooks headers (``webhook-id``, ``webhook-timestamp``,
+        ``webhook-signature``) and ``X-Foreman-Signature: sha256=<hex HMAC of the
+        body>``. Answer any 2xx to acknowledge."""
 
     install_error_handlers(app)
     return app

@@ -9,7 +9,6 @@ which only the scheduler knows, is asked of it.
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 
 import trio
 from fastapi import APIRouter, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import FileResponse, Response
 
 from foreman.actors.journal import JournalClient
@@ -27,18 +27,22 @@ from foreman.api.errors import ApiProblem
 from foreman.api.schemas import (
     ApiError,
     ArtifactView,
+    DeliveryView,
     EventView,
     JobAccepted,
-    JobErrorView,
     JobEvents,
     JobPage,
-    JobSummary,
     JobView,
+    RedeliverWebhooks,
+    Redelivery,
     SubmitJob,
 )
-from foreman.artifacts import ArtifactStore, is_text, valid_name
+from foreman.api.views import artifact_view, delivery_view, job_summary, job_view
+from foreman.artifacts import ArtifactStore, valid_name
+from foreman.events.deliveries import Deliveries, job_deliveries
 from foreman.events.jobs import TERMINAL_STATES, Job, JobState
 from foreman.events.log import EventLog
+from foreman.events.projection import IllegalTransition
 from foreman.events.queries import (
     JobRecord,
     job_by_idempotency_key,
@@ -47,9 +51,16 @@ from foreman.events.queries import (
     was_submitted,
 )
 from foreman.events.reader import Reader
-from foreman.events.types import ArtifactRef, JobKind, JobSubmitted
+from foreman.events.types import (
+    ArtifactRef,
+    JobKind,
+    JobSubmitted,
+    WebhookRedeliveryRequested,
+    delivery_stream,
+)
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob
+from foreman.webhooks.policy import host_allowed
 
 BUSY = "the queue is full (FOREMAN_MAX_QUEUE): try again shortly"
 DEFAULT_PAGE = 50
@@ -74,6 +85,7 @@ JOB_LINKS = {
         ("GetJob", "get_job"),
         ("GetJobEvents", "get_job_events"),
         ("CancelJob", "cancel_job"),
+        ("RedeliverWebhooks", "redeliver_webhooks"),
     )
 }
 """OpenAPI links: the id ``POST /jobs`` returns is what the other operations take."""
@@ -88,6 +100,8 @@ class JobDesk:
     reader: Reader
     store: ArtifactStore
     inline_max: int
+    allowed_hosts: frozenset[str] | None = None
+    """FOREMAN_WEBHOOK_ALLOWED_HOSTS: where a state_webhook_url may point."""
     _key_locks: dict[str, trio.Lock] = field(default_factory=dict)
 
     @asynccontextmanager
@@ -137,6 +151,7 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
     ) -> Response:
         """Queue a job; 202 with its id and ``Location``. With an ``Idempotency-Key``
         already used for the same body: 200 and that job; for another body: 409."""
+        _check_webhook_host(desk, body)
         if idempotency_key is None:
             return await _submit(desk, body, None)
         async with desk.holding(idempotency_key):
@@ -159,7 +174,7 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return JobPage(
-            jobs=[_summary(job) for job in jobs], next_cursor=jobs[-1].id if more else None
+            jobs=[job_summary(job) for job in jobs], next_cursor=jobs[-1].id if more else None
         )
 
     @router.get(
@@ -237,7 +252,56 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
         path = desk.store.path(job_id, ref.sha256)
         return FileResponse(path, media_type=ref.media_type, headers={"ETag": etag})
 
+    @router.post(
+        "/{job_id}/webhooks/redeliver",
+        operation_id="redeliver_webhooks",
+        status_code=202,
+        response_model=Redelivery,
+        responses=responses(400, 404, 409, 410, 413, 422),
+    )
+    async def redeliver(job_id: str, body: RedeliverWebhooks | None = None) -> Redelivery:
+        """Send state notifications again, with fresh tries: every abandoned one, or
+        the ones named (delivered or abandoned). They keep their ``webhook-id``."""
+        record = await _record(desk, job_id)
+        if record.job.state_webhook_url is None:
+            raise ApiProblem(409, f"job {job_id} was submitted without a state_webhook_url")
+        chosen = _to_redeliver(await desk.reader.read(job_deliveries, job_id), body)
+        ids = tuple(delivery.id for delivery in chosen)
+        try:
+            await desk.journal.append(
+                delivery_stream(job_id), [WebhookRedeliveryRequested(deliveries=ids)]
+            )
+        except IllegalTransition as refused:
+            raise ApiProblem(409, f"not sent again: {refused}") from None
+        now = await desk.reader.read(job_deliveries, job_id)
+        return Redelivery(redelivered=[delivery_view(d) for d in now if d.id in ids])
+
     return router
+
+
+def _check_webhook_host(desk: JobDesk, body: SubmitJob) -> None:
+    url = body.state_webhook_url
+    if url is not None and not host_allowed(url, desk.allowed_hosts):
+        problem = "the host is not in FOREMAN_WEBHOOK_ALLOWED_HOSTS"
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("body", "state_webhook_url"), "msg": problem}]
+        )
+
+
+def _to_redeliver(deliveries: Deliveries, body: RedeliverWebhooks | None) -> Deliveries:
+    if body is None or body.ids is None:
+        abandoned = tuple(d for d in deliveries if d.state == "abandoned")
+        if not abandoned:
+            raise ApiProblem(409, "no webhook delivery of this job is abandoned: nothing to send")
+        return abandoned
+    known = {d.id: d for d in deliveries}
+    unknown = [id_ for id_ in body.ids if id_ not in known]
+    if unknown:
+        raise ApiProblem(404, f"the job has no webhook deliveries {', '.join(unknown)}")
+    pending = [id_ for id_ in body.ids if known[id_].state == "pending"]
+    if pending:
+        raise ApiProblem(409, f"still being delivered: {', '.join(pending)}")
+    return tuple(known[id_] for id_ in dict.fromkeys(body.ids))
 
 
 async def _submit_once(desk: JobDesk, body: SubmitJob, key: str) -> Response:
@@ -331,74 +395,40 @@ async def _missing(desk: JobDesk, job_id: str) -> NoReturn:
     raise ApiProblem(404, f"no job {job_id!r}")
 
 
-def _summary(job: Job) -> JobSummary:
-    return JobSummary(**_fields(job))
-
-
-def _fields(job: Job) -> dict[str, Any]:
-    return dict(
-        id=job.id,
-        kind=job.kind,
-        model=job.model,
-        state=job.state,
-        priority=job.priority,
-        attempts=job.attempts,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        error=None if job.error is None else JobErrorView(**job.error._asdict()),
-        metadata=None if job.metadata is None else json.loads(job.metadata),
-    )
-
-
 async def _view(desk: JobDesk, job_id: str) -> JobView:
-    """The job's view: its record and outputs read in one go on the reader's thread,
-    its queue position from the scheduler."""
+    """The job's view: its record, outputs and deliveries read in one go on the
+    reader's thread, its queue position from the scheduler."""
     found = await desk.reader.read(_read_view, desk, job_id)
     if found is None:
         await _missing(desk, job_id)
-    record, artifacts = found
-    job, succeeded = record.job, record.succeeded
-    return JobView(
-        **_fields(job),
+    record, artifacts, deliveries = found
+    job = record.job
+    return job_view(
+        record,
+        artifacts,
         queue_position=await _position(desk, job.id) if job.state == "queued" else None,
-        result=None if succeeded is None else succeeded.result,
-        artifacts=artifacts,
+        webhooks=None if job.state_webhook_url is None else deliveries,
     )
 
 
 def _read_view(
     log: EventLog, desk: JobDesk, job_id: str
-) -> tuple[JobRecord, list[ArtifactView]] | None:
+) -> tuple[JobRecord, list[ArtifactView], list[DeliveryView]] | None:
     record = job_record(log, job_id)
     if record is None:
         return None
     refs = record.succeeded.artifacts if record.succeeded is not None else ()
-    return record, _artifact_views(desk, job_id, refs)
+    artifacts = [
+        artifact_view(job_id, ref, inline=_small_output(desk, job_id, ref)) for ref in refs
+    ]
+    return record, artifacts, [delivery_view(d) for d in job_deliveries(log, job_id)]
 
 
-def _artifact_views(
-    desk: JobDesk, job_id: str, refs: tuple[ArtifactRef, ...]
-) -> list[ArtifactView]:
-    """Each output by URL, and inline when small enough (blocking file reads)."""
-    views = []
-    for ref in refs:
-        inline, encoding = None, None
-        if ref.size <= desk.inline_max:
-            data = desk.store.path(job_id, ref.sha256).read_bytes()
-            if is_text(ref.media_type):
-                inline, encoding = data.decode("utf-8", errors="replace"), "utf-8"
-            else:
-                inline, encoding = base64.b64encode(data).decode(), "base64"
-        views.append(
-            ArtifactView(
-                **ref.model_dump(),
-                url=f"/jobs/{job_id}/artifacts/{ref.name}",
-                inline=inline,
-                inline_encoding=encoding,
-            )
-        )
-    return views
+def _small_output(desk: JobDesk, job_id: str, ref: ArtifactRef) -> bytes | None:
+    """An output's bytes when it is small enough to show inline (a blocking read)."""
+    if ref.size > desk.inline_max:
+        return None
+    return desk.store.path(job_id, ref.sha256).read_bytes()
 
 
 def _json(model: JobView, status: int = 200) -> Response:

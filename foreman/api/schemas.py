@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from foreman.events.deliveries import DeliveryState, NotificationType
 from foreman.events.jobs import JobState
 from foreman.events.types import JobKind
 
@@ -100,6 +101,23 @@ class JobSummary(_Model):
     metadata: dict[str, Any] | None
 
 
+class DeliveryView(_Model):
+    """One state notification to the job's ``state_webhook_url``, and how it went."""
+
+    id: str = Field(description="The notification's id, sent as ``webhook-id``.")
+    type: NotificationType
+    occurred_at: str
+    state: DeliveryState = Field(
+        description="abandoned: every try failed; POST /jobs/{id}/webhooks/redeliver sends "
+        "it again."
+    )
+    attempts: int
+    next_attempt_at: str | None = Field(description="While pending after a failed try.")
+    last_status: int | None = Field(description="The receiver's last HTTP status.")
+    last_error: str | None = Field(description="Why the last try failed.")
+    updated_at: str
+
+
 class JobView(JobSummary):
     """``GET /jobs/{id}``: the job, its place in the queue, its result and outputs."""
 
@@ -108,6 +126,36 @@ class JobView(JobSummary):
     )
     result: dict[str, Any] | None = Field(description="The backend's final response.")
     artifacts: list[ArtifactView]
+    state_webhook_url: str | None
+    webhooks: list[DeliveryView] | None = Field(
+        description="Each state notification sent to state_webhook_url (null without "
+        "one, and inside a webhook's own payload)."
+    )
+
+
+class WebhookPayload(_Model):
+    """The body POSTed to ``state_webhook_url`` on each state change of the job."""
+
+    id: str = Field(description="The notification's id, also ``webhook-id``: deduplicate by it.")
+    type: NotificationType
+    occurred_at: str = Field(description="When the job entered the state (UTC).")
+    job: JobView = Field(
+        description="The job as it stood then; artifacts by absolute URL, never inline."
+    )
+
+
+class RedeliverWebhooks(_Model):
+    """``POST /jobs/{id}/webhooks/redeliver``: which notifications to send again."""
+
+    ids: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Notification ids (delivered or abandoned); default: every abandoned one.",
+    )
+
+
+class Redelivery(_Model):
+    redelivered: list[DeliveryView] = Field(description="Pending again, with fresh tries.")
 
 
 class JobPage(_Model):

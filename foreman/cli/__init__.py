@@ -9,6 +9,7 @@ from foreman.cli.config import config
 from foreman.cli.events import events
 from foreman.cli.serve import serve
 from foreman.cli.simulate import simulate
+from foreman.cli.webhooks import webhooks
 
 
 @click.group(name="foreman")
@@ -21,3 +22,4 @@ main.add_command(serve)
 main.add_command(events)
 main.add_command(simulate)
 main.add_command(config)
+main.add_command(webhooks)

@@ -1,0 +1,171 @@
+"""The webhook dispatcher's timing, exactly, on Trio's MockClock.
+
+A real journal, reader and dispatcher over a log on disk; the receiver is
+httpx's MockTransport, which answers at once without I/O, so that the clock only
+moves when every task waits for a retry.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+import trio.testing
+
+from foreman.actors.dispatcher import Dispatcher
+from foreman.actors.journal import Journal, JournalClient
+from foreman.events.log import format_timestamp
+from foreman.events.reader import Reader
+from foreman.events.types import JobSubmitted, RecordedEvent, WebhookAttemptFailed
+from foreman.ids import new_ulid
+from foreman.webhooks.policy import MAX_RETRY_AFTER, RetryPolicy
+from foreman.webhooks.sender import Sender
+
+EPOCH = datetime(2026, 11, 28, tzinfo=UTC)
+HOOK = "http://receiver.test/hook"
+
+
+def response(status: int, **headers: str) -> httpx.Response:
+    """An answer as a transport gives it: its body a stream, not read yet."""
+    named = {name.replace("_", "-"): value for name, value in headers.items()}
+    return httpx.Response(status, headers=named, stream=httpx.ByteStream(b"answer"))
+
+
+def trio_wall_clock() -> datetime:
+    """Wall-clock time that moves with Trio's (mock) clock, so ``retry_at`` is exact."""
+    return EPOCH + timedelta(seconds=trio.current_time())
+
+
+class Rig:
+    def __init__(self, db_path: Path, journal: JournalClient, reader: Reader) -> None:
+        self.db_path = db_path
+        self.journal = journal
+        self.reader = reader
+        self.answers: list[httpx.Response] = []
+        self.attempts: list[float] = []
+
+    def answer(self, request: httpx.Request) -> httpx.Response:
+        self.attempts.append(trio.current_time())
+        return self.answers.pop(0) if self.answers else response(200)
+
+    async def start(
+        self, nursery: trio.Nursery, *, random: Callable[[], float] = lambda: 0.0
+    ) -> trio.CancelScope:
+        """A dispatcher in a scope of its own, so a test can stop it as a crash would."""
+        sender = Sender(
+            key=None,
+            timeout=10,
+            allowed_hosts=None,
+            connections=4,
+            transport=httpx.MockTransport(self.answer),
+        )
+        dispatcher = Dispatcher(
+            self.journal.clone(),
+            self.reader,
+            sender,
+            policy=RetryPolicy(backoff=2.0, max_retries=5, jitter=0.2),
+            concurrency=4,
+            base_url="http://foreman.test",
+            random=random,
+            clock=trio_wall_clock,
+        )
+        scope = trio.CancelScope()
+
+        async def run(task_status: trio.TaskStatus[None]) -> None:
+            with scope:
+                await dispatcher.run(task_status=task_status)
+
+        await nursery.start(run)
+        return scope
+
+    async def submit(self) -> str:
+        job_id = new_ulid()
+        submitted = JobSubmitted(
+            kind="chat",
+            model="llama3",
+            request={"model": "llama3", "messages": [], "stream": False},
+            origin="async",
+            state_webhook_url=HOOK,
+        )
+        await self.journal.append(job_id, [submitted], expected_version=0)
+        return job_id
+
+
+@pytest.fixture
+async def rig(db_path: Path, nursery: trio.Nursery) -> Rig:
+    journal = await nursery.start(Journal(db_path).run)
+    reader = await nursery.start(Reader(db_path).run)
+    return Rig(db_path, journal, reader)
+
+
+async def until_outcome(committed: trio.MemoryReceiveChannel[list[RecordedEvent]]) -> str:
+    """The type of the next delivered or abandoned outcome committed."""
+    async for events in committed:
+        for event in events:
+            if event.type in ("WebhookDelivered", "WebhookAbandoned"):
+                return event.type
+    raise AssertionError("the journal stopped")
+
+
+@pytest.mark.parametrize("random", [0.0, 0.999])
+async def test_retries_follow_the_backoff_schedule_exactly_then_the_delivery_is_abandoned(
+    rig: Rig, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, random: float
+) -> None:
+    rig.answers = [response(503) for _ in range(6)]
+    committed = await rig.journal.subscribe()
+    await rig.start(nursery, random=lambda: random)
+    start = trio.current_time()
+    await rig.submit()
+    assert await until_outcome(committed) == "WebhookAbandoned"
+
+    waits = [later - earlier for earlier, later in itertools.pairwise(rig.attempts)]
+    stretch = 1 + 0.2 * random
+    assert waits == pytest.approx(
+        [2 * stretch, 4 * stretch, 8 * stretch, 16 * stretch, 32 * stretch]
+    )
+    assert rig.attempts[0] == pytest.approx(start)
+
+
+async def test_retry_after_is_honoured_when_longer_than_the_backoff_and_capped(
+    rig: Rig, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.answers = [
+        response(429, retry_after="100"),
+        response(503, retry_after="1"),
+        response(503, retry_after="999999"),
+    ]
+    committed = await rig.journal.subscribe()
+    await rig.start(nursery)
+    await rig.submit()
+    assert await until_outcome(committed) == "WebhookDelivered"
+    waits = [later - earlier for earlier, later in itertools.pairwise(rig.attempts)]
+    assert waits == pytest.approx([100, 4, MAX_RETRY_AFTER])
+
+
+async def test_after_a_restart_a_failed_delivery_waits_out_its_recorded_retry_at(
+    rig: Rig, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    rig.answers = [response(503)]
+    committed = await rig.journal.subscribe()
+    first = await rig.start(nursery)
+    await rig.submit()
+    failed = None
+    async for events in committed:
+        failed = next((e for e in events if e.type == "WebhookAttemptFailed"), None)
+        if failed is not None:
+            break
+    assert isinstance(failed, RecordedEvent)
+    retry_at = failed.event
+    assert isinstance(retry_at, WebhookAttemptFailed)
+    assert retry_at.retry_at == format_timestamp(trio_wall_clock() + timedelta(seconds=2))
+
+    first.cancel()  # stopped half-way through the backoff, as by a crash
+    await trio.sleep(0.5)
+    await rig.start(nursery)
+    assert await until_outcome(committed) == "WebhookDelivered"
+    assert rig.attempts[1] - rig.attempts[0] == pytest.approx(2.0)
