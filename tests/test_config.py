@@ -98,6 +98,24 @@ def test_defaults() -> None:
         ("FOREMAN_JOB_TTL", "168h", "job_ttl", 7 * 86400.0),
         ("FOREMAN_JOB_TTL", "36h", "job_ttl", 36 * 3600.0),
         ("FOREMAN_JANITOR_INTERVAL", "5m", "janitor_interval", 300.0),
+        (
+            "FOREMAN_PUBLIC_URL",
+            "https://gpu.example:8443/",
+            "public_url",
+            "https://gpu.example:8443",
+        ),
+        ("FOREMAN_WEBHOOK_TIMEOUT", "500ms", "webhook_timeout", 0.5),
+        ("FOREMAN_WEBHOOK_BACKOFF", "1m", "webhook_backoff", 60.0),
+        ("FOREMAN_WEBHOOK_MAX_RETRIES", "0", "webhook_max_retries", 0),
+        ("FOREMAN_WEBHOOK_CONCURRENCY", "4", "webhook_concurrency", 4),
+        (
+            "FOREMAN_WEBHOOK_ALLOWED_HOSTS",
+            " Hooks.Example, *.corp.example ,",
+            "allowed_hosts",
+            frozenset({"hooks.example", "*.corp.example"}),
+        ),
+        ("FOREMAN_WEBHOOK_SECRET", "whsec_c2VjcmV0IGJ5dGVz", "webhook_key", b"secret bytes"),
+        ("FOREMAN_WEBHOOK_SECRET", "plain words", "webhook_key", b"plain words"),
         ("FOREMAN_DURABILITY", "normal", "durability", Durability.NORMAL),
         ("FOREMAN_DURABILITY", "OFF", "durability", Durability.OFF),
         ("FOREMAN_LOG_FORMAT", "json", "log_format", "json"),
@@ -108,7 +126,7 @@ def test_each_variable(
 ) -> None:
     monkeypatch.setenv(variable, value)
     assert getattr(load_settings(), setting) == expected
-    assert setting_sources()[setting] == f"env {variable}"
+    assert setting_sources()[variable.removeprefix("FOREMAN_").lower()] == f"env {variable}"
 
 
 def test_an_empty_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,6 +228,10 @@ def test_settings_are_immutable() -> None:
         ("FOREMAN_MAX_QUEUE", "-3"),
         ("FOREMAN_DURABILITY", "sometimes"),
         ("FOREMAN_LOG_FORMAT", "xml"),
+        ("FOREMAN_PUBLIC_URL", "gpu.example"),
+        ("FOREMAN_WEBHOOK_TIMEOUT", "0"),
+        ("FOREMAN_WEBHOOK_CONCURRENCY", "0"),
+        ("FOREMAN_WEBHOOK_ALLOWED_HOSTS", "http://hooks.example/"),
     ],
 )
 def test_an_invalid_value_names_its_variable(
@@ -221,6 +243,16 @@ def test_an_invalid_value_names_its_variable(
     (problem,) = raised.value.problems
     assert problem.startswith(f"{variable}: must be ")
     assert problem.endswith(f", got {value!r}")
+
+
+def test_an_invalid_secret_is_reported_without_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FOREMAN_WEBHOOK_SECRET", "whsec_not*base64")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert "not*base64" not in str(raised.value)
+    assert str(raised.value).startswith("FOREMAN_WEBHOOK_SECRET: must be whsec_ and base64")
 
 
 def test_every_problem_is_reported_one_per_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -337,6 +369,14 @@ def test_config_prints_a_table_of_settings_and_sources() -> None:
     assert rows["FOREMAN_JOB_TIMEOUT"] == ["none", "default"]
     assert rows["FOREMAN_MAX_WAIT"] == ["1m", "default"]
     assert len(rows) == len(DEFAULTS)
+
+
+def test_config_never_prints_the_webhook_secret() -> None:
+    for args in ((), ("--json",)):
+        done = foreman_config(*args, FOREMAN_WEBHOOK_SECRET="whsec_c2VjcmV0IGJ5dGVz")
+        assert done.returncode == 0, done.stderr
+        assert "c2VjcmV0IGJ5dGVz" not in done.stdout
+        assert "**********" in done.stdout
 
 
 def test_config_json() -> None:
