@@ -117,8 +117,14 @@ class Fold(Generic[S]):
         return changes
 
     def keep(self, changes: Mapping[str, S | None]) -> None:
-        self.states.update(changes)
-        self.dirty.update(changes)
+        """Hold the new states; only those that are not the very object held before
+        are written (states are immutable: a fold that changes nothing returns its
+        input, as the deliveries projection does for a job without a webhook)."""
+        states = self.states
+        self.dirty.update(
+            key for key, state in changes.items() if key not in states or states[key] is not state
+        )
+        states.update(changes)
 
     def apply(self, events: Sequence[RecordedEvent]) -> None:
         """Fold ``events`` in, reading the states they need in one go."""
