@@ -61,14 +61,21 @@ async def until_settled(
     raise AssertionError("the journal stopped")
 
 
+async def one_settled_job(http: httpx.AsyncClient, foreman: Foreman, url: str, **extra: Any) -> str:
+    """Submit a job whose webhook goes to ``url``; its id, once its three
+    notifications are delivered or abandoned."""
+    committed = await foreman.running.journal.subscribe()
+    job_id = await submit(http, foreman, url, **extra)
+    await until_settled(committed, job_id, 3)
+    return job_id
+
+
 async def test_each_state_is_posted_in_order_signed_for_standard_webhooks_receivers(
     db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     async with serving(Receiver()) as receiver:
         async for foreman in start_foreman(nursery, db_path, webhook_secret=SECRET):
-            committed = await foreman.running.journal.subscribe()
-            job_id = await submit(client, foreman, receiver.url, metadata={"ticket": 7})
-            await until_settled(committed, job_id, 3)
+            job_id = await one_settled_job(client, foreman, receiver.url, metadata={"ticket": 7})
 
             received = receiver.received
             assert [r.payload["type"] for r in received] == LIFE
@@ -108,9 +115,7 @@ async def test_a_plain_secret_keys_the_hmac_with_its_utf8_bytes(
     secret = "correct horse battery staple"
     async with serving(Receiver()) as receiver:
         async for foreman in start_foreman(nursery, db_path, webhook_secret=secret):
-            committed = await foreman.running.journal.subscribe()
-            job_id = await submit(client, foreman, receiver.url)
-            await until_settled(committed, job_id, 3)
+            await one_settled_job(client, foreman, receiver.url)
             for request in receiver.received:
                 Webhook(secret.encode()).verify(request.body, request.headers)
 
@@ -120,9 +125,7 @@ async def test_without_a_secret_webhooks_carry_their_id_but_no_signature(
 ) -> None:
     async with serving(Receiver()) as receiver:
         async for foreman in start_foreman(nursery, db_path):
-            committed = await foreman.running.journal.subscribe()
-            job_id = await submit(client, foreman, receiver.url)
-            await until_settled(committed, job_id, 3)
+            await one_settled_job(client, foreman, receiver.url)
             first = receiver.received[0]
             assert first.headers["webhook-id"] == first.payload["id"]
             assert first.headers["webhook-timestamp"].isdigit()
@@ -219,9 +222,7 @@ async def test_a_4xx_or_a_redirect_is_final_and_the_job_goes_on(
 ) -> None:
     async with serving(Receiver(answer)) as receiver:
         async for foreman in start_foreman(nursery, db_path):
-            committed = await foreman.running.journal.subscribe()
-            job_id = await submit(client, foreman, receiver.url)
-            await until_settled(committed, job_id, 3)
+            job_id = await one_settled_job(client, foreman, receiver.url)
             view = (await client.get(f"{foreman.url}/jobs/{job_id}")).json()
             queued, *rest = view["webhooks"]
             assert (queued["state"], queued["attempts"], queued["last_error"]) == (
@@ -240,9 +241,8 @@ async def test_abandoned_after_the_last_retry_then_redelivered_by_api_and_cli(
         async for foreman in start_foreman(
             nursery, db_path, webhook_backoff="10ms", webhook_max_retries=2
         ):
+            job_id = await one_settled_job(client, foreman, receiver.url)
             committed = await foreman.running.journal.subscribe()
-            job_id = await submit(client, foreman, receiver.url)
-            await until_settled(committed, job_id, 3)
             jobs_url = f"{foreman.url}/jobs/{job_id}"
             queued = (await client.get(jobs_url)).json()["webhooks"][0]
             assert (queued["state"], queued["attempts"]) == ("abandoned", 3)
@@ -280,9 +280,7 @@ async def test_redeliver_refuses_what_cannot_be_sent_again(
 ) -> None:
     async with serving(Receiver()) as receiver:
         async for foreman in start_foreman(nursery, db_path):
-            committed = await foreman.running.journal.subscribe()
-            job_id = await submit(client, foreman, receiver.url)
-            await until_settled(committed, job_id, 3)
+            job_id = await one_settled_job(client, foreman, receiver.url)
             base = f"{foreman.url}/jobs"
 
             plain = await client.post(base, json={"kind": "chat", "request": CHAT})
