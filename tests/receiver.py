@@ -30,6 +30,8 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
     stall: float = 0.0
     """Seconds to wait before answering."""
+    trickle: int = 0
+    """Answer with this many 16 KiB chunks, 10 ms apart, instead of a short body."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class Receiver:
             self.in_flight -= 1
         raw_headers = [(k.encode(), v.encode()) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
+        for _ in range(answer.trickle):
+            await send({"type": "http.response.body", "body": bytes(16384), "more_body": True})
+            await trio.sleep(0.01)
         await send({"type": "http.response.body", "body": b"ok" if answer.status < 300 else b"no"})
 
     async def until(self, count: int) -> list[Received]:

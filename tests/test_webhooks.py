@@ -202,6 +202,18 @@ async def test_a_receiver_stalling_past_the_timeout_is_cut_off_and_tried_again(
             assert receiver.by_job() == {job_id: LIFE}
 
 
+async def test_a_receiver_trickling_an_endless_answer_is_read_only_so_far(
+    db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
+) -> None:
+    # 600 chunks of 16 KiB take 6 s to send: reading them all would outlast the timeout.
+    receiver = Receiver(Answer(trickle=600))
+    async with serving(receiver):
+        async for foreman in start_foreman(nursery, db_path, webhook_timeout="2s"):
+            job_id = await one_settled_job(client, foreman, receiver.url)
+            view = (await client.get(f"{foreman.url}/jobs/{job_id}")).json()
+            assert [(w["state"], w["attempts"]) for w in view["webhooks"]] == [("delivered", 1)] * 3
+
+
 @pytest.mark.parametrize(
     ("answer", "error"),
     [
