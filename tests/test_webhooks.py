@@ -361,3 +361,15 @@ async def test_allowed_hosts_refuse_other_destinations_on_submission(
                 "message": "the host is not in FOREMAN_WEBHOOK_ALLOWED_HOSTS",
             }
         ]
+
+
+def test_the_cli_finds_foreman_by_foreman_listen_and_says_when_it_is_not_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    port = free_port()
+    monkeypatch.delenv("FOREMAN_URL", raising=False)
+    monkeypatch.setenv("FOREMAN_LISTEN", f"0.0.0.0:{port}")
+    result = CliRunner().invoke(main, ["webhooks", "redeliver", "01JOB"])
+    assert result.exit_code == 1
+    assert f"no answer from Foreman at http://127.0.0.1:{port}" in result.output
+    assert "is it running?" in result.output

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 import httpx
 
-DEFAULT_URL = "http://127.0.0.1:11435"
+from foreman.config import Address, Settings, env_name, parse_address
+
+
+def _local_url() -> str:
+    """Where a Foreman on this machine answers: by ``FOREMAN_LISTEN`` (a wildcard
+    address is reached on loopback), else the default address."""
+    listen = os.environ.get(env_name("listen")) or Settings.model_fields["listen"].default
+    try:
+        host, port = parse_address(listen)
+    except ValueError:
+        return f"http://{listen}"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{Address(host, port)}"
 
 
 @click.group()
@@ -26,8 +40,8 @@ def webhooks() -> None:
 )
 @click.option(
     "--url",
-    default=DEFAULT_URL,
-    show_default=True,
+    default=_local_url,
+    show_default="$FOREMAN_LISTEN, else http://127.0.0.1:11435",
     envvar="FOREMAN_URL",
     show_envvar=True,
     help="Where the running Foreman answers.",
