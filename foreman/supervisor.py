@@ -134,6 +134,12 @@ async def run_foreman(
             concurrency=settings.webhook_concurrency,
             base_url=settings.public_url or url,
         )
+        if settings.public_url is None and settings.address.host in ("0.0.0.0", "::"):
+            log.warning(
+                "webhook payloads link artifacts under %s; set FOREMAN_PUBLIC_URL to the "
+                "address receivers reach Foreman at",
+                url,
+            )
         await nursery.start(dispatcher.run)
         log.info(
             "dispatcher: started, webhooks %s",

@@ -83,7 +83,7 @@ class Receiver:
             await trio.sleep(answer.stall + (self._stall_between() if self._stall_between else 0))
         finally:
             self.in_flight -= 1
-        raw_headers = [(k.encode(), v.encode()) for k, v in answer.headers.items()]
+        raw_headers = [(k.encode(), v.encode("latin-1")) for k, v in answer.headers.items()]
         await send({"type": "http.response.start", "status": answer.status, "headers": raw_headers})
         for _ in range(answer.trickle):
             await send({"type": "http.response.body", "body": bytes(16384), "more_body": True})

@@ -24,7 +24,7 @@ import pytest
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import Durability, EventLog
 from foreman.events.replay import state_at
-from foreman.events.types import JobPruned
+from foreman.events.types import JobPruned, WebhookDelivered, delivery_stream
 from foreman.ids import new_ulid
 from tests.factories import (
     attempt_failed,
@@ -290,6 +290,27 @@ def test_show_json_gives_the_job_and_its_events(history: History) -> None:
     assert job["error"] == {"message": "backend said no", "status": 500}
     assert [event["version"] for event in shown["events"]] == [1, 2, 3, 4, 5, 6]
     assert all(list(event) == EXPORT_KEYS for event in shown["events"])
+
+
+def test_show_includes_the_jobs_webhook_deliveries_in_order(db_path: Path) -> None:
+    job = new_ulid()
+    log = EventLog.open(db_path, durability=Durability.OFF)
+    try:
+        (queued,) = log.append(
+            job, [submitted().model_copy(update={"state_webhook_url": "http://h.example/"})]
+        )
+        log.append(
+            delivery_stream(job), [WebhookDelivered(delivery=queued.id, attempt=1, status=204)]
+        )
+        log.append(job, [started()])
+    finally:
+        log.close()
+    shown = ok_json("show", "--db", db_path, job)
+    assert [(e["stream"], e["type"]) for e in shown["events"]] == [
+        (job, "JobSubmitted"),
+        (f"webhooks/{job}", "WebhookDelivered"),
+        (job, "JobStarted"),
+    ]
 
 
 def test_show_points_at_the_result_of_a_succeeded_job(history: History) -> None:

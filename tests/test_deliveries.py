@@ -90,11 +90,12 @@ def test_attempts_are_recorded_in_order_and_only_for_a_pending_delivery(log: Eve
         log.append(stream, [delivered("01NOTADELIVERY", attempt=1)])
     log.append(stream, [delivered(queued.id, attempt=2)])
     (done,) = job_deliveries(log, job_id)
-    assert (done.state, done.attempts, done.retry_at, done.last_error) == (
+    assert (done.state, done.attempts, done.retry_at, done.last_status, done.last_error) == (
         "delivered",
         2,
         None,
-        "HTTP 503",
+        200,
+        None,
     )
     with pytest.raises(IllegalTransition, match="must be pending"):
         log.append(stream, [WebhookAbandoned(delivery=queued.id, attempt=3, error="late")])
@@ -117,9 +118,9 @@ def test_a_redelivery_makes_finished_deliveries_pending_again_with_fresh_tries(
     (request,) = log.append(stream, [WebhookRedeliveryRequested(deliveries=(first.id, second.id))])
     head, pending = pending_after(log, seen)
     assert head == request.seq
-    assert [(d.id, d.state, d.attempts, d.pending_since) for d in pending] == [
-        (first.id, "pending", 0, request.seq),
-        (second.id, "pending", 0, request.seq),
+    assert [(d.id, d.state, d.attempts, d.pending_since, d.last_error) for d in pending] == [
+        (first.id, "pending", 0, request.seq, None),
+        (second.id, "pending", 0, request.seq, None),
     ]
     assert pending_after(log, head) == (head, [])
 

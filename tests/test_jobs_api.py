@@ -165,6 +165,26 @@ async def test_the_same_idempotency_key_returns_the_job_it_made(
         (json.dumps({"kind": "chat"}).encode(), 422, "request"),
         (json.dumps(chat_job(state_webhook_url="ftp://x")).encode(), 422, "state_webhook_url"),
         (json.dumps(chat_job(state_webhook_url="/hooks")).encode(), 422, "state_webhook_url"),
+        (
+            json.dumps(chat_job(state_webhook_url="http://a..b/hook")).encode(),
+            422,
+            "state_webhook_url",
+        ),
+        (
+            json.dumps(chat_job(state_webhook_url="http://xn--a.com/")).encode(),
+            422,
+            "state_webhook_url",
+        ),
+        (
+            json.dumps(chat_job(state_webhook_url="http://hooks.example:99999/")).encode(),
+            422,
+            "state_webhook_url",
+        ),
+        (
+            json.dumps(chat_job(state_webhook_url="http://hooks example/")).encode(),
+            422,
+            "state_webhook_url",
+        ),
         (json.dumps(chat_job(priority="high")).encode(), 422, "priority"),
         (json.dumps(chat_job(colour="blue")).encode(), 422, "colour"),
     ],

@@ -1,4 +1,4 @@
-"""Signatures, the retry policy and destinations, part by part."""
+"""Signatures, the retry policy, destinations and the sender, part by part."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from foreman.webhooks.policy import (
     is_retryable,
     retry_after,
 )
+from foreman.webhooks.sender import Sender
 from foreman.webhooks.signing import secret_key, signature_headers
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -98,3 +99,15 @@ def test_allowed_hosts_match_names_and_subdomains_only() -> None:
     assert not host_allowed("http://evilcorp.example/", allowed)
     assert not host_allowed("http://hooks.example.evil/", allowed)
     assert host_allowed("http://anything/", None)
+
+
+async def test_a_host_that_cannot_be_named_is_a_final_failure_not_a_crash() -> None:
+    sender = Sender(key=None, timeout=5, allowed_hosts=None, connections=1)
+    try:
+        attempt = await sender.send("http://a..b/hook", "01J", b"{}")
+    finally:
+        await sender.aclose()
+    assert attempt.status is None
+    assert not attempt.retryable
+    assert attempt.error is not None
+    assert attempt.error.startswith("cannot send to this URL: UnicodeError")

@@ -174,7 +174,7 @@ class Dispatcher:
             return
         if isinstance(event, WebhookAbandoned):
             log.warning(
-                "webhook %s for job %s abandoned after %d attempts: %s",
+                "webhook %s for job %s abandoned at attempt %d: %s",
                 delivery.type,
                 job_id,
                 event.attempt,

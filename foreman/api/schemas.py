@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from foreman.events.deliveries import DeliveryState, NotificationType
@@ -51,6 +52,14 @@ class SubmitJob(_Model):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http:// or https:// URL")
+        try:
+            parts.port  # noqa: B018 - reading it checks its range
+            if any(character.isspace() for character in parts.hostname):
+                raise ValueError("a host name has no spaces")
+            # What the sender will do with the host: each label 1 to 63 characters.
+            httpx.URL(url).host.encode("idna")
+        except (ValueError, httpx.InvalidURL, UnicodeError) as error:
+            raise ValueError(f"cannot be sent to: {error}") from None
         return url
 
 
@@ -113,8 +122,10 @@ class DeliveryView(_Model):
     )
     attempts: int
     next_attempt_at: str | None = Field(description="While pending after a failed try.")
-    last_status: int | None = Field(description="The receiver's last HTTP status.")
-    last_error: str | None = Field(description="Why the last try failed.")
+    last_status: int | None = Field(description="The receiver's status on the last try.")
+    last_error: str | None = Field(
+        description="Why the last try failed; null once delivered, or sent again."
+    )
     updated_at: str
 
 

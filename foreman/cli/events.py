@@ -31,6 +31,7 @@ from foreman.events import audit
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import EVENT_COLUMNS, EventLog, LogError
 from foreman.events.replay import rebuild, seq_at, state_at
+from foreman.events.types import delivery_stream
 
 DEFAULT_DB = "foreman.db"
 POLL_SECONDS = 0.2
@@ -124,14 +125,16 @@ def _print_new(log: EventLog, after: int, *, as_json: bool, header: bool) -> int
 @click.argument("job_id")
 @json_option
 def show(db: Path, job_id: str, as_json: bool) -> None:
-    """Show a job's history, event by event, and its current state."""
+    """Show a job's history, event by event (its webhook deliveries' too), and its
+    current state."""
     with open_log(db) as log, log.snapshot():
         job = JobsProjection().load(log.conn, [job_id]).get(job_id)
         history = [
             event_dict(row)
             for row in log.conn.execute(
-                f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE stream = ? ORDER BY version",
-                (job_id,),
+                f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE stream IN (?, ?) "
+                "ORDER BY seq",
+                (job_id, delivery_stream(job_id)),
             )
         ]
     if job is None and not history:

@@ -150,7 +150,9 @@ def _outcome(deliveries: Deliveries | None, recorded: RecordedEvent) -> Deliveri
         )
     changed = delivery._replace(attempts=event.attempt, updated_at=recorded.recorded_at)
     if isinstance(event, WebhookDelivered):
-        changed = changed._replace(state="delivered", last_status=event.status, retry_at=None)
+        changed = changed._replace(
+            state="delivered", last_status=event.status, last_error=None, retry_at=None
+        )
     else:
         changed = changed._replace(
             state="pending" if isinstance(event, WebhookAttemptFailed) else "abandoned",
@@ -174,6 +176,8 @@ def _redelivery(deliveries: Deliveries | None, recorded: RecordedEvent) -> Deliv
                 attempts=0,
                 pending_since=recorded.seq,
                 retry_at=None,
+                last_status=None,
+                last_error=None,
                 updated_at=recorded.recorded_at,
             ),
         )

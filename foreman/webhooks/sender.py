@@ -17,6 +17,7 @@ import trio
 
 from foreman import __version__
 from foreman.config import format_duration
+from foreman.logs import log
 from foreman.webhooks.policy import host_allowed, is_retryable, is_success, retry_after
 from foreman.webhooks.signing import signature_headers
 
@@ -76,8 +77,15 @@ class Sender:
         with trio.move_on_after(self.timeout):
             try:
                 return await self._post(url, headers, body)
-            except httpx.HTTPError as error:
-                return Attempt(None, f"{type(error).__name__}: {error}", retryable=True)
+            except httpx.HTTPError as error:  # the network, or the receiver's HTTP
+                return Attempt(None, _described(error), retryable=True)
+            except (httpx.InvalidURL, UnicodeError) as error:  # a host that cannot be named
+                return Attempt(None, f"cannot send to this URL: {_described(error)}")
+            except Exception as error:
+                # Whatever else a receiver's answer provokes ends this delivery, not the
+                # dispatcher: a notification that fails like this would fail again.
+                log.exception("webhook %s to %s failed unexpectedly", webhook_id, url)
+                return Attempt(None, f"unexpected failure: {_described(error)}")
         return Attempt(None, f"no answer within {format_duration(self.timeout)}", retryable=True)
 
     async def _post(self, url: str, headers: dict[str, str], body: bytes) -> Attempt:
@@ -95,6 +103,10 @@ class Sender:
             after = retry_after(response.headers.get("retry-after"), datetime.now(UTC))
             return Attempt(status, error, retryable=True, retry_after=after)
         return Attempt(status, error)
+
+
+def _described(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 async def _read_bounded(response: httpx.Response) -> bytes:
