@@ -110,10 +110,11 @@ def submitted_models(db: Path) -> list[tuple[str, float]]:
         ).fetchall()
     finally:
         conn.close()
-    return [(model, _unix(stamp)) for model, stamp in rows]
+    return [(model, unix_seconds(stamp)) for model, stamp in rows]
 
 
-def _unix(stamp: str) -> float:
+def unix_seconds(stamp: str) -> float:
+    """A log timestamp (``recorded_at``, a webhook's ``occurred_at``) as Unix seconds."""
     moment = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     return moment.timestamp()
 

@@ -13,7 +13,7 @@ cd "$(dirname "$0")"
 python="${PYTHON:-python3}"
 
 for benchmark in append.py replay.py open_after_crash.py latency.py swaps.py idle_gap.py \
-    submit.py memory.py prune.py; do
+    submit.py memory.py prune.py webhooks.py; do
     echo "== ${benchmark}" >&2
     "${python}" "${benchmark}" "$@"
     echo
