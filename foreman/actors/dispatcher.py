@@ -6,8 +6,10 @@ each in its job's *lane*, behind that job's earlier notifications. A job's
 notifications go out one at a time, in order, while ``concurrency`` senders
 work different jobs' lanes at once.
 
-Every attempt's outcome is appended to the log before the lane moves on, so
-the log always says what is owed. A failed attempt waits out its backoff on
+Every attempt's outcome is handed to the journal before the lane moves on,
+so a lane's records are committed in the order of its attempts; the lane does
+not wait for the commit, so a job's next notification is not held up by the
+disk. A failed attempt waits out its backoff on
 Trio's clock, in one timer heap rather than a task per lane: a receiver down
 for an hour with thousands of jobs costs a heap entry each. On start every
 pending delivery is queued again; one that had failed waits until its
@@ -33,6 +35,7 @@ import trio
 
 from foreman.actors.janitor import wall_clock
 from foreman.actors.journal import JournalClient
+from foreman.actors.reply import Reply
 from foreman.events.deliveries import Delivery, makes_pending, pending_after
 from foreman.events.log import format_timestamp
 from foreman.events.projection import IllegalTransition
@@ -89,6 +92,7 @@ class Dispatcher:
         commits = await self._journal.subscribe()
         await self._load()
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._follow, commits)
             nursery.start_soon(self._load_on_commits)
             nursery.start_soon(self._wake_timers)
@@ -161,16 +165,11 @@ class Dispatcher:
         body = render(delivery, record, self.base_url)
         attempt = await self._sender.send(delivery.url, delivery.id, body)
         event, wait = self._outcome(delivery, attempt)
-        due = trio.current_time() + wait
-        try:
-            await self._journal.append(delivery_stream(job_id), [event])
-        except IllegalTransition as refused:  # the log disagrees: it is the truth
-            log.warning("webhook delivery %s: %s", delivery.id, refused)
-            self._next(job_id)
-            return
+        recorded = await self._journal.enqueue(delivery_stream(job_id), [event])
+        self._nursery.start_soon(_confirm, recorded, delivery)
         if isinstance(event, WebhookAttemptFailed):
             lane[0] = delivery._replace(attempts=event.attempt, retry_at=event.retry_at)
-            self._at(due, job_id)
+            self._at(trio.current_time() + wait, job_id)
             return
         if isinstance(event, WebhookAbandoned):
             log.warning(
@@ -212,3 +211,12 @@ class Dispatcher:
             self._schedule(lane[0])
         else:
             del self._lanes[job_id]
+
+
+async def _confirm(recorded: Reply[list[RecordedEvent]], delivery: Delivery) -> None:
+    """Wait for an outcome's commit. One the log refuses (it knows better: it is the
+    truth) is logged; the delivery is not tried again until a restart reads it."""
+    try:
+        await recorded.wait()
+    except IllegalTransition as refused:
+        log.warning("webhook delivery %s: %s", delivery.id, refused)

@@ -69,12 +69,20 @@ class JournalClient:
         """Append and wait until the events are durable; raises when they are refused
         (:class:`~foreman.events.log.ConcurrencyError`,
         :class:`~foreman.events.projection.IllegalTransition`)."""
+        committed = await self.enqueue(stream, events, expected_version)
+        return await committed.wait()
+
+    async def enqueue(
+        self, stream: str, events: Sequence[Event], expected_version: int | None = None
+    ) -> Reply[list[RecordedEvent]]:
+        """Hand an append to the journal without waiting for its commit: appends are
+        committed in the order they are handed over. The reply says how it went."""
         request = _Request(Append(stream, events, expected_version), Reply())
         try:
             await self._requests.send(request)
         except trio.BrokenResourceError:
             raise JournalFailed("the journal has stopped: nothing was appended") from None
-        return await request.reply.wait()
+        return request.reply
 
     async def subscribe(self, buffer: int = 256) -> trio.MemoryReceiveChannel[list[RecordedEvent]]:
         """Every event committed from now on, a commit's events at a time, in order.
