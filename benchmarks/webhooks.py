@@ -14,6 +14,9 @@ wall-clock arrival). Rows:
               and the log has recorded every one as delivered.
   paced       ``--paced`` such jobs from one client, one every ``--every-ms`` on a fixed
               schedule: the delay when Foreman is not saturated.
+  GPU-bound   ``--paced`` such jobs submitted at once, each holding the simulated GPU for
+              ``--gpu-ms`` (a stall fault on every generation), as a real model does: the
+              queue, not Foreman's CPU, sets the pace, which is Foreman's working regime.
   backlog     Foreman started on a log built beforehand that holds ``--jobs`` finished
               jobs and their notifications, all pending (as after a receiver outage):
               the dispatcher drains them with nothing else to do. Its delays are
@@ -367,19 +370,26 @@ async def live(
     durability: Durability,
     *,
     hooked: bool = True,
-    paced: bool = False,
+    mode: str = "live",
 ) -> tuple[Row, list[dict[str, Any]]]:
-    """One Foreman on a fresh log: ``args.warmup`` jobs, then ``args.jobs`` timed ones (or
-    ``args.paced`` jobs, one every ``args.every_ms``, with ``paced``); with ``hooked``, each
-    with the receiver as its ``state_webhook_url``."""
-    name = (
-        f"webhooks-{durability.value}" + ("" if hooked else "-jobs") + ("-paced" if paced else "")
-    )
-    count, every = (args.paced, args.every_ms / 1000) if paced else (args.jobs, 0.0)
+    """One Foreman on a fresh log: ``args.warmup`` jobs, then ``args.jobs`` timed ones; or
+    ``args.paced`` jobs, one every ``args.every_ms`` (mode ``paced``), or all at once with
+    each generation held ``args.gpu_ms`` (mode ``gpu``); with ``hooked``, each with the
+    receiver as its ``state_webhook_url``."""
+    name = f"webhooks-{durability.value}" + ("" if hooked else "-jobs")
+    name += "" if mode == "live" else f"-{mode}"
+    count, every = {
+        "live": (args.jobs, 0.0),
+        "paced": (args.paced, args.every_ms / 1000),
+        "gpu": (args.paced, 0.0),
+    }[mode]
     db = scratch(f"{name}.db")
     hook = receiver.url + HOOK if hooked else None
     owed = len(TRANSITIONS) if hooked else 0
     await sim_reset(control, sim)
+    if mode == "gpu":
+        hold = {"kind": "stall", "seconds": args.gpu_ms / 1000, "after_tokens": 0, "times": None}
+        (await control.post(f"{sim}/_sim/faults", json=hold)).raise_for_status()
     async with foreman_on(name, db, sim, foreman_env(args, durability)) as served:
         await wait_healthy(control, served.url)
         progress(f"{name}: {args.warmup} warm-up jobs, then {count:,} jobs ...")
@@ -409,13 +419,17 @@ async def live(
     check_received(results, jobs)
     delays = [(r["type"], (r["at"] - unix_seconds(r["occurred_at"])) * 1000) for r in results]
     recorded = delivered_at(db)
-    how = f"paced, a job every {args.every_ms:g} ms" if paced else "live, commit to receiver"
+    how = {
+        "live": "live, commit to receiver",
+        "paced": f"paced, a job every {args.every_ms:g} ms",
+        "gpu": f"GPU-bound, {args.gpu_ms:g} ms a job",
+    }[mode]
     row = Row(
         f"Foreman, {durability.value.upper()}: {how}",
         tuple(sorted(r["at"] for r in results)),
         len({r["webhook_id"] for r in results}),
         tuple(ms for _, ms in delays),
-        paced=paced,
+        paced=mode != "live",
         by_type={kind: tuple(ms for t, ms in delays if t == kind) for kind in TRANSITIONS},
         jobs=len(jobs),
         job_seconds=last - first,
@@ -543,8 +557,9 @@ async def run_all(args: argparse.Namespace) -> dict[str, list[Row]]:
                 runs.setdefault(key, []).append(row)
                 replay = replay or replayable(results)
                 if args.extra:
-                    row, _ = await live(args, sim, receiver, control, durability, paced=True)
-                    runs.setdefault(f"{key}-paced", []).append(row)
+                    for mode in ("paced", "gpu"):
+                        row, _ = await live(args, sim, receiver, control, durability, mode=mode)
+                        runs.setdefault(f"{key}-{mode}", []).append(row)
                     row = await backlog(args, sim, receiver, control, durability)
                     runs.setdefault(f"{key}-backlog", []).append(row)
                     row, _ = await live(args, sim, receiver, control, durability, hooked=False)
@@ -639,16 +654,20 @@ def report(rows: dict[str, Row], runs: dict[str, list[Row]], args: argparse.Name
             f"waits for it): p50 {_ms(row.recorded_ms, 50)} ms, p99 {_ms(row.recorded_ms, 99)} "
             f"ms; bodies {row.body_bytes:,.0f} bytes on average"
         )
-        if paced := rows.get(f"{key}-paced"):
-            kinds = "; ".join(
-                f"{kind} {percentile(ms, 50):.2f} / {percentile(ms, 99):.2f}"
-                for kind, ms in paced.by_type.items()
-            )
-            text.append(
-                f"{key.upper()} paced ({paced.jobs} jobs, one every {args.every_ms:g} ms): delay "
-                f"p50 / p99 by notification: {kinds} ms; arrival to recorded p50 "
-                f"{_ms(paced.recorded_ms, 50)} ms"
-            )
+        for mode, how in (
+            ("paced", f"one every {args.every_ms:g} ms"),
+            ("gpu", f"at once, {args.gpu_ms:g} ms of GPU each"),
+        ):
+            if light := rows.get(f"{key}-{mode}"):
+                kinds = "; ".join(
+                    f"{kind} {percentile(ms, 50):.2f} / {percentile(ms, 99):.2f}"
+                    for kind, ms in light.by_type.items()
+                )
+                text.append(
+                    f"{key.upper()} {mode} ({light.jobs} jobs, {how}): delay p50 / p99 by "
+                    f"notification: {kinds} ms; arrival to recorded p50 "
+                    f"{_ms(light.recorded_ms, 50)} ms"
+                )
     checked = [each for key, each in runs.items() if not key.startswith("baseline")]
     duplicates = sum(r.requests - r.distinct for each in checked for r in each)
     retries = sum(r.retries for each in checked for r in each)
@@ -675,10 +694,10 @@ def report(rows: dict[str, Row], runs: dict[str, list[Row]], args: argparse.Name
             f"{jobs * len(TRANSITIONS):,.0f} state changes/s{drained}; "
             f"baseline {ceiling:,.0f}/s)"
         )
-        light = (
-            f"; paced: {statistics.median(r.p(50) for r in lights):.2f} ms"
-            if (lights := runs.get(f"{key}-paced"))
-            else ""
+        light = "".join(
+            f"; {mode}: {statistics.median(r.p(50) for r in lights):.2f} ms"
+            for mode in ("paced", "gpu")
+            if (lights := runs.get(f"{key}-{mode}"))
         )
         text.append(
             f"target: delay p50 <= {TARGET_P50_MS:g} ms, {key.upper()} live: "
@@ -699,9 +718,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=16,
         help="FOREMAN_WEBHOOK_CONCURRENCY, and the baseline's",
     )
-    parser.add_argument("--paced", type=int, default=150, help="jobs of the paced row")
+    parser.add_argument(
+        "--paced", type=int, default=150, help="jobs of the paced and GPU-bound rows"
+    )
     parser.add_argument(
         "--every-ms", type=float, default=40.0, help="the paced row's interval between jobs"
+    )
+    parser.add_argument(
+        "--gpu-ms", type=float, default=40.0, help="the GPU-bound row's time on the GPU a job"
     )
     parser.add_argument(
         "--sequential", type=int, default=500, help="requests of the one-at-a-time baseline"

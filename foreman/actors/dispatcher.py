@@ -36,9 +36,10 @@ import trio
 from foreman.actors.janitor import wall_clock
 from foreman.actors.journal import JournalClient
 from foreman.actors.reply import Reply
-from foreman.events.deliveries import Delivery, makes_pending, pending_after
+from foreman.events.deliveries import Delivery, makes_pending
 from foreman.events.log import format_timestamp
 from foreman.events.projection import IllegalTransition
+from foreman.events.queries import JobRecord
 from foreman.events.reader import Reader
 from foreman.events.types import (
     Event,
@@ -49,9 +50,13 @@ from foreman.events.types import (
     delivery_stream,
 )
 from foreman.logs import log
-from foreman.webhooks.payload import job_as_of, render
+from foreman.webhooks.payload import job_as_of, pending_with_jobs, render
 from foreman.webhooks.policy import RetryPolicy
 from foreman.webhooks.sender import Attempt, Sender
+
+JOBS_HELD = 256
+"""Jobs read ahead for the payloads of deliveries not sent yet, at most: a delivery
+beyond them reads its job when its turn comes."""
 
 
 class Dispatcher:
@@ -82,6 +87,8 @@ class Dispatcher:
         self._timers: list[tuple[float, int, str]] = []
         self._timer_order = itertools.count()
         self._timers_changed = trio.Event()
+        self._jobs: dict[str, JobRecord] = {}
+        """Payloads' jobs read with the deliveries that need them, until sent."""
         self._seen = 0
         """The log's head when the projection was last read for pending deliveries."""
         self._wanted = 0
@@ -120,7 +127,9 @@ class Dispatcher:
     async def _load(self) -> None:
         """Queue what became pending since the last read. A delivery is returned once:
         it became pending after ``_seen``, and the read moves ``_seen`` to its snapshot."""
-        self._seen, pending = await self._reader.read(pending_after, self._seen)
+        room = JOBS_HELD - len(self._jobs)
+        self._seen, pending, jobs = await self._reader.read(pending_with_jobs, self._seen, room)
+        self._jobs.update(jobs)
         for delivery in pending:
             lane = self._lanes.get(delivery.job_id)
             if lane is None:
@@ -161,7 +170,9 @@ class Dispatcher:
         """Try the lane's head once, and record how it went before moving on."""
         lane = self._lanes[job_id]
         delivery = lane[0]
-        record = await self._reader.read(job_as_of, job_id, delivery.seq)
+        record = self._jobs.pop(delivery.id, None)
+        if record is None:
+            record = await self._reader.read(job_as_of, job_id, delivery.seq)
         body = render(delivery, record, self.base_url)
         attempt = await self._sender.send(delivery.url, delivery.id, body)
         event, wait = self._outcome(delivery, attempt)

@@ -13,7 +13,7 @@ from typing import cast
 from foreman.api.schemas import WebhookPayload
 from foreman.api.views import artifact_view, job_view
 from foreman.events import jobs
-from foreman.events.deliveries import Delivery
+from foreman.events.deliveries import Delivery, pending_after
 from foreman.events.log import EventLog
 from foreman.events.queries import JobRecord
 from foreman.events.types import JobSucceeded
@@ -32,6 +32,17 @@ def job_as_of(log: EventLog, job_id: str, seq: int) -> JobRecord:
     if job is None:
         raise LookupError(f"the log has no job {job_id} up to event {seq}")
     return JobRecord(job, succeeded)
+
+
+def pending_with_jobs(
+    log: EventLog, seq: int, limit: int
+) -> tuple[int, list[Delivery], dict[str, JobRecord]]:
+    """:func:`~foreman.events.deliveries.pending_after`, and the job as it stood for the
+    first ``limit`` of them, read in the same snapshot: a delivery found on a commit is
+    sent without another trip to the reader."""
+    head, pending = pending_after(log, seq)
+    jobs = {d.id: job_as_of(log, d.job_id, d.seq) for d in pending[:limit]}
+    return head, pending, jobs
 
 
 def render(delivery: Delivery, record: JobRecord, base_url: str) -> bytes:
