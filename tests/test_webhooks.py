@@ -19,7 +19,7 @@ from standardwebhooks import Webhook
 from foreman.cli import main
 from foreman.events.audit import verify
 from foreman.events.log import EventLog
-from foreman.events.types import RecordedEvent, delivery_stream
+from foreman.events.types import RecordedEvent, WebhookDelivered, delivery_stream
 from tests.receiver import Answer, Receiver, free_port, serving
 from tests.running import Foreman, start_foreman
 
@@ -59,6 +59,21 @@ async def until_settled(
             if sum(event.type in OUTCOMES for event in events) >= count:
                 return events
     raise AssertionError("the journal stopped")
+
+
+async def until_delivered(
+    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job_id: str, event_type: str
+) -> None:
+    """Until the notification of the job's next ``event_type`` is delivered (and so,
+    in order, every one before it)."""
+    told = None
+    with trio.fail_after(20):
+        async for batch in committed:
+            for event in batch:
+                if event.stream == job_id and event.type == event_type:
+                    told = event.id
+                elif isinstance(event.event, WebhookDelivered) and event.event.delivery == told:
+                    return
 
 
 async def one_settled_job(http: httpx.AsyncClient, foreman: Foreman, url: str, **extra: Any) -> str:
@@ -386,3 +401,27 @@ def test_the_cli_finds_foreman_by_foreman_listen_and_says_when_it_is_not_there(
     assert result.exit_code == 1
     assert f"no answer from Foreman at http://127.0.0.1:{port}" in result.output
     assert "is it running?" in result.output
+
+
+async def test_a_job_carried_over_a_restart_keeps_notifying_in_order(
+    db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
+) -> None:
+    async with serving(Receiver()) as receiver:
+        # The job is running, held by the backend, when Foreman stops: it is requeued.
+        async for foreman in start_foreman(nursery, db_path, shutdown_grace="0"):
+            committed = await foreman.running.journal.subscribe()
+            sim = str((await client.get(f"{foreman.url}/healthz")).json()["backend"]["url"])
+            stall = {"kind": "stall", "seconds": 30, "times": 1}
+            await client.post(f"{sim}/_sim/faults", json=stall)
+            job_id = await submit(client, foreman, receiver.url)
+            with trio.fail_after(10):
+                async for batch in committed:
+                    if any(event.type == "JobStarted" for event in batch):
+                        break
+        # A new Foreman runs it; its dispatcher follows a job it did not see submitted.
+        async for foreman in start_foreman(nursery, db_path):
+            committed = await foreman.running.journal.subscribe()
+            await until_delivered(committed, job_id, "JobSucceeded")
+        assert receiver.by_job() == {
+            job_id: ["job.queued", "job.running", "job.queued", "job.running", "job.succeeded"]
+        }

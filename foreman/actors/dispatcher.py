@@ -30,6 +30,7 @@ import math
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import cast
 
 import trio
 
@@ -39,10 +40,11 @@ from foreman.actors.reply import Reply
 from foreman.events.deliveries import Delivery, makes_pending
 from foreman.events.log import format_timestamp
 from foreman.events.projection import IllegalTransition
-from foreman.events.queries import JobRecord
+from foreman.events.queries import JobRecord, unfinished_with_webhooks
 from foreman.events.reader import Reader
 from foreman.events.types import (
     Event,
+    JobSubmitted,
     RecordedEvent,
     WebhookAbandoned,
     WebhookAttemptFailed,
@@ -54,6 +56,7 @@ from foreman.webhooks.payload import job_as_of, pending_with_jobs, render
 from foreman.webhooks.policy import RetryPolicy
 from foreman.webhooks.sender import Attempt, Sender
 
+FINAL_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobCancelled"})
 JOBS_HELD = 256
 """Jobs read ahead for the payloads of deliveries not sent yet, at most: a delivery
 beyond them reads its job when its turn comes."""
@@ -89,6 +92,8 @@ class Dispatcher:
         self._timers_changed = trio.Event()
         self._jobs: dict[str, JobRecord] = {}
         """Payloads' jobs read with the deliveries that need them, until sent."""
+        self._hooked: set[str] = set()
+        """The unfinished jobs with a webhook, kept from the commits the dispatcher sees."""
         self._seen = 0
         """The log's head when the projection was last read for pending deliveries."""
         self._wanted = 0
@@ -97,6 +102,7 @@ class Dispatcher:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Queue every pending delivery, report ready, then deliver until cancelled."""
         commits = await self._journal.subscribe()
+        self._hooked.update(await self._reader.read(unfinished_with_webhooks))
         await self._load()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -112,10 +118,24 @@ class Dispatcher:
         journal is never held up by the dispatcher."""
         async with commits:
             async for events in commits:
-                last = events[-1].seq
-                if last > self._seen and any(map(makes_pending, events)):
-                    self._wanted = max(self._wanted, last)
+                owes = [event for event in events if self._owes(event)]
+                if owes and owes[-1].seq > self._seen:
+                    self._wanted = max(self._wanted, owes[-1].seq)
                     self._commits_waiting.set()
+
+    def _owes(self, event: RecordedEvent) -> bool:
+        """Whether ``event`` may have made a delivery pending: an event of a job with a
+        webhook, or a redelivery. Jobs without one (all of ``/api/chat``'s) cost no read."""
+        if event.type == "JobSubmitted":
+            if cast(JobSubmitted, event.event).state_webhook_url is None:
+                return False
+            self._hooked.add(event.stream)
+        elif event.stream in self._hooked:
+            if event.type in FINAL_EVENTS:
+                self._hooked.discard(event.stream)
+        elif event.type != "WebhookRedeliveryRequested":
+            return False
+        return makes_pending(event)
 
     async def _load_on_commits(self) -> None:
         while True:

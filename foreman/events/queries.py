@@ -54,6 +54,15 @@ def job_by_idempotency_key(log: EventLog, key: str) -> tuple[str, JobSubmitted] 
     return None if row is None else (row[0], submission(log, row[0]))
 
 
+def unfinished_with_webhooks(log: EventLog) -> list[str]:
+    """The queued and running jobs that have a ``state_webhook_url``: those whose next
+    events owe notifications."""
+    rows = log.conn.execute(
+        "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND state_webhook_url IS NOT NULL"
+    )
+    return [job_id for (job_id,) in rows]
+
+
 def list_jobs(
     log: EventLog,
     *,
