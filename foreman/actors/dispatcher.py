@@ -9,13 +9,15 @@ work different jobs' lanes at once.
 Every attempt's outcome is handed to the journal before the lane moves on,
 so a lane's records are committed in the order of its attempts; the lane does
 not wait for the commit, so a job's next notification is not held up by the
-disk. A failed attempt waits out its backoff on
-Trio's clock, in one timer heap rather than a task per lane: a receiver down
-for an hour with thousands of jobs costs a heap entry each. On start every
-pending delivery is queued again; one that had failed waits until its
-``retry_at``. A crash between an answer and its record means the
-notification is sent again: delivery is at least once, and receivers
-deduplicate by ``webhook-id``.
+disk. A failed attempt waits out its backoff on Trio's clock, in one timer
+heap rather than a task per lane: a receiver down for an hour with thousands
+of jobs costs a heap entry each. On start every pending delivery is queued
+again; one that had failed waits until its ``retry_at``. A crash between an
+answer and its record means the notification is sent again: delivery is at
+least once, and receivers deduplicate by ``webhook-id``.
+
+Only commits of jobs with a webhook (and redelivery requests) lead to a read:
+the dispatcher keeps the set of unfinished jobs that have one.
 
 A lane is in exactly one place at a time: the ready channel, the timer heap,
 or a sender's hands.
