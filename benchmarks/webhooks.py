@@ -118,8 +118,8 @@ class Row:
     quiet_delays_ms: tuple[float, ...] = ()
     """The delays of state changes recorded after the last JobSubmitted."""
     recorded_ms: tuple[float, ...] = ()
-    """Arrival to the recorded_at of the WebhookDelivered that records it: a job's next
-    notification waits for that record."""
+    """Arrival to the recorded_at of the WebhookDelivered that records it (the lane
+    does not wait for it)."""
     body_bytes: float = 0.0
     """Mean body size."""
     retries: int = 0
@@ -650,8 +650,8 @@ def report(rows: dict[str, Row], runs: dict[str, list[Row]], args: argparse.Name
             f"{label}: {row.jobs:,} jobs submitted in {row.submit_seconds:.2f} s "
             f"({row.submit_rate:,.0f}/s"
             + (f"; jobs only: {alone.submit_rate:,.0f}/s" if alone else "")
-            + f"); arrival to its WebhookDelivered's recorded_at (the job's next notification "
-            f"waits for it): p50 {_ms(row.recorded_ms, 50)} ms, p99 {_ms(row.recorded_ms, 99)} "
+            + f"); arrival to its WebhookDelivered's recorded_at: "
+            f"p50 {_ms(row.recorded_ms, 50)} ms, p99 {_ms(row.recorded_ms, 99)} "
             f"ms; bodies {row.body_bytes:,.0f} bytes on average"
         )
         for mode, how in (
