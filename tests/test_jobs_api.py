@@ -22,6 +22,16 @@ ENDS = {"JobSucceeded", "JobFailed", "JobCancelled"}
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "why is the sky blue?"}]}
 
 
+BAD_WEBHOOK_URLS = [
+    "ftp://x",
+    "/hooks",
+    "http://a..b/hook",  # an empty label
+    "http://xn--a.com/",  # not IDNA
+    "http://hooks.example:99999/",
+    "http://hooks example/",
+]
+
+
 def chat_job(**extra: Any) -> dict[str, Any]:
     return {"kind": "chat", "request": CHAT} | extra
 
@@ -163,28 +173,10 @@ async def test_the_same_idempotency_key_returns_the_job_it_made(
         (json.dumps({"kind": "chat", "request": {"messages": []}}).encode(), 422, "request.model"),
         (json.dumps({"kind": "chat", "request": "llama3"}).encode(), 422, "request"),
         (json.dumps({"kind": "chat"}).encode(), 422, "request"),
-        (json.dumps(chat_job(state_webhook_url="ftp://x")).encode(), 422, "state_webhook_url"),
-        (json.dumps(chat_job(state_webhook_url="/hooks")).encode(), 422, "state_webhook_url"),
-        (
-            json.dumps(chat_job(state_webhook_url="http://a..b/hook")).encode(),
-            422,
-            "state_webhook_url",
-        ),
-        (
-            json.dumps(chat_job(state_webhook_url="http://xn--a.com/")).encode(),
-            422,
-            "state_webhook_url",
-        ),
-        (
-            json.dumps(chat_job(state_webhook_url="http://hooks.example:99999/")).encode(),
-            422,
-            "state_webhook_url",
-        ),
-        (
-            json.dumps(chat_job(state_webhook_url="http://hooks example/")).encode(),
-            422,
-            "state_webhook_url",
-        ),
+        *[
+            (json.dumps(chat_job(state_webhook_url=url)).encode(), 422, "state_webhook_url")
+            for url in BAD_WEBHOOK_URLS
+        ],
         (json.dumps(chat_job(priority="high")).encode(), 422, "priority"),
         (json.dumps(chat_job(colour="blue")).encode(), 422, "colour"),
     ],
