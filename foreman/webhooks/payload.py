@@ -41,8 +41,8 @@ def pending_with_jobs(
     first ``limit`` of them, read in the same snapshot: a delivery found on a commit is
     sent without another trip to the reader."""
     head, pending = pending_after(log, seq)
-    jobs = {d.id: job_as_of(log, d.job_id, d.seq) for d in pending[:limit]}
-    return head, pending, jobs
+    records = {d.id: job_as_of(log, d.job_id, d.seq) for d in pending[:limit]}
+    return head, pending, records
 
 
 def render(delivery: Delivery, record: JobRecord, base_url: str) -> bytes:
