@@ -19,7 +19,12 @@ from standardwebhooks import Webhook
 from foreman.cli import main
 from foreman.events.audit import verify
 from foreman.events.log import EventLog
-from foreman.events.types import RecordedEvent, WebhookDelivered, delivery_stream
+from foreman.events.types import (
+    RecordedEvent,
+    WebhookAttemptFailed,
+    WebhookDelivered,
+    delivery_stream,
+)
 from tests.receiver import Answer, Receiver, free_port, serving
 from tests.running import Foreman, start_foreman
 
@@ -425,3 +430,23 @@ async def test_a_job_carried_over_a_restart_keeps_notifying_in_order(
         assert receiver.by_job() == {
             job_id: ["job.queued", "job.running", "job.queued", "job.running", "job.succeeded"]
         }
+
+
+async def test_a_notification_still_pending_is_not_redelivered(
+    db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens: it stays pending
+    async for foreman in start_foreman(nursery, db_path, webhook_backoff="1h"):
+        committed = await foreman.running.journal.subscribe()
+        job_id = await submit(client, foreman, url)
+        with trio.fail_after(10):
+            async for batch in committed:
+                failed = [e.event for e in batch if isinstance(e.event, WebhookAttemptFailed)]
+                if failed:
+                    break
+        answer = await client.post(
+            f"{foreman.url}/jobs/{job_id}/webhooks/redeliver",
+            json={"ids": [failed[0].delivery]},
+        )
+        assert answer.status_code == 409
+        assert "it is still being delivered" in answer.json()["error"]
