@@ -31,11 +31,13 @@ class JsonFormatter(logging.Formatter):
 
 
 def _event_fields(event: RecordedEvent) -> dict[str, Any]:
-    """What a job event says, for a JSON line (decoded only when JSON lines are on)."""
+    """What a job or delivery event says, for a JSON line (decoded only when JSON lines
+    are on); ``job`` is the job's id for both."""
     data = json.loads(event.data)
     data.pop("request", None)
     data.pop("result", None)
-    return {"job": event.stream, "event": event.type, "seq": event.seq, **data}
+    job = event.stream.removeprefix(DELIVERY_STREAM_PREFIX)
+    return {"job": job, "event": event.type, "seq": event.seq, **data}
 
 
 def configure(log_format: Literal["text", "json"]) -> None:

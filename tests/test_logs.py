@@ -6,6 +6,7 @@ import json
 import logging
 
 from foreman.events.log import EventLog
+from foreman.events.types import WebhookDelivered, delivery_stream
 from foreman.ids import new_ulid
 from foreman.logs import JsonFormatter
 from tests import factories
@@ -27,6 +28,23 @@ def test_a_job_event_as_a_json_line_says_what_happened_without_the_payloads(
     assert (first["job"], first["event"], first["seq"]) == (job_id, "JobSubmitted", submitted.seq)
     assert first["model"] == "llama3" and "request" not in first
     assert (second["event"], second["attempt"]) == ("JobStarted", 1)
+
+
+def test_a_delivery_event_as_a_json_line_names_its_job(log: EventLog) -> None:
+    job_id = new_ulid()
+    (submitted,) = log.append(
+        job_id, [factories.submitted().model_copy(update={"state_webhook_url": "http://h/"})]
+    )
+    delivered = WebhookDelivered(delivery=submitted.id, attempt=1, status=204)
+    (event,) = log.append(delivery_stream(job_id), [delivered])
+    record = logging.makeLogRecord({"msg": "delivery", "job_event": event})
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["job"], line["event"], line["delivery"], line["status"]) == (
+        job_id,
+        "WebhookDelivered",
+        submitted.id,
+        204,
+    )
 
 
 def test_other_lines_are_plain_json_messages() -> None:
