@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import signal
-import sys
 from datetime import UTC, datetime
-from functools import partial
 
 import trio
+from _servers import serve_until_signalled
 from fastapi import FastAPI
 from starlette.responses import Response
 
-from foreman.actors.http import serve_http
 from foreman.api.schemas import JobAccepted, JobView, SubmitJob
-from foreman.config import parse_address
 
 
 def create_app() -> FastAPI:
@@ -68,20 +64,7 @@ def create_app() -> FastAPI:
 
 
 async def main(listen: str) -> None:
-    stop = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def stop_on_signal() -> None:
-                async for _ in signals:
-                    stop.set()
-                    return
-
-            nursery.start_soon(stop_on_signal)
-            url = await nursery.start(
-                partial(serve_http, create_app(), parse_address(listen), shutdown_trigger=stop.wait)
-            )
-            print(f"ceiling: listening on {url}", file=sys.stderr, flush=True)
+    await serve_until_signalled("ceiling", create_app(), listen)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
 import time
-from functools import partial
 from typing import Any, cast
 
 import trio
+from _servers import serve_until_signalled
 from fastapi import FastAPI
-
-from foreman.actors.http import serve_http
-from foreman.config import parse_address
 
 Scope = dict[str, Any]
 Receive = Any
@@ -104,22 +99,8 @@ async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[byte
 
 
 async def main(listen: str) -> None:
-    stop = trio.Event()
     # serve_http only hands the app to Hypercorn, which takes any ASGI app.
-    app = cast(FastAPI, Receiver())
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def stop_on_signal() -> None:
-                async for _ in signals:
-                    stop.set()
-                    return
-
-            nursery.start_soon(stop_on_signal)
-            url = await nursery.start(
-                partial(serve_http, app, parse_address(listen), shutdown_trigger=stop.wait)
-            )
-            print(f"receiver: listening on {url}", file=sys.stderr, flush=True)
+    await serve_until_signalled("receiver", cast(FastAPI, Receiver()), listen)
 
 
 if __name__ == "__main__":

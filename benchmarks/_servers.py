@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +29,10 @@ import httpx
 import trio
 from _logs import WORK_DIR, remove_db
 from _report import ROOT, progress
+from fastapi import FastAPI
 
-from foreman.config import load_settings
+from foreman.actors.http import serve_http
+from foreman.config import load_settings, parse_address
 from foreman.events.log import Durability
 from foreman.simulator import SimulatorConfig, parse_models, serve_simulator
 from foreman.supervisor import Running, run_foreman
@@ -280,3 +283,22 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def serve_until_signalled(name: str, app: FastAPI, listen: str) -> None:
+    """Serve ``app`` on Foreman's HTTP actor (same Hypercorn configuration) until SIGINT
+    or SIGTERM; prints ``NAME: listening on URL`` on stderr, as :func:`program` waits for."""
+    stop = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    stop.set()
+                    return
+
+            nursery.start_soon(stop_on_signal)
+            url = await nursery.start(
+                partial(serve_http, app, parse_address(listen), shutdown_trigger=stop.wait)
+            )
+            print(f"{name}: listening on {url}", file=sys.stderr, flush=True)
