@@ -1,6 +1,8 @@
 """Crash recovery: the jobs a previous run left unfinished go back to the queue.
 
-On start, after the journal has caught the projections up: a job left
+On start, after the journal has caught the projections up: an unfinished job
+whose stream holds an event that cannot be read back is quarantined
+(``JobQuarantined``: failed, with the reason, ADR-0032); a job left
 ``running`` was interrupted, so it gets ``JobRequeued(interrupted)`` (the
 attempt counts; past ``max_attempts`` it fails instead); then every queued job
 goes to the scheduler in its original order of arrival. Jobs are read a chunk
@@ -17,12 +19,13 @@ from datetime import datetime
 
 import trio
 
+from foreman import logs
 from foreman.actors.journal import JournalClient
 from foreman.actors.scheduler import Message, Work
-from foreman.events.jobs import Job, JobsProjection
+from foreman.events.jobs import TERMINAL_STATES, Job, JobsProjection, with_unreadable_events
 from foreman.events.log import EventLog
 from foreman.events.reader import Reader
-from foreman.events.types import JobFailed, JobRequeued, JobSubmitted
+from foreman.events.types import JobFailed, JobQuarantined, JobRequeued, JobSubmitted
 from foreman.scheduling import QueuedJob
 
 CHUNK = 1000
@@ -63,6 +66,9 @@ async def recover(
     max_attempts: int,
 ) -> int:
     """Requeue what a previous run left unfinished; returns how many were queued again."""
+    for job in await reader.read(with_unreadable_events):
+        if job.state not in TERMINAL_STATES:
+            await quarantine(job, journal)
     arrivals = await reader.read(unfinished_arrivals)
     requeued = 0
     for start in range(0, len(arrivals), CHUNK):
@@ -71,6 +77,19 @@ async def recover(
                 await scheduler.send(_work(unfinished))
                 requeued += 1
     return requeued
+
+
+async def quarantine(job: Job, journal: JournalClient) -> None:
+    """Fail a job whose history cannot be read back, and tell the operator in one line."""
+    assert job.unreadable is not None and job.error is not None
+    reason = job.error.message
+    await journal.append(job.id, [JobQuarantined(event_seq=job.unreadable, reason=reason)])
+    logs.log.warning(
+        "quarantined job %s: %s; it is failed and will not run (`foreman events verify` "
+        "lists the event)",
+        job.id,
+        reason,
+    )
 
 
 async def _may_run_again(job: Job, journal: JournalClient, max_attempts: int) -> bool:

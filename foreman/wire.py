@@ -133,9 +133,15 @@ def decode_json(raw: bytes) -> Any:
     if not raw.strip():
         raise OllamaError(400, "missing request body")
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise OllamaError(400, str(error)) from None
+        return json.loads(raw, parse_constant=_not_json)
+    except RecursionError:
+        raise OllamaError(400, "the request body is nested too deeply") from None
+    except ValueError as error:  # also bad UTF-8, and integers of over 4,300 digits
+        raise OllamaError(400, f"the request body is not valid JSON: {error}") from None
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def parse_body(raw: bytes, model: type[M]) -> M:
@@ -149,6 +155,16 @@ def parse_body(raw: bytes, model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise OllamaError(400, f"{where}: {first['msg']}" if where else first["msg"]) from None
+        raise OllamaError(400, first_problem(error)) from None
+
+
+def first_problem(error: ValidationError, *, within: str | None = None) -> str:
+    """The first problem pydantic found, as ``where: what``; ``within`` names a field
+    that stands for the whole body, left out of ``where``."""
+    first = error.errors()[0]
+    location = [str(part) for part in first["loc"]]
+    if location[:1] == [within]:
+        location = location[1:]
+    where = ".".join(location)
+    message = str(first["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message

@@ -58,7 +58,7 @@ from foreman.webhooks.payload import job_as_of, pending_with_jobs, render
 from foreman.webhooks.policy import RetryPolicy
 from foreman.webhooks.sender import Attempt, Sender
 
-FINAL_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobCancelled"})
+FINAL_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobCancelled", "JobQuarantined"})
 JOBS_HELD = 256
 """Jobs read ahead for the payloads of deliveries not sent yet, at most: a delivery
 beyond them reads its job when its turn comes."""

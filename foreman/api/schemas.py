@@ -7,11 +7,12 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from foreman.events.deliveries import DeliveryState, NotificationType
 from foreman.events.jobs import JobState
 from foreman.events.types import JobKind
+from foreman.events.values import Metadata, Text, storable_object
 
 MAX_PRIORITY = 1_000_000
 """Priorities are small integers; the bound keeps them within SQLite's and JSON's."""
@@ -26,7 +27,13 @@ class BackendRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    model: Annotated[str, Field(min_length=1, pattern=r"\S", description="The model to run.")]
+    model: Annotated[Text, Field(min_length=1, pattern=r"\S", description="The model to run.")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        """The whole body within the log's limits (ADR-0032), extra fields included."""
+        return storable_object(data) if isinstance(data, dict) else data
 
 
 class SubmitJob(_Model):
@@ -39,10 +46,12 @@ class SubmitJob(_Model):
     priority: Annotated[int, Field(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = Field(
         0, description="Higher runs first; within a priority, jobs drain by model."
     )
-    state_webhook_url: str | None = Field(
+    state_webhook_url: Text | None = Field(
         None, description="An absolute http(s) URL told about every state change."
     )
-    metadata: dict[str, Any] | None = Field(None, description="Echoed back with the job.")
+    metadata: Metadata = Field(
+        None, description="Echoed back with the job: at most 64 KiB as JSON."
+    )
 
     @field_validator("state_webhook_url")
     @classmethod

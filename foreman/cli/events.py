@@ -28,7 +28,7 @@ from foreman.cli.render import (
     write_jsonl,
 )
 from foreman.events import audit
-from foreman.events.jobs import JobsProjection
+from foreman.events.jobs import JobsProjection, with_unreadable_events
 from foreman.events.log import EVENT_COLUMNS, EventLog, LogError
 from foreman.events.replay import rebuild, seq_at, state_at
 from foreman.events.types import delivery_stream
@@ -263,11 +263,19 @@ def _rebuild(db: Path, *, as_json: bool) -> None:
                 count = rebuild(log, projection, progress)
         seconds = time.perf_counter() - started
         names = ", ".join(projection.name for projection in log.projections)
+        unreadable = [job.unreadable for job in with_unreadable_events(log)]
     rate = count / seconds if seconds > 0 else 0.0
     if as_json:
-        click.echo(json.dumps({"events": count, "seconds": seconds, "events_per_second": rate}))
-    else:
-        click.echo(f"rebuilt {names} from {count} events in {seconds:.3f} s ({rate:,.0f} events/s)")
+        report = {"events": count, "seconds": seconds, "events_per_second": rate}
+        click.echo(json.dumps({**report, "unreadable_events": unreadable}))
+        return
+    click.echo(f"rebuilt {names} from {count} events in {seconds:.3f} s ({rate:,.0f} events/s)")
+    if unreadable:
+        seqs = ", ".join(str(seq) for seq in unreadable)
+        click.echo(
+            f"{len(unreadable)} jobs quarantined: events {seqs} cannot be read back "
+            "(`foreman events verify` says why); unfinished ones are failed when Foreman starts"
+        )
 
 
 def _replay_until(db: Path, until: int | datetime, *, as_json: bool) -> None:

@@ -16,7 +16,7 @@ from rich.text import Text
 from foreman.events.jobs import Job
 from foreman.events.log import EVENT_COLUMNS
 from foreman.events.replay import Progress as ProgressCallback
-from foreman.events.types import EVENT_TYPES
+from foreman.events.types import EVENT_TYPES, stored_data
 
 SUMMARY_WIDTH = 80
 UNLIMITED_WIDTH = 10_000
@@ -26,7 +26,7 @@ UNLIMITED_WIDTH = 10_000
 def event_dict(row: Sequence[Any]) -> dict[str, Any]:
     """A raw event row in ``export``'s shape, with ``data`` parsed into an object."""
     event = dict(zip(EVENT_COLUMNS, row, strict=True))
-    event["data"] = json.loads(event.pop("data"))
+    event["data"] = stored_data(event.pop("data"))
     return event
 
 
@@ -81,6 +81,8 @@ def summary(type_: str, data: Any) -> str:
             text = f"cancelled: {get('reason')}"
         case "JobPruned":
             text = "pruned"
+        case "JobQuarantined":
+            text = f"quarantined (event {get('event_seq')} cannot be read back): {get('reason')}"
         case _:
             text = json.dumps(data)
     return _shorten(text)

@@ -15,7 +15,7 @@ from foreman.events.chain import GENESIS, chain_hash
 from foreman.events.log import EventLog
 from foreman.events.projection import Fold
 from foreman.events.replay import Progress, collector_paused
-from foreman.events.types import RecordedEvent
+from foreman.events.types import RecordedEvent, UnreadableEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ def _verify(log: EventLog, progress: Progress | None, limit: int) -> list[Proble
     versions: dict[str, int] = {}
     previous_seq, previous_hash, previous_time = 0, GENESIS, ""
     for done, row in enumerate(log.rows(), start=1):
-        seq, _id, stream, version, type_, schema_version, _data, recorded_at, hash_ = row
+        seq, _id, stream, version, _type, _schema_version, _data, recorded_at, hash_ = row
         if seq != previous_seq + 1:
             problems.append(
                 Problem(previous_seq + 1, f"events {previous_seq + 1}..{seq - 1} are missing")
@@ -69,16 +69,17 @@ def _verify(log: EventLog, progress: Progress | None, limit: int) -> list[Proble
             )
         versions[stream] = version
         previous_seq, previous_hash, previous_time = seq, hash_, recorded_at
+        event = RecordedEvent(*row)
         try:
-            event = RecordedEvent(*row).with_event_decoded()
-        except ValueError as error:
-            problems.append(Problem(seq, f"cannot decode {type_} v{schema_version}: {error}"))
-        else:
-            for fold in folds:
-                try:
-                    fold.apply((event,))
-                except ValueError as error:
-                    problems.append(Problem(seq, f"{fold.projection.name}: {error}"))
+            event = event.with_event_decoded()
+        except UnreadableEvent as error:
+            why = " ".join(str(error).split())
+            problems.append(Problem(seq, f"cannot be read back, its job is quarantined: {why}"))
+        for fold in folds:  # the folds quarantine what cannot be read, as the log's do
+            try:
+                fold.apply((event,))
+            except ValueError as error:
+                problems.append(Problem(seq, f"{fold.projection.name}: {error}"))
         if len(problems) >= limit:
             return problems
         if progress is not None and done % 20_000 == 0:

@@ -8,7 +8,7 @@ the ULID of that job event. Attempts and outcomes are events on the job's
 delivery stream. The state, keyed by job, is the job's deliveries in order::
 
     job event (JobSubmitted, JobStarted, JobRequeued, JobSucceeded, JobFailed,
-               JobCancelled) --> a new delivery, pending
+               JobCancelled, JobQuarantined) --> a new delivery, pending
     pending --WebhookAttemptFailed--> pending      (attempts + 1, retry_at)
     pending --WebhookDelivered--> delivered
     pending --WebhookAbandoned--> abandoned
@@ -33,6 +33,7 @@ from foreman.events.types import (
     JobRequeued,
     JobSubmitted,
     RecordedEvent,
+    UnreadableEvent,
     WebhookAbandoned,
     WebhookAttemptFailed,
     WebhookDelivered,
@@ -79,6 +80,7 @@ _JOB_NOTIFICATIONS: dict[str, NotificationType] = {
     "JobSucceeded": "job.succeeded",
     "JobFailed": "job.failed",
     "JobCancelled": "job.cancelled",
+    "JobQuarantined": "job.failed",
 }
 
 
@@ -198,7 +200,15 @@ def _replaced(deliveries: Deliveries | None, changed: Delivery) -> Deliveries:
 
 _TRANSITIONS: dict[str, Callable[[Deliveries | None, RecordedEvent], Deliveries | None]] = {
     **dict.fromkeys(
-        ("JobSubmitted", "JobStarted", "JobRequeued", "JobSucceeded", "JobFailed", "JobCancelled"),
+        (
+            "JobSubmitted",
+            "JobStarted",
+            "JobRequeued",
+            "JobSucceeded",
+            "JobFailed",
+            "JobCancelled",
+            "JobQuarantined",
+        ),
         _job_event,
     ),
     "JobPruned": _pruned,
@@ -213,8 +223,11 @@ _PENDING_MAKERS = frozenset((*_JOB_NOTIFICATIONS, "JobRequeued", "WebhookRedeliv
 
 def evolve(deliveries: Deliveries | None, recorded: RecordedEvent) -> Deliveries | None:
     """A job's deliveries after ``recorded``; pure, raises IllegalTransition on a refused
-    event."""
-    return _TRANSITIONS[recorded.type](deliveries, recorded)
+    event. An event that cannot be read back changes nothing (its job is quarantined)."""
+    try:
+        return _TRANSITIONS[recorded.type](deliveries, recorded)
+    except UnreadableEvent:
+        return deliveries
 
 
 _COLUMNS = Delivery._fields

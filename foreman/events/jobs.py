@@ -9,6 +9,13 @@ State machine (an event outside it is refused before anything is appended)::
     running --JobFailed--> failed
     queued | running --JobCancelled--> cancelled
     succeeded | failed | cancelled --JobPruned--> (row removed)
+
+An event of the job that cannot be read back (written by an older build, or
+planted) marks the job ``unreadable`` instead of stopping the fold, and the
+job's later events are passed over: its history can no longer be followed.
+Recovery then records ``JobQuarantined`` for it (ADR-0032)::
+
+    queued | running (unreadable) --JobQuarantined--> failed
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ from foreman.events.types import (
     JobAttemptFailed,
     JobCancelled,
     JobFailed,
+    JobQuarantined,
     JobStarted,
     JobSubmitted,
     RecordedEvent,
+    UnreadableEvent,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +74,8 @@ class Job(NamedTuple):
     cancel_reason: str | None = None
     metadata: str | None = None
     """The submitter's metadata as JSON text: stored and echoed back, never read here."""
+    unreadable: int | None = None
+    """The ``seq`` of the job's first event that cannot be read back: it is quarantined."""
 
 
 def _require(job: Job | None, recorded: RecordedEvent, *states: str) -> Job:
@@ -175,6 +186,20 @@ def _pruned(job: Job | None, recorded: RecordedEvent) -> None:
     _require(job, recorded, *sorted(TERMINAL_STATES))
 
 
+def _quarantined(job: Job | None, recorded: RecordedEvent) -> Job:
+    job = _require(job, recorded, "queued", "running")
+    if job.unreadable is None:
+        raise _refuse(job, recorded, "every event of the job can be read")
+    at = recorded.recorded_at
+    return job._replace(
+        state="failed",
+        error=JobError(f"quarantined: {cast(JobQuarantined, recorded.event).reason}"),
+        finished_at=at,
+        version=recorded.version,
+        updated_at=at,
+    )
+
+
 _TRANSITIONS: dict[str, Callable[[Job | None, RecordedEvent], Job | None]] = {
     "JobSubmitted": _submitted,
     "JobStarted": _started,
@@ -184,7 +209,12 @@ _TRANSITIONS: dict[str, Callable[[Job | None, RecordedEvent], Job | None]] = {
     "JobFailed": _failed,
     "JobCancelled": _cancelled,
     "JobPruned": _pruned,
+    "JobQuarantined": _quarantined,
 }
+_AFTER_UNREADABLE = {"JobQuarantined", "JobPruned"}
+REASON_LIMIT = 300
+"""Characters of a decoding error kept in a quarantined job's error."""
+"""What still applies to a job once one of its events could not be read."""
 
 
 def evolve(job: Job | None, recorded: RecordedEvent) -> Job | None:
@@ -193,7 +223,49 @@ def evolve(job: Job | None, recorded: RecordedEvent) -> Job | None:
         transition = _TRANSITIONS[recorded.type]
     except KeyError:
         raise _refuse(job, recorded, "not a job event") from None
-    return transition(job, recorded)
+    if job is not None and job.unreadable is not None and recorded.type not in _AFTER_UNREADABLE:
+        return job._replace(version=recorded.version)
+    try:
+        return transition(job, recorded)
+    except UnreadableEvent as error:
+        return _unreadable(job, recorded, error)
+
+
+def _unreadable(job: Job | None, recorded: RecordedEvent, error: UnreadableEvent) -> Job | None:
+    """The job marked as holding an event that cannot be read back (its state stays
+    as it was until recovery quarantines it)."""
+    why = " ".join(str(error).split())  # one line: pydantic's messages span several
+    if len(why) > REASON_LIMIT:
+        why = why[: REASON_LIMIT - 1] + "…"
+    problem = JobError(f"event {recorded.seq} ({recorded.type}) cannot be read back: {why}")
+    if job is None:
+        if recorded.type != "JobSubmitted":
+            return None
+        job = _from_unreadable_submission(recorded)
+    return job._replace(unreadable=recorded.seq, error=problem, version=recorded.version)
+
+
+def _from_unreadable_submission(recorded: RecordedEvent) -> Job:
+    """A job whose ``JobSubmitted`` cannot be decoded, with what can be made out of it."""
+    try:
+        data = json.loads(recorded.data)
+    except (ValueError, TypeError, RecursionError):
+        data = None
+    seen: dict[str, Any] = data if isinstance(data, dict) else {}
+    kind, model, origin = seen.get("kind"), seen.get("model"), seen.get("origin")
+    at = recorded.recorded_at
+    return Job(
+        id=recorded.stream,
+        kind=kind if kind in ("chat", "generate", "embed") else "chat",
+        model=model if isinstance(model, str) and model and model.isprintable() else "(unreadable)",
+        state="queued",
+        priority=0,
+        origin=origin if origin in ("sync", "async") else "async",
+        attempts=0,
+        version=recorded.version,
+        created_at=at,
+        updated_at=at,
+    )
 
 
 _COLUMNS = Job._fields
@@ -227,7 +299,7 @@ class JobsProjection:
     """Stores :class:`Job` rows in the ``jobs`` table."""
 
     name: ClassVar[str] = "jobs"
-    version: ClassVar[int] = 3
+    version: ClassVar[int] = 4
 
     def create(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -249,7 +321,8 @@ class JobsProjection:
                 error TEXT,
                 result_seq INTEGER,
                 cancel_reason TEXT,
-                metadata TEXT
+                metadata TEXT,
+                unreadable INTEGER
             ) WITHOUT ROWID"""
         )
         # By state, newest first within one: recovery finds the unfinished jobs, and
@@ -307,6 +380,12 @@ def finished_before(log: EventLog, cutoff: str, limit: int) -> list[str]:
         (cutoff, limit),
     )
     return [job_id for (job_id,) in rows]
+
+
+def with_unreadable_events(log: EventLog) -> list[Job]:
+    """The jobs whose streams hold an event that cannot be read back (ADR-0032)."""
+    rows = log.conn.execute(f"{SELECT_JOBS} WHERE unreadable IS NOT NULL ORDER BY unreadable")
+    return [job_from_row(row) for row in rows]
 
 
 def existing_jobs(log: EventLog, job_ids: list[str]) -> set[str]:

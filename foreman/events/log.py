@@ -119,7 +119,14 @@ class Append:
             raise ValueError(f"an append to {self.stream} has no events")
 
 
-AppendResult = list[RecordedEvent] | ConcurrencyError | IllegalTransition
+class UnstorableEvent(ValueError):
+    """An event that cannot be written as JSON the log reads back; nothing was appended.
+
+    The event types refuse such values when they are made (ADR-0032); this is
+    the log's own guard, so that one bad append fails alone, never the journal."""
+
+
+AppendResult = list[RecordedEvent] | ConcurrencyError | IllegalTransition | UnstorableEvent
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -369,9 +376,14 @@ class EventLog:
             if append.expected_version is not None and append.expected_version != current:
                 results.append(ConcurrencyError(stream, append.expected_version, current))
                 continue
+            try:
+                data = [encode(event) for event in append.events]
+            except ValueError as error:  # pydantic's serialization errors are ValueErrors
+                results.append(UnstorableEvent(f"{stream}: {error}"))
+                continue
             recorded: list[RecordedEvent] = []
             chain = head
-            for offset, event in enumerate(append.events, start=1):
+            for offset, (event, text) in enumerate(zip(append.events, data, strict=True), 1):
                 row = (
                     seq + offset,
                     next(ids),
@@ -379,7 +391,7 @@ class EventLog:
                     current + offset,
                     event.type,
                     event.SCHEMA_VERSION,
-                    encode(event),
+                    text,
                     recorded_at,
                 )
                 chain = chain_hash(chain, *row)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from foreman.events.jobs import SELECT_JOBS, Job, JobState, job_from_row
 from foreman.events.log import EventLog
-from foreman.events.types import JobSubmitted, JobSucceeded
+from foreman.events.types import JobSubmitted, JobSucceeded, RecordedEvent, UnreadableEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +28,19 @@ def job_record(log: EventLog, job_id: str) -> JobRecord | None:
     succeeded = None
     if job.result_seq is not None:
         (event,) = log.events_at([job.result_seq])
-        assert isinstance(event.event, JobSucceeded)
-        succeeded = event.event
+        succeeded = success(event)
     return JobRecord(job, succeeded)
+
+
+def success(recorded: RecordedEvent) -> JobSucceeded | None:
+    """A ``JobSucceeded``'s result and outputs; None when its data cannot be read back
+    (the job's state stands: only its result is lost, ADR-0032)."""
+    try:
+        event = recorded.event
+    except UnreadableEvent:
+        return None
+    assert isinstance(event, JobSucceeded)
+    return event
 
 
 def was_submitted(log: EventLog, job_id: str) -> bool:

@@ -17,20 +17,26 @@ from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from foreman.events.values import JsonObject, Metadata, ReadableText, Text
+
 JobKind = Literal["chat", "generate", "embed"]
 Origin = Literal["sync", "async"]
 RequeueReason = Literal["retry", "interrupted"]
 
 
-class UnknownEventType(ValueError):
+class UnreadableEvent(ValueError):
+    """A stored row cannot be turned back into its event (ADR-0032: quarantine)."""
+
+
+class UnknownEventType(UnreadableEvent):
     """A stored row names an event type this build does not know."""
 
 
-class UnsupportedSchemaVersion(ValueError):
+class UnsupportedSchemaVersion(UnreadableEvent):
     """A stored row was written with a schema version this build cannot read."""
 
 
-class EventDecodeError(ValueError):
+class EventDecodeError(UnreadableEvent):
     """A stored row's data does not match its event type's schema."""
 
 
@@ -58,14 +64,14 @@ class Event(BaseModel):
 class JobSubmitted(Event):
     type: Literal["JobSubmitted"] = "JobSubmitted"
     kind: JobKind
-    model: Annotated[str, Field(min_length=1)]
-    request: dict[str, Any]
+    model: Annotated[Text, Field(min_length=1)]
+    request: JsonObject
     """The backend request body, exactly as the backend will receive it."""
     priority: int = 0
-    state_webhook_url: str | None = None
+    state_webhook_url: Text | None = None
     origin: Origin
-    idempotency_key: str | None = None
-    metadata: dict[str, Any] | None = None
+    idempotency_key: Text | None = None
+    metadata: Metadata = None
     """The submitter's own data, echoed back with the job (async jobs)."""
 
     @model_validator(mode="after")
@@ -84,7 +90,7 @@ class JobStarted(Event):
 class JobAttemptFailed(Event):
     type: Literal["JobAttemptFailed"] = "JobAttemptFailed"
     attempt: Annotated[int, Field(ge=1)]
-    error: str
+    error: ReadableText
     retryable: bool
 
 
@@ -106,24 +112,36 @@ class ArtifactRef(BaseModel):
 
 class JobSucceeded(Event):
     type: Literal["JobSucceeded"] = "JobSucceeded"
-    result: dict[str, Any]
+    result: JsonObject
     artifacts: tuple[ArtifactRef, ...] = ()
 
 
 class JobFailed(Event):
     type: Literal["JobFailed"] = "JobFailed"
-    error: str
+    error: ReadableText
     status: int | None = None
     """The backend's HTTP status, when the failure was an error answer."""
 
 
 class JobCancelled(Event):
     type: Literal["JobCancelled"] = "JobCancelled"
-    reason: Annotated[str, Field(min_length=1)]
+    reason: Annotated[ReadableText, Field(min_length=1)]
 
 
 class JobPruned(Event):
     type: Literal["JobPruned"] = "JobPruned"
+
+
+class JobQuarantined(Event):
+    """One of the job's events cannot be read back: the job is failed, never run again.
+
+    Recorded at start by recovery for an unfinished job whose stream holds an
+    unreadable event (ADR-0032), so the log itself says what became of it."""
+
+    type: Literal["JobQuarantined"] = "JobQuarantined"
+    event_seq: Annotated[int, Field(ge=1)]
+    """The ``seq`` of the first event of the job that cannot be read back."""
+    reason: ReadableText
 
 
 DELIVERY_STREAM_PREFIX = "webhooks/"
@@ -141,7 +159,7 @@ class WebhookAttemptFailed(Event):
     delivery: str
     """The notification's id (its ``webhook-id``)."""
     attempt: Annotated[int, Field(ge=1)]
-    error: str
+    error: ReadableText
     status: int | None = None
     """The receiver's HTTP status, when it answered."""
     retry_at: str
@@ -161,7 +179,7 @@ class WebhookAbandoned(Event):
     type: Literal["WebhookAbandoned"] = "WebhookAbandoned"
     delivery: str
     attempt: Annotated[int, Field(ge=1)]
-    error: str
+    error: ReadableText
     status: int | None = None
 
 
@@ -181,6 +199,7 @@ AnyEvent = Annotated[
     | JobFailed
     | JobCancelled
     | JobPruned
+    | JobQuarantined
     | WebhookAttemptFailed
     | WebhookDelivered
     | WebhookAbandoned
@@ -199,6 +218,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         JobFailed,
         JobCancelled,
         JobPruned,
+        JobQuarantined,
         WebhookAttemptFailed,
         WebhookDelivered,
         WebhookAbandoned,
@@ -210,6 +230,16 @@ EVENT_TYPES: dict[str, type[Event]] = {
 def encode(event: Event) -> str:
     """The JSON text stored in the ``data`` column (``type`` has its own column)."""
     return event.model_dump_json(exclude={"type"})
+
+
+def stored_data(data: object) -> dict[str, Any]:
+    """An event's stored ``data`` as an object, for showing it: what cannot be parsed
+    (an unreadable event) is shown as ``{"unreadable": <the text>}``."""
+    try:
+        parsed = json.loads(data)  # type: ignore[arg-type]
+    except (ValueError, TypeError, RecursionError):
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"unreadable": str(data)}
 
 
 def decode(type_: str, schema_version: int, data: str) -> Event:
@@ -227,7 +257,7 @@ def decode(type_: str, schema_version: int, data: str) -> Event:
         if schema_version == cls.SCHEMA_VERSION:
             return cls.model_validate_json(data)
         return cls.model_validate(cls.upcast(schema_version, json.loads(data)))
-    except (ValidationError, json.JSONDecodeError) as error:
+    except (ValidationError, ValueError, TypeError, RecursionError) as error:
         raise EventDecodeError(f"{type_} v{schema_version} data does not decode: {error}") from None
 
 

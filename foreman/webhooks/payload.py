@@ -8,15 +8,12 @@ absolute URL, never inlined: a receiver fetches what it wants.
 
 from __future__ import annotations
 
-from typing import cast
-
 from foreman.api.schemas import WebhookPayload
 from foreman.api.views import artifact_view, job_view
 from foreman.events import jobs
 from foreman.events.deliveries import Delivery, pending_after
 from foreman.events.log import EventLog
-from foreman.events.queries import JobRecord
-from foreman.events.types import JobSucceeded
+from foreman.events.queries import JobRecord, success
 
 
 def job_as_of(log: EventLog, job_id: str, seq: int) -> JobRecord:
@@ -28,7 +25,7 @@ def job_as_of(log: EventLog, job_id: str, seq: int) -> JobRecord:
             break
         job = jobs.evolve(job, recorded)
         if recorded.type == "JobSucceeded":
-            succeeded = cast(JobSucceeded, recorded.event)
+            succeeded = success(recorded)
     if job is None:
         raise LookupError(f"the log has no job {job_id} up to event {seq}")
     return JobRecord(job, succeeded)
