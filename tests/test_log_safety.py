@@ -247,6 +247,29 @@ async def test_after_hostile_bodies_the_log_verifies_and_replays(
         log.close()
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"model": "llama3", "done": True, "message": {"role": "assistant", "content": "hi"}}
+        | {"context": nested(150)},
+        {"model": "llama3", "done": True, "message": {"role": "assistant", "content": "\ud800"}},
+    ],
+    ids=["deep", "surrogate"],
+)
+async def test_a_backend_answer_the_log_cannot_hold_fails_the_job_not_foreman(
+    foreman: Foreman, http: httpx.AsyncClient, answer: dict[str, Any]
+) -> None:
+    sim = str((await http.get("/healthz")).json()["backend"]["url"])
+    fault = {"kind": "answer", "body": json.dumps(answer), "path": "/api/chat"}
+    (await http.post(f"{sim}/_sim/faults", json=fault)).raise_for_status()
+    committed = await foreman.running.journal.subscribe()
+    accepted = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
+    failed = await until_recorded(committed, accepted["job_id"], "JobSucceeded", "JobFailed")
+    assert failed.type == "JobFailed"
+    assert "the backend's answer cannot be stored" in failed.data
+    assert (await http.post("/api/chat", json=CHAT)).status_code == 200  # the worker goes on
+
+
 # -- a log that already holds an unreadable event still starts ----------------------
 
 
@@ -310,7 +333,6 @@ async def test_a_log_with_unreadable_events_starts_and_quarantines_their_jobs(
                 events = (await http.get(f"/jobs/{job_id}/events")).json()["events"]
                 assert events[-1]["data"]["event_seq"] == seq
             assert (await http.post("/api/chat", json=CHAT)).status_code == 200
-        break
     log = EventLog.open(db_path, read_only=True)
     try:
         found = {problem.seq for problem in verify(log)}

@@ -21,7 +21,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from foreman.simulator.backend import Finished, Job, LoadKey, count_tokens, embedding
 from foreman.simulator.config import SimModel
-from foreman.simulator.faults import DropFault, StallFault, StatusFault
+from foreman.simulator.faults import Answered, AnswerFault, DropFault, StallFault, StatusFault
 from foreman.simulator.schemas import (
     ChatRequest,
     EmbeddingsRequest,
@@ -184,6 +184,8 @@ async def _admit(sim: Simulator, path: str, model: str | None) -> DropFault | St
     fault = sim.faults.take(path, model)
     if isinstance(fault, StatusFault):
         raise OllamaError(fault.status, fault.error)
+    if isinstance(fault, AnswerFault):
+        raise Answered(fault)
     if isinstance(fault, StallFault) and fault.before_answering:
         await trio.sleep(fault.seconds)
         return None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from starlette.responses import Response
 
 from foreman.simulator.api import ollama_routes
 from foreman.simulator.control import control_routes
+from foreman.simulator.faults import Answered
 from foreman.simulator.state import Simulator
-from foreman.wire import answer_errors_as_ollama
+from foreman.wire import JSON_TYPE, answer_errors_as_ollama
 
 
 def create_app(sim: Simulator) -> FastAPI:
@@ -19,4 +21,10 @@ def create_app(sim: Simulator) -> FastAPI:
     app.include_router(control_routes(sim))
 
     answer_errors_as_ollama(app)
+
+    async def verbatim(request: Request, error: Exception) -> Response:
+        assert isinstance(error, Answered)
+        return Response(error.fault.body, error.fault.status, media_type=JSON_TYPE)
+
+    app.add_exception_handler(Answered, verbatim)
     return app

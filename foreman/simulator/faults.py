@@ -1,6 +1,6 @@
 """Injectable faults, armed at run time through ``POST /_sim/faults``.
 
-Per-request faults (``status``, ``drop_mid_stream``, ``stall``) each apply to
+Per-request faults (``status``, ``drop_mid_stream``, ``stall``, ``answer``) each apply to
 the next ``times`` Ollama API requests that match their optional ``path`` and
 ``model`` (``times: null``: every one, until ``DELETE /_sim/faults``). The
 first armed fault that matches a request is the one it gets.
@@ -79,7 +79,24 @@ class StallFault(_Fault):
         return self.after_tokens is None
 
 
-Fault = Annotated[StatusFault | DropFault | StallFault, Field(discriminator="kind")]
+class AnswerFault(_Fault):
+    """Answer ``body`` verbatim with ``status`` instead of doing anything: a backend that
+    misbehaves, e.g. with JSON nested too deep for Foreman's log."""
+
+    kind: Literal["answer"]
+    status: Annotated[int, Field(ge=200, le=599)] = 200
+    body: str
+
+
+class Answered(Exception):
+    """Raised by a route when an :class:`AnswerFault` answers for it."""
+
+    def __init__(self, fault: AnswerFault) -> None:
+        super().__init__(fault.body)
+        self.fault = fault
+
+
+Fault = Annotated[StatusFault | DropFault | StallFault | AnswerFault, Field(discriminator="kind")]
 FAULT_LIST: TypeAdapter[list[Fault]] = TypeAdapter(list[Fault])
 
 
@@ -116,7 +133,7 @@ class FaultBoard:
             fault = entry.fault
             applies = (
                 generating
-                or isinstance(fault, StatusFault)
+                or isinstance(fault, StatusFault | AnswerFault)
                 or (isinstance(fault, StallFault) and fault.before_answering)
             )
             if applies and fault.matches(path, model):
