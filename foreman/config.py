@@ -322,6 +322,18 @@ class Settings(BaseSettings):
         "text", description="one of text, json"
     )
     """Logs on stderr: readable lines, or one JSON object a line."""
+    # Slow senders: how long a client may take to send a request.
+    header_timeout: Duration = Field(
+        5.0, gt=0, description="a duration > 0 (seconds, or such as 5s, 500ms)"
+    )
+    """How long a connection may take to send a whole request head, from when it opens
+    or its previous response ends; then it is closed. Also how long an idle
+    connection is kept alive."""
+    body_timeout: Duration = Field(
+        60.0, gt=0, description="a duration > 0 (seconds, or such as 60s, 2m)"
+    )
+    """How long a request's whole body may take to arrive once its head has; then 408,
+    and the connection is closed."""
 
     @property
     def address(self) -> Address:

@@ -114,10 +114,16 @@ async def run_foreman(
             settings.artifact_inline_max,
             settings.allowed_hosts,
         )
-        app = create_app(gateway, desk)
+        app = create_app(gateway, desk, body_timeout=settings.body_timeout)
         stop_accepting = trio.Event()
         url = await nursery.start(
-            partial(serve_http, app, settings.address, shutdown_trigger=stop_accepting.wait)
+            partial(
+                serve_http,
+                app,
+                settings.address,
+                header_timeout=settings.header_timeout,
+                shutdown_trigger=stop_accepting.wait,
+            )
         )
         log.info("http: listening on %s", url)
         sender = Sender(

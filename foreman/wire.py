@@ -90,7 +90,8 @@ def error_response(error: OllamaError) -> OllamaJSON:
 
 
 def routing_error_response(error: HTTPException) -> Response:
-    """An unknown path or a wrong method, in plain text as Ollama's router (gin) says it."""
+    """An unknown path or a wrong method, in plain text as Ollama's router (gin) says it
+    (the simulator's way; Foreman's own app answers JSON: :mod:`foreman.api.errors`)."""
     status = error.status_code
     phrase = "page not found" if status == 404 else HTTPStatus(status).phrase.lower()
     return PlainTextResponse(f"{status} {phrase}", status_code=status)
@@ -98,7 +99,8 @@ def routing_error_response(error: HTTPException) -> Response:
 
 def answer_errors_as_ollama(app: FastAPI) -> None:
     """Errors as Ollama gives them: ``{"error": ...}`` with its status, and unknown
-    paths or wrong methods in plain text, as Ollama's router (gin) answers them."""
+    paths or wrong methods in plain text, as Ollama's router (gin) answers them: how the
+    simulator mimics Ollama."""
 
     async def ollama_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, OllamaError)

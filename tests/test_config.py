@@ -48,6 +48,8 @@ DEFAULTS = {
     "webhook_allowed_hosts": None,
     "durability": "full",
     "log_format": "text",
+    "header_timeout": 5.0,
+    "body_timeout": 60.0,
 }
 
 

@@ -19,17 +19,28 @@ GRACEFUL_SECONDS = 3.0
 BACKLOG = 2048
 """Connections the kernel holds before they are accepted: a burst of callers (each
 waiting on a queued job) must not be reset, as Hypercorn's default of 100 lets happen."""
+HEADER_TIMEOUT_SECONDS = 5.0
+"""Hypercorn's own keep-alive, made explicit: FOREMAN_HEADER_TIMEOUT's default."""
 
 
 async def serve_http(
     app: FastAPI,
     address: Address,
     *,
+    header_timeout: float = HEADER_TIMEOUT_SECONDS,
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until ``shutdown_trigger`` returns; reports the URL once listening."""
+    """Serve ``app`` until ``shutdown_trigger`` returns; reports the URL once listening.
+
+    A connection is closed when it has not sent a whole request head
+    ``header_timeout`` seconds after it opened or after its previous response: that
+    is Hypercorn's keep-alive timer, which runs from then until a head is complete
+    (bytes arriving do not reset it). So it bounds a client dribbling its headers,
+    and is how long an idle connection is kept alive. (Hypercorn's ``read_timeout``
+    would not do: it restarts at every byte.)"""
     config = Config()
+    config.keep_alive_timeout = header_timeout
     config.bind = [str(address)]
     config.graceful_timeout = GRACEFUL_SECONDS
     config.backlog = BACKLOG

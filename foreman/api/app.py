@@ -10,7 +10,8 @@ from fastapi_offline import FastAPIOffline
 from starlette.responses import Response
 
 from foreman import __version__
-from foreman.api.errors import DeclaredBodyLimit, install_error_handlers
+from foreman.api.errors import install_error_handlers
+from foreman.api.guard import RequestGuard
 from foreman.api.jobs import JobDesk, job_routes
 from foreman.api.ollama import Gateway, ollama_routes
 from foreman.api.schemas import WebhookPayload
@@ -27,16 +28,20 @@ The async job API is described here. The Ollama-compatible endpoints
 not repeated: point an Ollama client at Foreman."""
 
 
-def create_app(gateway: Gateway, desk: JobDesk) -> FastAPI:
-    """The app; ``/docs`` serves its own Swagger UI assets (no CDN, no internet)."""
+def create_app(gateway: Gateway, desk: JobDesk, *, body_timeout: float) -> FastAPI:
+    """The app; ``/docs`` serves its own Swagger UI assets (no CDN, no internet).
+    Every request's body must arrive within ``body_timeout`` seconds
+    (:class:`~foreman.api.guard.RequestGuard`). No path is redirected to another
+    (``/x/`` to ``/x``): a redirect would be built from the request's own ``Host``."""
     app = FastAPIOffline(
         title="Foreman",
         version=__version__,
         description=DESCRIPTION,
+        redirect_slashes=False,
     )
-    app.add_middleware(DeclaredBodyLimit, max_body=gateway.max_body)
+    app.add_middleware(RequestGuard, max_body=gateway.max_body, body_timeout=body_timeout)
     app.include_router(ollama_routes(gateway), include_in_schema=False)
-    app.include_router(job_routes(desk, gateway.max_body))
+    app.include_router(job_routes(desk))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:

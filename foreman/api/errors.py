@@ -1,8 +1,10 @@
-"""Errors of the job API: JSON, always, with a message a person can act on.
+"""Errors: JSON on every route, always, with a message a person can act on.
 
-The Ollama endpoints answer errors as Ollama does (:mod:`foreman.wire`);
-everything under ``/jobs``, and any body over the size limit, answers an
+The Ollama endpoints (``/api/...`` and ``/``) answer errors as Ollama does,
+``{"error": ...}`` (:mod:`foreman.wire`); everything else answers an
 :class:`~foreman.api.schemas.ApiError`: ``{"error": ..., "detail": [...]}``.
+Unknown paths and wrong methods too (404, 405), and every refusal of
+:mod:`foreman.api.guard`.
 """
 
 from __future__ import annotations
@@ -12,18 +14,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Match
 
 from foreman.api.schemas import ApiError, FieldProblem
-from foreman.wire import answer_errors_as_ollama, routing_error_response
+from foreman.wire import OllamaError, OllamaJSON
+from foreman.wire import error_response as ollama_error_response
 
-JOBS_PREFIX = "/jobs"
-
-
-TOO_LARGE = "request body is over the {limit} limit (FOREMAN_MAX_BODY)"
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
 class ApiProblem(Exception):
@@ -41,6 +40,33 @@ def _answer(status: int, error: ApiError, headers: Mapping[str, str] | None = No
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 
+def _speaks_ollama(path: str) -> bool:
+    """Whether ``path`` is one of Ollama's (or would be): its errors are Ollama's."""
+    return path in ("/", "/api") or path.startswith("/api/")
+
+
+def error_response(
+    path: str, status: int, message: str, headers: Mapping[str, str] | None = None
+) -> Response:
+    """``{"error": message}`` in the dialect of the route at ``path``."""
+    if _speaks_ollama(path):
+        return OllamaJSON({"error": message}, status_code=status, headers=dict(headers or {}))
+    return _answer(status, ApiError(error=message), headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route at this path takes (Starlette's ``Allow`` names only
+    the first such route's)."""
+    routes = request.app.router.routes
+    return ", ".join(
+        method
+        for method in METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    )
+
+
 def _field(location: tuple[Any, ...]) -> str:
     where, *path = location
     name = ".".join(str(part) for part in path)
@@ -48,7 +74,9 @@ def _field(location: tuple[Any, ...]) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    answer_errors_as_ollama(app)
+    async def ollama_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, OllamaError)
+        return ollama_error_response(error)
 
     async def problem(request: Request, error: Exception) -> Response:
         assert isinstance(error, ApiProblem)
@@ -70,32 +98,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, error: Exception) -> Response:
         assert isinstance(error, HTTPException)
-        if error.status_code == 413:
-            return _answer(413, ApiError(error=TOO_LARGE.format(limit="size")))
-        if request.url.path.startswith(JOBS_PREFIX):
-            return _answer(error.status_code, ApiError(error=str(error.detail)), error.headers)
-        return routing_error_response(error)
+        method, path = request.method, request.url.path
+        headers, message = dict(error.headers or {}), str(error.detail)
+        if error.status_code == 404:
+            message = f"no such endpoint: {method} {path}"
+        elif error.status_code == 405:
+            headers["Allow"] = _allowed_methods(request)
+            message = f"{method} is not allowed on {path} (allowed: {headers['Allow']})"
+        return error_response(path, error.status_code, message, headers)
 
+    app.add_exception_handler(OllamaError, ollama_error)
     app.add_exception_handler(ApiProblem, problem)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http_error)
-
-
-class DeclaredBodyLimit:
-    """Refuse a body whose ``Content-Length`` is over the limit with a JSON 413,
-    before the app reads it. (A body without one is counted as it comes by the
-    route's ``max_body_size``, whose 413 the handler above answers.)"""
-
-    def __init__(self, app: ASGIApp, max_body: int) -> None:
-        self.app = app
-        self.max_body = max_body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            declared = Headers(scope=scope).get("content-length", "")
-            if declared.isdigit() and int(declared) > self.max_body:
-                error = ApiError(error=TOO_LARGE.format(limit=f"{self.max_body}-byte"))
-                response = _answer(413, error, {"Connection": "close"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

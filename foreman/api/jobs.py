@@ -10,6 +10,7 @@ which only the scheduler knows, is asked of it.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Annotated, Any, NoReturn
 import trio
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator
 from starlette.responses import FileResponse, Response
 
 from foreman.actors.journal import JournalClient
@@ -65,6 +67,11 @@ from foreman.webhooks.policy import host_allowed
 BUSY = "the queue is full (FOREMAN_MAX_QUEUE): try again shortly"
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
+JOB_ID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
+"""A job's id: a ULID, 26 Crockford base32 characters, as Foreman mints them."""
+CANCEL_SETTLING_SECONDS = 2.0
+"""How long a cancel's answer may wait for the worker to record that a job sent to
+the backend never started."""
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ApiError, "description": description}
     for status, description in {
@@ -117,7 +124,7 @@ class JobDesk:
                 self._key_locks.pop(idempotency_key, None)
 
 
-def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
+def job_routes(desk: JobDesk) -> APIRouter:
     router = APIRouter(prefix="/jobs", tags=["jobs"])
 
     def responses(
@@ -141,7 +148,6 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
                 202: {"links": JOB_LINKS},
             },
         ),
-        max_body_size=max_body,
     )
     async def submit(
         body: SubmitJob,
@@ -163,7 +169,11 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
         model: str | None = None,
         kind: JobKind | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
-        cursor: Annotated[str | None, Query(description="next_cursor of the page before")] = None,
+        cursor: Annotated[
+            str | None,
+            Query(description="next_cursor of the page before"),
+            AfterValidator(_job_id),
+        ] = None,
     ) -> JobPage:
         """Jobs, newest first, a page at a time."""
         jobs = await desk.reader.read(
@@ -222,8 +232,9 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
         if record.job.state not in TERMINAL_STATES:
             outcome: Reply[CancelOutcome] = Reply()
             await desk.scheduler.send(Cancel(job_id, "cancelled_by_request", outcome))
-            if await outcome.wait() != "not_found":
-                view = await _view(desk, job_id)
+            answer = await outcome.wait()
+            if answer != "not_found":
+                view = await (_settled_view if answer == "stopping" else _view)(desk, job_id)
                 return _json(view, 200 if view.state == "cancelled" else 202)
             record = await _record(desk, job_id)
         raise ApiProblem(409, f"job {job_id} has already {record.job.state}: nothing to cancel")
@@ -277,6 +288,28 @@ def job_routes(desk: JobDesk, max_body: int) -> APIRouter:
         return Redelivery(redelivered=[delivery_view(d) for d in now if d.id in ids])
 
     return router
+
+
+def _job_id(value: str | None) -> str | None:
+    if value is not None and not JOB_ID.fullmatch(value):
+        raise ValueError("not a job id: a cursor is the 26-character ULID of next_cursor")
+    return value
+
+
+async def _settled_view(desk: JobDesk, job_id: str) -> JobView:
+    """The view of a job its worker is stopping. One sent to the backend behind the
+    running job (ADR-0026) is still ``queued`` in the log when the scheduler hands
+    its cancel to the worker, which records ``JobCancelled`` a moment later: wait
+    for the job's next event (subscribed before the view is read, so none is missed)."""
+    async with await desk.journal.subscribe() as committed:
+        view = await _view(desk, job_id)
+        if view.state != "queued":
+            return view
+        with trio.move_on_after(CANCEL_SETTLING_SECONDS):
+            async for events in committed:
+                if any(event.stream == job_id for event in events):
+                    break
+    return await _view(desk, job_id)
 
 
 def _check_webhook_host(desk: JobDesk, body: SubmitJob) -> None:

@@ -70,19 +70,8 @@ def ollama_routes(gateway: Gateway) -> APIRouter:
     return router
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or 413 as soon as it is over ``limit`` bytes (one whose
-    Content-Length says so never gets here: :class:`~foreman.api.errors.DeclaredBodyLimit`)."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise OllamaError(413, f"request body is over the {limit}-byte limit")
-    return bytes(body)
-
-
 async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Response:
-    raw = await read_body(request, gateway.max_body)
+    raw = await request.body()  # its size and deadline: foreman.api.guard
     body = decode_json(raw)
     if not isinstance(body, dict):
         raise OllamaError(400, "the request body must be a JSON object")
@@ -182,7 +171,7 @@ def _forward(gateway: Gateway, method: str, path: str) -> Callable[[Request], Aw
     """A route passing ``path`` straight to the backend (ADR-0013 for embeddings)."""
 
     async def forward(request: Request) -> Response:
-        body = await read_body(request, gateway.max_body) if method == "POST" else None
+        body = await request.body() if method == "POST" else None
         try:
             status, content, media_type = await gateway.upstream.forward(method, path, body)
         except Unavailable as error:
