@@ -487,7 +487,8 @@ def test_replay_rebuilds_the_projection(history: History) -> None:
 
 def test_replay_json_reports_the_rate(history: History) -> None:
     report = ok_json("replay", "--db", history.path)
-    assert set(report) == {"events", "seconds", "events_per_second"}
+    assert set(report) == {"events", "seconds", "events_per_second", "unreadable_events"}
+    assert report["unreadable_events"] == []
     assert report["events"] == 12
     assert report["seconds"] > 0
     assert report["events_per_second"] == pytest.approx(12 / report["seconds"])
