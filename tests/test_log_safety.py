@@ -221,6 +221,22 @@ HOSTILE_JOBS = [
 ]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"kind": "chat", "request": {"model": "m", "x": %s}}' % ("[" * 1000 + "]" * 1000),
+        '{"kind": "chat", "request": {"model": "m", "x": %s}}' % ("9" * 5000),
+    ],
+    ids=["1000-levels", "5000-digits"],
+)
+async def test_post_jobs_refuses_json_python_cannot_read_saying_why(
+    http: httpx.AsyncClient, body: str
+) -> None:
+    answer = await http.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert "nested too deeply, or an integer of thousands of digits" in answer.json()["error"]
+
+
 @pytest.mark.parametrize(("job", "field"), HOSTILE_JOBS)
 async def test_post_jobs_refuses_what_the_log_cannot_hold_naming_the_field(
     foreman: Foreman, http: httpx.AsyncClient, job: dict[str, Any], field: str

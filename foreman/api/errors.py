@@ -23,6 +23,12 @@ from foreman.wire import OllamaError, OllamaJSON
 from foreman.wire import error_response as ollama_error_response
 
 METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+FASTAPI_PARSE_FAILED = "There was an error parsing the body"
+"""FastAPI's 400 for a body Python's JSON reader gives up on (not a syntax error)."""
+UNPARSABLE = (
+    "the request body is JSON Foreman cannot take: nested too deeply, or an integer of "
+    "thousands of digits (integers fit in 64 bits)"
+)
 
 
 class ApiProblem(Exception):
@@ -102,6 +108,8 @@ def install_error_handlers(app: FastAPI) -> None:
         headers, message = dict(error.headers or {}), str(error.detail)
         if error.status_code == 404:
             message = f"no such endpoint: {method} {path}"
+        elif error.status_code == 400 and message == FASTAPI_PARSE_FAILED:
+            message = UNPARSABLE
         elif error.status_code == 405:
             headers["Allow"] = _allowed_methods(request)
             message = f"{method} is not allowed on {path} (allowed: {headers['Allow']})"
