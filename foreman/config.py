@@ -322,6 +322,22 @@ class Settings(BaseSettings):
         "text", description="one of text, json"
     )
     """Logs on stderr: readable lines, or one JSON object a line."""
+    # Floods and stalls: no caller holds up the others.
+    max_passthrough: int = Field(64, ge=1, description="a whole number >= 1")
+    """Pass-through calls to the backend (``/api/tags``, ``/api/embed``, ...) in flight at
+    once; one more is refused at once with 503 and ``Retry-After``."""
+    passthrough_timeout: Duration = Field(
+        300.0, gt=0, description="a duration > 0 (seconds, or such as 30s, 5m)"
+    )
+    """The longest one pass-through call may take; then 504."""
+    max_listings: int = Field(4, ge=1, description="a whole number >= 1")
+    """``GET /jobs`` listings in flight at once; one more is refused at once with 503
+    and ``Retry-After``."""
+    stream_stall: Duration = Field(
+        30.0, gt=0, description="a duration > 0 (seconds, or such as 30s, 500ms)"
+    )
+    """How long a streaming caller may take no line of its answer before its job is
+    cancelled (``client_stalled``); its connection is cut after twice as long."""
     # Slow senders: how long a client may take to send a request.
     header_timeout: Duration = Field(
         5.0, gt=0, description="a duration > 0 (seconds, or such as 5s, 500ms)"

@@ -27,6 +27,7 @@ from foreman.actors.journal import Journal, JournalClient
 from foreman.actors.scheduler import Message, Scheduler
 from foreman.actors.worker import Worker
 from foreman.api.app import create_app
+from foreman.api.bound import Bound
 from foreman.api.jobs import JobDesk
 from foreman.api.ollama import Gateway
 from foreman.artifacts import ArtifactStore
@@ -41,6 +42,9 @@ from foreman.webhooks.policy import RetryPolicy
 from foreman.webhooks.sender import Sender
 
 SCHEDULER_INBOX = 1024
+STALLED_CONNECTION_CUT = 2
+"""A connection taking no data for this many FOREMAN_STREAM_STALLs is cut by the kernel:
+by then its job was cancelled as ``client_stalled`` (the worker is the first to know)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,19 +104,28 @@ async def run_foreman(
             store,
             max_attempts=settings.max_attempts,
             job_timeout=settings.job_timeout,
+            stream_stall=settings.stream_stall,
             loaded=await _loaded_model(upstream),
         )
         worker_scope, worker_done = trio.CancelScope(), trio.Event()
         nursery.start_soon(_run_worker, worker, worker_scope, worker_done)
         log.info("worker: started, backend %s", backend)
-        gateway = Gateway(journal, scheduler_send, upstream, settings.max_body)
+        gateway = Gateway(
+            journal,
+            scheduler_send,
+            upstream,
+            settings.max_body,
+            passthrough=Bound(settings.max_passthrough),
+            passthrough_timeout=settings.passthrough_timeout,
+        )
         desk = JobDesk(
             journal,
             scheduler_send,
             reader,
             store,
             settings.artifact_inline_max,
-            settings.allowed_hosts,
+            listings=Bound(settings.max_listings),
+            allowed_hosts=settings.allowed_hosts,
         )
         app = create_app(gateway, desk, body_timeout=settings.body_timeout)
         stop_accepting = trio.Event()
@@ -121,6 +134,7 @@ async def run_foreman(
                 serve_http,
                 app,
                 settings.address,
+                send_timeout=STALLED_CONNECTION_CUT * settings.stream_stall,
                 header_timeout=settings.header_timeout,
                 shutdown_trigger=stop_accepting.wait,
             )
@@ -179,7 +193,7 @@ async def _run_worker(worker: Worker, scope: trio.CancelScope, done: trio.Event)
 async def _loaded_model(upstream: Upstream) -> str | None:
     """The model the backend has loaded now (``/api/ps``), so the first pick can use it."""
     try:
-        status, content, _ = await upstream.forward("GET", "/api/ps")
+        status, content, _ = await upstream.probe("/api/ps")
     except Unavailable:
         return None
     models = json.loads(content).get("models") if status == 200 else None

@@ -9,6 +9,10 @@ the way the worker must treat them:
 - :class:`BackendError`: the backend answered with an error status, or ended
   its stream with an ``{"error": ...}`` line or by dropping the connection.
   Final: the job ran, or the backend refused it.
+
+Three kinds of traffic never wait for each other's connections: the worker's
+jobs, the pass-through routes (bounded by the caller: FOREMAN_MAX_PASSTHROUGH)
+and the health probe each have a client, and so a connection pool, of their own.
 """
 
 from __future__ import annotations
@@ -24,6 +28,12 @@ ERROR_BODY_LIMIT = 64 * 1024
 """Bytes of an error answer kept: enough for any message, bounded for a hostile one."""
 
 CONNECT_SECONDS = 10.0
+PROBE_SECONDS = 2.0
+"""The longest a probe (``/healthz``, the loaded model at start) waits for anything."""
+JOB_CONNECTIONS = 4
+"""The worker has two calls at the backend at most (ADR-0026); room to spare."""
+PROBE_CONNECTIONS = 2
+IDLE_PASSTHROUGH_CONNECTIONS = 16
 
 Relay = Callable[[bytes], Awaitable[None]]
 
@@ -46,12 +56,29 @@ class Upstream:
         self.base_url = base_url
         # No read timeout: a generation takes as long as it takes (FOREMAN_JOB_TIMEOUT
         # bounds an attempt as a whole, in the worker).
-        self._client = httpx.AsyncClient(
-            base_url=base_url, timeout=httpx.Timeout(None, connect=CONNECT_SECONDS)
+        self._jobs = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(None, connect=CONNECT_SECONDS),
+            limits=httpx.Limits(max_connections=JOB_CONNECTIONS),
+        )
+        # Unbounded pool: the routes bound how many calls are in flight, and a call
+        # ends with its caller (foreman.api.ollama).
+        self._passthrough = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(None, connect=CONNECT_SECONDS),
+            limits=httpx.Limits(
+                max_connections=None, max_keepalive_connections=IDLE_PASSTHROUGH_CONNECTIONS
+            ),
+        )
+        self._probe = httpx.AsyncClient(
+            base_url=base_url,
+            timeout=httpx.Timeout(PROBE_SECONDS),
+            limits=httpx.Limits(max_connections=PROBE_CONNECTIONS),
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        for client in (self._jobs, self._passthrough, self._probe):
+            await client.aclose()
 
     async def generate(self, kind: str, body: bytes, relay: Relay) -> dict[str, Any]:
         """Run one chat, generate or embed request; each line of the answer goes to
@@ -59,9 +86,9 @@ class Upstream:
         raised instead. Returns the final response, a stream's content joined into it
         as Ollama's non-streaming answer holds it."""
         headers = {"content-type": "application/json"}
-        request = self._client.build_request("POST", ENDPOINTS[kind], content=body, headers=headers)
+        request = self._jobs.build_request("POST", ENDPOINTS[kind], content=body, headers=headers)
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._jobs.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout) as error:
             raise Unavailable(f"{self.base_url}: {error!r}") from error
         except (httpx.RemoteProtocolError, httpx.ReadError) as error:
@@ -79,9 +106,19 @@ class Upstream:
         self, method: str, path: str, body: bytes | None = None
     ) -> tuple[int, bytes, str | None]:
         """Pass a request through: the backend's status, body and content type."""
+        return await self._call(self._passthrough, method, path, body)
+
+    async def probe(self, path: str) -> tuple[int, bytes, str | None]:
+        """``GET path`` on connections of its own, within :data:`PROBE_SECONDS` each
+        step: what the backend is doing, even while pass-through calls crowd it."""
+        return await self._call(self._probe, "GET", path, None)
+
+    async def _call(
+        self, client: httpx.AsyncClient, method: str, path: str, body: bytes | None
+    ) -> tuple[int, bytes, str | None]:
         headers = {"content-type": "application/json"} if body is not None else None
         try:
-            response = await self._client.request(method, path, content=body, headers=headers)
+            response = await client.request(method, path, content=body, headers=headers)
         except httpx.TransportError as error:
             raise Unavailable(f"{self.base_url}: {error!r}") from error
         return response.status_code, response.content, response.headers.get("content-type")

@@ -45,17 +45,22 @@ class Foreman:
 
 
 async def start_foreman(
-    nursery: trio.Nursery, db_path: Path, **settings: Any
+    nursery: trio.Nursery,
+    db_path: Path,
+    *,
+    simulator: SimulatorConfig | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Foreman]:
     """Foreman until the test is done with it; then it stops as on SIGTERM, and the
-    test's teardown waits for that (jobs still finishing record their outcome)."""
+    test's teardown waits for that (jobs still finishing record their outcome).
+    ``simulator``: its backend's settings (its address is chosen here)."""
     config = load_settings(listen="127.0.0.1:0", backend="sim", db=db_path, **settings)
     stop, stopped = trio.Event(), trio.Event()
 
     async def run(task_status: trio.TaskStatus[Running]) -> None:
         try:
-            simulator = SimulatorConfig(listen="127.0.0.1:0")
-            await run_foreman(config, stop, simulator=simulator, task_status=task_status)
+            backend = (simulator or SimulatorConfig()).model_copy(update={"listen": "127.0.0.1:0"})
+            await run_foreman(config, stop, simulator=backend, task_status=task_status)
         finally:
             stopped.set()
 

@@ -18,14 +18,18 @@ caller (if any), then one of
   be reached: the job goes back to the queue after an exponential backoff,
   until ``max_attempts``; then ``JobAttemptFailed`` and ``JobFailed``;
 - ``JobCancelled`` when a cancel for the job reaches it through the
-  scheduler (the caller hung up), or the caller stopped reading its answer.
-  A job cancelled while still waiting behind another never started.
+  scheduler (the caller hung up), or the caller stopped reading its answer:
+  ``client_disconnected`` when it has gone, ``client_stalled`` when it could
+  not take a line for ``stream_stall`` seconds (FOREMAN_STREAM_STALL; the GPU
+  is not held for a caller that does not read). A job cancelled while still
+  waiting behind another never started.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +75,7 @@ class Worker:
         max_attempts: int,
         backoff: Callable[[int], float] = exponential_backoff,
         job_timeout: float | None = None,
+        stream_stall: float | None = None,
         loaded: str | None = None,
     ) -> None:
         self._upstream = upstream
@@ -81,6 +86,8 @@ class Worker:
         self._backoff = backoff
         self.job_timeout = job_timeout
         """Seconds one attempt may take once started; None: no limit."""
+        self.stream_stall = stream_stall
+        """Seconds a caller may take to accept one line of its answer; None: no limit."""
         self.loaded = loaded
         """The model key the backend has loaded, or will once its queue is through."""
         self._draining = trio.Event()
@@ -147,7 +154,7 @@ class Worker:
         try:
             async with trio.open_nursery() as turn:
                 turn.start_soon(self._take_turn, call, before)
-                outcome = await call.run(self._upstream)
+                outcome = await call.run(self._upstream, self.stream_stall)
                 if isinstance(outcome, Cancel) and not call.started:
                     turn.cancel_scope.cancel()  # cancelled while waiting: it never started
         except BaseException:
@@ -249,11 +256,11 @@ class _Call:
         self._cancelled = cancel
         self._scope.cancel()
 
-    async def run(self, upstream: Upstream) -> Outcome:
+    async def run(self, upstream: Upstream, stream_stall: float | None) -> Outcome:
         """The call's outcome. Over the timeout it is Unavailable (retryable) while
         nothing was answered yet, and a BackendError once the answer began."""
         job_id = self.work.job.job_id
-        relay = _Relay(self.work.output)
+        relay = _Relay(self.work.output, stream_stall)
         with self._scope:
             with self._limit:
                 try:
@@ -262,21 +269,33 @@ class _Call:
                     return error
                 except trio.BrokenResourceError:  # the caller stopped listening
                     return Cancel(job_id, "client_disconnected")
+                except CallerStalled:
+                    return Cancel(job_id, "client_stalled")
             message = f"no answer within the job timeout ({self._timeout} s)"
             return BackendError(message, None) if relay.began else Unavailable(message)
         assert self._cancelled is not None  # only cancel() cancels the scope
         return self._cancelled
 
 
+class CallerStalled(Exception):
+    """The caller took no line of its answer for the whole stall limit."""
+
+
 class _Relay:
     """Sends each line to the caller, if there is one, and remembers that it began;
-    raises BrokenResourceError once the caller has gone."""
+    raises BrokenResourceError once the caller has gone, and CallerStalled when a
+    line waited for it over ``stall`` seconds."""
 
-    def __init__(self, output: trio.MemorySendChannel[Output] | None) -> None:
+    def __init__(self, output: trio.MemorySendChannel[Output] | None, stall: float | None) -> None:
         self._output = output
+        self._stall = math.inf if stall is None else stall
         self.began = False
 
     async def __call__(self, line: bytes) -> None:
         self.began = True
-        if self._output is not None:
+        if self._output is None:
+            return
+        with trio.move_on_after(self._stall):
             await self._output.send(Line(line))
+            return
+        raise CallerStalled

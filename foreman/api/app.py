@@ -49,7 +49,7 @@ def create_app(gateway: Gateway, desk: JobDesk, *, body_timeout: float) -> FastA
         backend: dict[str, object] = {"url": gateway.upstream.base_url, "reachable": False}
         with trio.move_on_after(HEALTH_PROBE_SECONDS):
             try:
-                status, content, _ = await gateway.upstream.forward("GET", "/api/version")
+                status, content, _ = await gateway.upstream.probe("/api/version")
                 backend["reachable"] = status == 200
                 backend["version"] = json.loads(content).get("version")
             except (Unavailable, ValueError, AttributeError) as error:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NoReturn
 
@@ -25,6 +25,7 @@ from starlette.responses import FileResponse, Response
 from foreman.actors.journal import JournalClient
 from foreman.actors.reply import Reply
 from foreman.actors.scheduler import Admit, Cancel, CancelOutcome, Message, Position, Release, Work
+from foreman.api.bound import Bound, Busy
 from foreman.api.errors import ApiProblem
 from foreman.api.schemas import (
     ApiError,
@@ -65,6 +66,7 @@ from foreman.scheduling import QueuedJob
 from foreman.webhooks.policy import host_allowed
 
 BUSY = "the queue is full (FOREMAN_MAX_QUEUE): try again shortly"
+LISTINGS_BUSY = "too many job listings at once (FOREMAN_MAX_LISTINGS): try again shortly"
 DEFAULT_PAGE = 50
 MAX_PAGE = 1000
 JOB_ID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
@@ -107,6 +109,8 @@ class JobDesk:
     reader: Reader
     store: ArtifactStore
     inline_max: int
+    listings: Bound
+    """FOREMAN_MAX_LISTINGS: ``GET /jobs`` listings in flight at once."""
     allowed_hosts: frozenset[str] | None = None
     """FOREMAN_WEBHOOK_ALLOWED_HOSTS: where a state_webhook_url may point."""
     _key_locks: dict[str, trio.Lock] = field(default_factory=dict)
@@ -163,7 +167,14 @@ def job_routes(desk: JobDesk) -> APIRouter:
         async with desk.holding(idempotency_key):
             return await _submit_once(desk, body, idempotency_key)
 
-    @router.get("", operation_id="list_jobs", response_model=JobPage, responses=responses(422))
+    @router.get(
+        "",
+        operation_id="list_jobs",
+        response_model=JobPage,
+        responses=responses(
+            422, extra={503: {"model": ApiError, "description": "Too many listings at once."}}
+        ),
+    )
     async def list_(
         state: JobState | None = None,
         model: str | None = None,
@@ -175,12 +186,13 @@ def job_routes(desk: JobDesk) -> APIRouter:
             AfterValidator(_job_id),
         ] = None,
     ) -> JobPage:
-        """Jobs, newest first, a page at a time."""
-        jobs = await desk.reader.read(
-            lambda log: list_jobs(
-                log, state=state, model=model, kind=kind, before=cursor, limit=limit + 1
+        """Jobs, newest first, a page at a time (503 beyond FOREMAN_MAX_LISTINGS at once)."""
+        with _listing(desk):
+            jobs = await desk.reader.read(
+                lambda log: list_jobs(
+                    log, state=state, model=model, kind=kind, before=cursor, limit=limit + 1
+                )
             )
-        )
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return JobPage(
@@ -288,6 +300,16 @@ def job_routes(desk: JobDesk) -> APIRouter:
         return Redelivery(redelivered=[delivery_view(d) for d in now if d.id in ids])
 
     return router
+
+
+@contextmanager
+def _listing(desk: JobDesk) -> Iterator[None]:
+    """One of the FOREMAN_MAX_LISTINGS places for the block, or 503 at once."""
+    try:
+        with desk.listings.slot():
+            yield
+    except Busy:
+        raise ApiProblem(503, LISTINGS_BUSY, headers={"Retry-After": "1"}) from None
 
 
 def _job_id(value: str | None) -> str | None:

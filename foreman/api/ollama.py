@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+import outcome
 import trio
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from foreman.actors.journal import JournalClient
 from foreman.actors.reply import Reply
@@ -29,11 +31,21 @@ from foreman.actors.scheduler import (
     Release,
     Work,
 )
+from foreman.api.bound import Bound, Busy
 from foreman.events.types import JobKind, JobSubmitted
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob
 from foreman.upstream import Unavailable, Upstream
-from foreman.wire import JSON_TYPE, NDJSON_TYPE, OllamaError, OllamaJSON, decode_json
+from foreman.wire import (
+    JSON_TYPE,
+    ConnectionCut,
+    NDJSONStream,
+    OllamaError,
+    OllamaJSON,
+    decode_json,
+)
+
+T = TypeVar("T")
 
 OUTPUT_BUFFER = 64
 """Lines the worker may run ahead of a slow caller before it waits for it."""
@@ -50,6 +62,10 @@ class Gateway:
     scheduler: trio.MemorySendChannel[Message]
     upstream: Upstream
     max_body: int
+    passthrough: Bound
+    """FOREMAN_MAX_PASSTHROUGH: pass-through calls in flight at once."""
+    passthrough_timeout: float
+    """FOREMAN_PASSTHROUGH_TIMEOUT: the longest one pass-through call may take."""
 
 
 def ollama_routes(gateway: Gateway) -> APIRouter:
@@ -108,7 +124,7 @@ async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Respons
         return OllamaJSON({"error": "request canceled"}, status_code=499)
     if body.get("stream", True) is False:
         return Response(first.data, media_type=JSON_TYPE)
-    return StreamingResponse(_stream(gateway, job_id, first, output), media_type=NDJSON_TYPE)
+    return NDJSONStream(_stream(gateway, job_id, first, output))
 
 
 async def _first_output(
@@ -150,16 +166,23 @@ async def _stream(
 ) -> AsyncIterator[bytes]:
     """The job's lines as they come; a failure after the first ends the stream with
     Ollama's ``{"error": ...}`` line. A hang-up (this generator cancelled) cancels
-    the job."""
-    finished = False
+    the job. A job stopped before its last line (cancelled, or its caller stalled:
+    FOREMAN_STREAM_STALL) cuts the connection: the caller's chunked body breaks off."""
+    finished = stopped = False
     try:
-        yield first.data
+        last = first.data
+        yield last
         async for message in output:
             if isinstance(message, Failed):
                 yield json.dumps({"error": message.message}).encode() + b"\n"
                 break
-            yield message.data
+            last = message.data
+            yield last
+        else:
+            stopped = not _is_done(last)
         finished = True
+        if stopped:  # the answer must not look whole
+            raise ConnectionCut
     finally:
         output.close()  # not aclose(): a checkpoint, where a hang-up's cancellation lands
         if not finished:
@@ -168,16 +191,63 @@ async def _stream(
 
 
 def _forward(gateway: Gateway, method: str, path: str) -> Callable[[Request], Awaitable[Response]]:
-    """A route passing ``path`` straight to the backend (ADR-0013 for embeddings)."""
+    """A route passing ``path`` straight to the backend (ADR-0013 for embeddings):
+    at most FOREMAN_MAX_PASSTHROUGH at once (then 503 at once), each within
+    FOREMAN_PASSTHROUGH_TIMEOUT, and stopped when its caller hangs up."""
 
     async def forward(request: Request) -> Response:
-        body = await request.body() if method == "POST" else None
         try:
-            status, content, media_type = await gateway.upstream.forward(method, path, body)
-        except Unavailable as error:
-            raise OllamaError(502, f"the backend is unreachable: {error}") from None
-        if request.method == "HEAD":
-            content = b""
-        return Response(content, status_code=status, media_type=media_type)
+            with gateway.passthrough.slot():
+                return await _pass_through(gateway, method, path, request)
+        except Busy:
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+            return OllamaJSON({"error": BUSY}, status_code=503, headers=headers)
 
     return forward
+
+
+async def _pass_through(gateway: Gateway, method: str, path: str, request: Request) -> Response:
+    body = await request.body() if method == "POST" else None
+    try:
+        with trio.fail_after(gateway.passthrough_timeout):
+            answer = await _unless_disconnected(
+                request, lambda: gateway.upstream.forward(method, path, body)
+            )
+    except trio.TooSlowError:
+        limit = gateway.passthrough_timeout
+        raise OllamaError(504, f"the backend did not answer within {limit:g} s") from None
+    except Unavailable as error:
+        raise OllamaError(502, f"the backend is unreachable: {error}") from None
+    if answer is None:  # nobody to answer
+        return Response(status_code=499)
+    status, content, media_type = answer
+    if request.method == "HEAD":
+        content = b""
+    return Response(content, status_code=status, media_type=media_type)
+
+
+async def _unless_disconnected(request: Request, call: Callable[[], Awaitable[T]]) -> T | None:
+    """``call()``'s result, or None when the caller hung up first: then the call is
+    stopped, and frees what it held at the backend."""
+    result: list[outcome.Outcome[T]] = []
+    async with trio.open_nursery() as nursery:
+
+        async def run() -> None:
+            try:  # not outcome.acapture: a cancellation must stay one
+                result.append(outcome.Value(await call()))
+            except Exception as error:
+                result.append(outcome.Error(error))
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(run)
+        await _until_disconnected(request)
+        nursery.cancel_scope.cancel()
+    return result[0].unwrap() if result else None
+
+
+def _is_done(line: bytes) -> bool:
+    """Whether ``line`` is an answer's last (``"done": true``)."""
+    try:
+        return json.loads(line).get("done") is True
+    except (ValueError, AttributeError):
+        return False
