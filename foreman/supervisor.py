@@ -125,6 +125,7 @@ async def run_foreman(
             store,
             settings.artifact_inline_max,
             listings=Bound(settings.max_listings),
+            listing_reader=await nursery.start(Reader(settings.db).run),
             allowed_hosts=settings.allowed_hosts,
         )
         app = create_app(gateway, desk, body_timeout=settings.body_timeout)

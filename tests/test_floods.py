@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import json
 import socket
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,13 @@ from starlette.types import Receive, Scope, Send
 from foreman.actors.http import serve_http
 from foreman.api.bound import Bound, Busy
 from foreman.config import parse_address
+from foreman.events.log import Append, Durability, EventLog
 from foreman.events.types import RecordedEvent
+from foreman.ids import new_ulid
 from foreman.simulator import SimulatorConfig
+from tests import factories
+from tests.processes import ROOT, running, start_simulator
+from tests.processes import start_foreman as start_foreman_process
 from tests.running import Foreman, start_foreman
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
@@ -213,3 +222,76 @@ async def test_a_connection_that_takes_no_data_for_the_send_timeout_is_cut(
         await gone.wait()
     stop.set()
     await stream.aclose()
+
+
+# Floods, against a Foreman process: the flood comes from a process of its own
+# (tests/flood.py), so neither its load nor the test's own sits in Foreman's
+# process, and the probes time Foreman's answers, not a busy client's.
+
+FLOOD = 1000
+"""Connections at once: far beyond the bounds (16 pass-through calls, 4 listings),
+yet few enough for this test's 2 shared cores to answer them all within seconds
+(2,000 take about twice as long and show the same)."""
+PLANTED_JOBS = 1100
+"""Finished jobs in the log, so that every listing of 1000 is a full page."""
+FAST_ANSWER = 0.1
+"""Seconds a job poll or /healthz may take, at the median, under a flood."""
+SLOWEST_ANSWER = 1.0
+"""Seconds any one of them may take: a 2-core machine shared with the flood, the
+simulator and other tests has hiccups; before the bounds they took over 60 s."""
+
+
+def plant_finished_jobs(db: Path, count: int) -> None:
+    log = EventLog.open(db, durability=Durability.OFF)
+    try:
+        events = [factories.submitted(), factories.started(), factories.succeeded("word " * 50)]
+        log.append_many([Append(new_ulid(), events, 0) for _ in range(count)])
+    finally:
+        log.close()
+
+
+def timed_get(client: httpx.Client, path: str) -> float:
+    started = time.perf_counter()
+    assert client.get(path).status_code == 200
+    return time.perf_counter() - started
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["/api/tags", "/jobs?limit=1000"])
+def test_a_flood_is_answered_at_once_and_starves_no_one(tmp_path: Path, path: str) -> None:
+    db = tmp_path / "foreman.db"
+    plant_finished_jobs(db, PLANTED_JOBS)
+    simulator = start_simulator(
+        tmp_path / "simulator.log", "--load-latency", "0", "--token-latency", "0"
+    )
+    with (
+        running(simulator),
+        running(
+            start_foreman_process(tmp_path / "foreman.log", simulator.url, db, max_passthrough="16")
+        ) as foreman,
+        httpx.Client(base_url=foreman.url, timeout=30) as client,
+        ThreadPoolExecutor(1) as chats,
+    ):
+        job = client.post("/jobs", json={"kind": "chat", "request": CHAT}).json()["job_id"]
+        timed_get(client, "/healthz")  # connected before the flood
+        command = [sys.executable, "-m", "tests.flood", foreman.url, path, str(FLOOD)]
+        with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as flood:
+            assert flood.stdout is not None
+            assert flood.stdout.readline() == "flooding\n"
+            chat = chats.submit(
+                httpx.post, f"{foreman.url}/api/chat", json={**CHAT, "stream": False}, timeout=30
+            )
+            health, polls = [], []
+            while flood.poll() is None:
+                health.append(timed_get(client, "/healthz"))
+                polls.append(timed_get(client, f"/jobs/{job}"))
+                time.sleep(0.05)
+            kinds = json.loads(flood.stdout.read())
+        assert chat.result().json()["done"] is True  # a queued job ran meanwhile
+        assert set(kinds) <= {"ok", "busy"} and kinds["busy"] > 0, kinds
+        for times in (health, polls):
+            assert statistics.median(times) < FAST_ANSWER, times
+            assert max(times) < SLOWEST_ANSWER, times
+        # Once the flood is gone, Foreman answers at once.
+        assert timed_get(client, "/healthz") < FAST_ANSWER
+        assert timed_get(client, path) < SLOWEST_ANSWER

@@ -111,6 +111,9 @@ class JobDesk:
     inline_max: int
     listings: Bound
     """FOREMAN_MAX_LISTINGS: ``GET /jobs`` listings in flight at once."""
+    listing_reader: Reader
+    """Listings read on a connection and thread of their own: a job poll never waits
+    behind pages of a thousand jobs."""
     allowed_hosts: frozenset[str] | None = None
     """FOREMAN_WEBHOOK_ALLOWED_HOSTS: where a state_webhook_url may point."""
     _key_locks: dict[str, trio.Lock] = field(default_factory=dict)
@@ -185,19 +188,15 @@ def job_routes(desk: JobDesk) -> APIRouter:
             Query(description="next_cursor of the page before"),
             AfterValidator(_job_id),
         ] = None,
-    ) -> JobPage:
+    ) -> Response:
         """Jobs, newest first, a page at a time (503 beyond FOREMAN_MAX_LISTINGS at once)."""
         with _listing(desk):
-            jobs = await desk.reader.read(
-                lambda log: list_jobs(
-                    log, state=state, model=model, kind=kind, before=cursor, limit=limit + 1
+            page = await desk.listing_reader.read(
+                lambda log: _page(
+                    log, state=state, model=model, kind=kind, cursor=cursor, limit=limit
                 )
             )
-        more = len(jobs) > limit
-        jobs = jobs[:limit]
-        return JobPage(
-            jobs=[job_summary(job) for job in jobs], next_cursor=jobs[-1].id if more else None
-        )
+        return Response(page, media_type="application/json")
 
     @router.get(
         "/{job_id}", operation_id="get_job", response_model=JobView, responses=responses(404, 410)
@@ -300,6 +299,26 @@ def job_routes(desk: JobDesk) -> APIRouter:
         return Redelivery(redelivered=[delivery_view(d) for d in now if d.id in ids])
 
     return router
+
+
+def _page(
+    log: EventLog,
+    *,
+    state: JobState | None,
+    model: str | None,
+    kind: JobKind | None,
+    cursor: str | None,
+    limit: int,
+) -> bytes:
+    """A page of the listing as JSON, built on the reader's thread: a page of a thousand
+    jobs is work the event loop, answering everyone else, should not do."""
+    jobs = list_jobs(log, state=state, model=model, kind=kind, before=cursor, limit=limit + 1)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    page = JobPage(
+        jobs=[job_summary(job) for job in jobs], next_cursor=jobs[-1].id if more else None
+    )
+    return page.model_dump_json().encode()
 
 
 @contextmanager
