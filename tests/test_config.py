@@ -50,6 +50,10 @@ DEFAULTS = {
     "log_format": "text",
     "header_timeout": 5.0,
     "body_timeout": 60.0,
+    "max_passthrough": 64,
+    "passthrough_timeout": 300.0,
+    "max_listings": 4,
+    "stream_stall": 30.0,
 }
 
 
@@ -121,6 +125,10 @@ def test_defaults() -> None:
         ("FOREMAN_DURABILITY", "normal", "durability", Durability.NORMAL),
         ("FOREMAN_DURABILITY", "OFF", "durability", Durability.OFF),
         ("FOREMAN_LOG_FORMAT", "json", "log_format", "json"),
+        ("FOREMAN_MAX_PASSTHROUGH", "8", "max_passthrough", 8),
+        ("FOREMAN_PASSTHROUGH_TIMEOUT", "2m", "passthrough_timeout", 120.0),
+        ("FOREMAN_MAX_LISTINGS", "1", "max_listings", 1),
+        ("FOREMAN_STREAM_STALL", "500ms", "stream_stall", 0.5),
     ],
 )
 def test_each_variable(
