@@ -138,8 +138,15 @@ def decode_json(raw: bytes) -> Any:
         return json.loads(raw, parse_constant=_not_json)
     except RecursionError:
         raise OllamaError(400, "the request body is nested too deeply") from None
-    except ValueError as error:  # also bad UTF-8, and integers of over 4,300 digits
+    except ValueError as error:  # also bad UTF-8
+        if "integer string conversion" in str(error):  # Python's own limit on digits
+            raise OllamaError(400, TOO_MANY_DIGITS) from None
         raise OllamaError(400, f"the request body is not valid JSON: {error}") from None
+
+
+TOO_MANY_DIGITS = (
+    "the request body holds an integer of thousands of digits; integers fit in 64 bits"
+)
 
 
 def _not_json(constant: str) -> Any:

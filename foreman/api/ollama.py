@@ -17,6 +17,7 @@ from typing import TypeVar
 import outcome
 import trio
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from starlette.responses import Response
 
 from foreman.actors.journal import JournalClient
@@ -43,6 +44,7 @@ from foreman.wire import (
     OllamaError,
     OllamaJSON,
     decode_json,
+    first_problem,
 )
 
 T = TypeVar("T")
@@ -89,15 +91,7 @@ def ollama_routes(gateway: Gateway) -> APIRouter:
 async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Response:
     raw = await request.body()  # its size and deadline: foreman.api.guard
     body = decode_json(raw)
-    if not isinstance(body, dict):
-        raise OllamaError(400, "the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise OllamaError(400, "model is required")
-    options = body.get("options")
-    if options is not None and not isinstance(options, dict):
-        raise OllamaError(400, "options must be a JSON object")
-
+    submitted = _submission(kind, body)
     admitted: Reply[bool] = Reply()
     await gateway.scheduler.send(Admit(admitted))
     if not await admitted.wait():
@@ -105,7 +99,6 @@ async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Respons
             {"error": BUSY}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
         )
     job_id = new_ulid()
-    submitted = JobSubmitted(kind=kind, model=model, request=body, origin="sync")
     try:
         (event,) = await gateway.journal.append(job_id, [submitted], expected_version=0)
     except BaseException:
@@ -125,6 +118,22 @@ async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Respons
     if body.get("stream", True) is False:
         return Response(first.data, media_type=JSON_TYPE)
     return NDJSONStream(_stream(gateway, job_id, first, output))
+
+
+def _submission(kind: JobKind, body: object) -> JobSubmitted:
+    """The job a request body becomes, or the 400 naming what the log could not hold."""
+    if not isinstance(body, dict):
+        raise OllamaError(400, "the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise OllamaError(400, "model is required")
+    options = body.get("options")
+    if options is not None and not isinstance(options, dict):
+        raise OllamaError(400, "options must be a JSON object")
+    try:
+        return JobSubmitted(kind=kind, model=model, request=body, origin="sync")
+    except ValidationError as error:
+        raise OllamaError(400, first_problem(error, within="request")) from None
 
 
 async def _first_output(
