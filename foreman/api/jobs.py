@@ -60,6 +60,7 @@ from foreman.events.types import (
     JobSubmitted,
     WebhookRedeliveryRequested,
     delivery_stream,
+    stored_data,
 )
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob
@@ -219,7 +220,7 @@ def job_routes(desk: JobDesk) -> APIRouter:
         return JobEvents(
             events=[
                 EventView(
-                    seq=e.seq, type=e.type, recorded_at=e.recorded_at, data=json.loads(e.data)
+                    seq=e.seq, type=e.type, recorded_at=e.recorded_at, data=stored_data(e.data)
                 )
                 for e in recorded
             ]
