@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+from pydantic import ValidationError
 
 from foreman.actors.journal import JournalClient
 from foreman.actors.reply import Reply
@@ -53,6 +54,8 @@ from foreman.upstream import BackendError, Unavailable, Upstream
 
 UNAVAILABLE_STATUS = 503
 """What a synchronous caller gets when every attempt found the backend unreachable."""
+UNSTORABLE_STATUS = 502
+"""What a synchronous caller gets when the backend's answer cannot be recorded."""
 
 
 FIRST_RETRY = 0.5
@@ -200,12 +203,19 @@ class Worker:
 
     async def _succeed(self, work: Work, result: dict[str, Any]) -> None:
         """Store the job's outputs, then record the success naming them: an event never
-        points at an output that is not on disk."""
+        points at an output that is not on disk. An answer the log could not read back
+        (ADR-0032) fails the job instead."""
+        try:
+            succeeded = JobSucceeded(result=result)
+        except ValidationError as error:
+            why = f"the backend's answer cannot be stored: {error.errors()[0]['msg']}"
+            await self._finish(work, [JobFailed(error=why)], Failed(UNSTORABLE_STATUS, why))
+            return
         with trio.CancelScope(shield=True):
             artifacts = await trio.to_thread.run_sync(
                 self._store_outputs, work.job.job_id, work.kind, result
             )
-        await self._finish(work, [JobSucceeded(result=result, artifacts=artifacts)])
+        await self._finish(work, [succeeded.model_copy(update={"artifacts": artifacts})])
 
     def _store_outputs(
         self, job_id: str, kind: str, result: dict[str, Any]
