@@ -257,6 +257,8 @@ def decode(type_: str, schema_version: int, data: str) -> Event:
         if schema_version == cls.SCHEMA_VERSION:
             return cls.model_validate_json(data)
         return cls.model_validate(cls.upcast(schema_version, json.loads(data)))
+    except UnreadableEvent:  # an upcaster that cannot read this version says so itself
+        raise
     except (ValidationError, ValueError, TypeError, RecursionError) as error:
         raise EventDecodeError(f"{type_} v{schema_version} data does not decode: {error}") from None
 
