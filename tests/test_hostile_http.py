@@ -500,6 +500,30 @@ async def test_cancelling_a_job_waiting_at_the_backend_answers_200_cancelled(
     await until_ended(committed, running_job["job_id"])
 
 
+async def test_cancelling_a_job_whose_answer_came_while_it_waited_answers_200_cancelled(
+    foreman: Foreman, http: httpx.AsyncClient
+) -> None:
+    """The job behind the running one has its whole answer already (the backend ran it
+    beside the stalled one); cancelled before its turn, it never starts."""
+    committed = await foreman.running.journal.subscribe()
+    sim = str((await http.get("/healthz")).json()["backend"]["url"])
+    stall = {"kind": "stall", "seconds": 30, "times": 1}  # before the simulator's GPU
+    await http.post(f"{sim}/_sim/faults", json=stall)
+    running_job = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
+    await until_recorded(committed, running_job["job_id"], "JobStarted")
+    waiting = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
+    for _ in range(1000):  # until the simulator has answered it (it has no event to wait on)
+        if (await http.get(f"{sim}/_sim/stats")).json()["generations"]:
+            break
+        await trio.sleep(0.01)
+
+    cancelled = await http.delete(waiting["location"])
+    assert (cancelled.status_code, cancelled.json()["state"]) == (200, "cancelled")
+    assert foreman.job_events()[waiting["job_id"]] == ["JobSubmitted", "JobCancelled"]
+    await http.delete(running_job["location"])
+    await until_ended(committed, running_job["job_id"])
+
+
 async def until_ended(committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job: str) -> None:
     await until_recorded(committed, job, "JobCancelled", "JobSucceeded", "JobFailed")
 

@@ -156,10 +156,12 @@ class Worker:
         call = self._calls[job_id] = _Call(work)
         try:
             async with trio.open_nursery() as turn:
+                call.turn = turn.cancel_scope
                 turn.start_soon(self._take_turn, call, before)
                 outcome = await call.run(self._upstream, self.stream_stall)
                 if isinstance(outcome, Cancel) and not call.started:
                     turn.cancel_scope.cancel()  # cancelled while waiting: it never started
+            outcome = call.cancelled_before_start or outcome
         except BaseException:
             if call.started:  # cancelled (shutdown after its grace): back to the queue
                 with trio.CancelScope(shield=True):
@@ -252,6 +254,9 @@ class _Call:
         self.work = work
         self.started = False
         self._cancelled: Cancel | None = None
+        self._answered = False
+        self.turn: trio.CancelScope | None = None
+        """The wait for the GPU: a job cancelled before it ends never starts."""
         self._scope = trio.CancelScope()
         self._limit = trio.CancelScope()  # the job timeout, armed by start()
         self._timeout: float | None = None
@@ -263,14 +268,28 @@ class _Call:
             self._limit.deadline = trio.current_time() + timeout
 
     def cancel(self, cancel: Cancel) -> None:
+        """Stop the call. One not started yet never starts, even when its answer has
+        already come while it waited behind the running job (ADR-0026)."""
         self._cancelled = cancel
         self._scope.cancel()
+        if self._answered and not self.started and self.turn is not None:
+            self.turn.cancel()
+
+    @property
+    def cancelled_before_start(self) -> Cancel | None:
+        return None if self.started else self._cancelled
 
     async def run(self, upstream: Upstream, stream_stall: float | None) -> Outcome:
         """The call's outcome. Over the timeout it is Unavailable (retryable) while
         nothing was answered yet, and a BackendError once the answer began."""
-        job_id = self.work.job.job_id
         relay = _Relay(self.work.output, stream_stall)
+        try:
+            return await self._call(upstream, relay)
+        finally:
+            self._answered = True
+
+    async def _call(self, upstream: Upstream, relay: _Relay) -> Outcome:
+        job_id = self.work.job.job_id
         with self._scope:
             with self._limit:
                 try:
