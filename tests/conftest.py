@@ -1,11 +1,14 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import trio
 
 from foreman.events.log import Durability, EventLog
+from tests.running import Foreman, start_foreman
 
 
 @pytest.fixture
@@ -18,3 +21,16 @@ def log(db_path: Path) -> Iterator[EventLog]:
     log = EventLog.open(db_path, durability=Durability.OFF)
     yield log
     log.close()
+
+
+@pytest.fixture
+async def foreman(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Foreman]:
+    """A whole Foreman with default settings over loopback, the simulator behind it."""
+    async for running in start_foreman(nursery, db_path):
+        yield running
+
+
+@pytest.fixture
+async def http(foreman: Foreman) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as client:
+        yield client

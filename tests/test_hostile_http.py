@@ -179,12 +179,6 @@ async def foreman(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Foreman
         yield running_foreman
 
 
-@pytest.fixture
-async def http(foreman: Foreman) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as client:
-        yield client
-
-
 # FOREMAN_MAX_BODY, with or without a length
 
 

@@ -36,18 +36,6 @@ def chat_job(**extra: Any) -> dict[str, Any]:
     return {"kind": "chat", "request": CHAT} | extra
 
 
-@pytest.fixture
-async def foreman(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Foreman]:
-    async for running in start_foreman(nursery, db_path):
-        yield running
-
-
-@pytest.fixture
-async def http(foreman: Foreman) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as client:
-        yield client
-
-
 async def until_all_ended(
     committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job_ids: list[str]
 ) -> None:

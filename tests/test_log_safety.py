@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -162,18 +161,6 @@ async def test_the_journal_outlives_an_event_it_cannot_store(db_path: Path) -> N
 
 
 # -- the front door refuses what the log could not hold -----------------------------
-
-
-@pytest.fixture
-async def foreman(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Foreman]:
-    async for running in start_foreman(nursery, db_path):
-        yield running
-
-
-@pytest.fixture
-async def http(foreman: Foreman) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as client:
-        yield client
 
 
 def raw_json(value: Any) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,12 +21,6 @@ from tests import factories
 from tests.running import Foreman, start_foreman, until_types
 
 T = TypeVar("T")
-
-
-@pytest.fixture
-async def foreman(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Foreman]:
-    async for running in start_foreman(nursery, db_path):
-        yield running
 
 
 async def test_the_official_client_works_unchanged(foreman: Foreman) -> None:
