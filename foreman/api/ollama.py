@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TypeVar
 
 import outcome
@@ -144,25 +145,20 @@ async def _first_output(
 ) -> Output | None:
     """The job's first output; None when it ended without one, or when the caller hung
     up (then the job is cancelled, and nobody reads the answer)."""
-    first: list[Output | None] = []
-    async with trio.open_nursery() as nursery:
+    first = await _unless_disconnected(request, partial(_next_output, output))
+    if isinstance(first, trio.EndOfChannel):
+        return None
+    if first is None:  # the caller hung up first: its job must not run, or must stop
+        await output.aclose()
+        await gateway.scheduler.send(Cancel(job_id, "client_disconnected"))
+    return first
 
-        async def wait_for_output() -> None:
-            try:
-                first.append(await output.receive())
-            except trio.EndOfChannel:
-                first.append(None)
-            nursery.cancel_scope.cancel()
 
-        nursery.start_soon(wait_for_output)
-        await _until_disconnected(request)
-        nursery.cancel_scope.cancel()
-    if first:
-        return first[0]
-    # The caller hung up first: its job must not run, or must stop running.
-    await output.aclose()
-    await gateway.scheduler.send(Cancel(job_id, "client_disconnected"))
-    return None
+async def _next_output(output: trio.MemoryReceiveChannel[Output]) -> Output | trio.EndOfChannel:
+    try:
+        return await output.receive()
+    except trio.EndOfChannel as ended:
+        return ended
 
 
 async def _until_disconnected(request: Request) -> None:
