@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from foreman.events.values import readable
+
 JSON_TYPE = "application/json; charset=utf-8"
 NDJSON_TYPE = "application/x-ndjson"
 
@@ -158,13 +160,27 @@ def parse_body(raw: bytes, model: type[M]) -> M:
 
     Bodies are decoded whatever their Content-Type, as Ollama does
     (``curl -d`` sends ``application/x-www-form-urlencoded``), which is why
-    routes read the raw body instead of letting FastAPI validate it.
+    routes read the raw body instead of letting FastAPI validate it. A lone
+    surrogate in a string becomes U+FFFD, as Go's JSON decoder makes it.
     """
-    data = decode_json(raw)
+    try:
+        data = _as_go_decodes(decode_json(raw))
+    except RecursionError:
+        raise OllamaError(400, "the request body is nested too deeply") from None
     try:
         return model.model_validate(data)
     except ValidationError as error:
         raise OllamaError(400, first_problem(error)) from None
+
+
+def _as_go_decodes(value: Any) -> Any:
+    if isinstance(value, str):
+        return readable(value)
+    if isinstance(value, list):
+        return [_as_go_decodes(item) for item in value]
+    if isinstance(value, dict):
+        return {readable(key): _as_go_decodes(item) for key, item in value.items()}
+    return value
 
 
 def first_problem(error: ValidationError, *, within: str | None = None) -> str:

@@ -224,6 +224,34 @@ async def test_post_jobs_refuses_json_python_cannot_read_saying_why(
     assert "nested too deeply, or an integer of thousands of digits" in answer.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/embed", raw_json({"model": "nomic-embed-text", "input": "\ud800"})),
+        ("/api/embeddings", raw_json({"model": "nomic-embed-text", "prompt": nested(300)})),
+        ("/api/show", raw_json({"model": "llama3", "x": 2**64})),
+        ("/api/embed", b'{"model": "nomic-embed-text", "input": [NaN]}'),
+    ],
+)
+async def test_pass_through_bodies_are_held_to_the_same_limits(
+    http: httpx.AsyncClient, path: str, body: bytes
+) -> None:
+    answer = await http.post(path, content=body)
+    assert answer.status_code == 400, answer.text
+    assert set(answer.json()) == {"error"}
+
+
+async def test_a_backend_error_that_is_not_json_is_answered_as_json(
+    http: httpx.AsyncClient,
+) -> None:
+    sim = str((await http.get("/healthz")).json()["backend"]["url"])
+    fault = {"kind": "answer", "status": 500, "body": "Internal Server Error"}
+    await http.post(f"{sim}/_sim/faults", json=fault | {"content_type": "text/plain"})
+    answer = await http.get("/api/tags")
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "the backend answered 500: Internal Server Error"}
+
+
 @pytest.mark.parametrize(("job", "field"), HOSTILE_JOBS)
 async def test_post_jobs_refuses_what_the_log_cannot_hold_naming_the_field(
     foreman: Foreman, http: httpx.AsyncClient, job: dict[str, Any], field: str

@@ -318,6 +318,26 @@ async def test_status_fault_applies_to_the_next_n_matching_requests(
     assert (await client.get("/_sim/faults")).json() == {"faults": []}
 
 
+async def test_answer_fault_answers_its_body_verbatim(client: httpx.AsyncClient) -> None:
+    await arm(
+        client, {"kind": "answer", "status": 500, "body": "oops", "content_type": "text/plain"}
+    )
+    answer = await client.get("/api/tags")
+    assert (answer.status_code, answer.text) == (500, "oops")
+    assert answer.headers["content-type"].startswith("text/plain")
+    assert (await client.get("/api/tags")).status_code == 200  # once
+
+
+async def test_a_lone_surrogate_becomes_a_replacement_character_as_in_go(
+    client: httpx.AsyncClient,
+) -> None:
+    body = json.dumps({"model": "nomic-embed-text", "input": "a\ud800b"})
+    answer = await client.post("/api/embed", content=body)
+    assert answer.status_code == 200
+    same = await client.post("/api/embed", json={"model": "nomic-embed-text", "input": "a\ufffdb"})
+    assert answer.json()["embeddings"] == same.json()["embeddings"]
+
+
 async def test_fault_until_cleared(client: httpx.AsyncClient) -> None:
     await arm(client, {"kind": "status", "status": 503, "times": None, "path": "/api/version"})
     for _ in range(3):

@@ -35,6 +35,7 @@ from foreman.actors.scheduler import (
 )
 from foreman.api.bound import Bound, Busy
 from foreman.events.types import JobKind, JobSubmitted
+from foreman.events.values import storable_object
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob
 from foreman.upstream import Unavailable, Upstream
@@ -50,6 +51,8 @@ from foreman.wire import (
 
 T = TypeVar("T")
 
+ERROR_TEXT_LIMIT = 512
+"""Characters of a backend's non-JSON error answer quoted in Foreman's JSON one."""
 OUTPUT_BUFFER = 64
 """Lines the worker may run ahead of a slow caller before it waits for it."""
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
@@ -212,7 +215,7 @@ def _forward(gateway: Gateway, method: str, path: str) -> Callable[[Request], Aw
 
 
 async def _pass_through(gateway: Gateway, method: str, path: str, request: Request) -> Response:
-    body = await request.body() if method == "POST" else None
+    body = _checked(await request.body()) if method == "POST" else None
     try:
         with trio.fail_after(gateway.passthrough_timeout):
             answer = await _unless_disconnected(
@@ -228,7 +231,23 @@ async def _pass_through(gateway: Gateway, method: str, path: str, request: Reque
     status, content, media_type = answer
     if request.method == "HEAD":
         content = b""
+    elif status >= 400 and not (media_type or "").startswith("application/json"):
+        text = content[:ERROR_TEXT_LIMIT].decode(errors="replace").strip()
+        return OllamaJSON({"error": f"the backend answered {status}: {text}"}, status_code=status)
     return Response(content, status_code=status, media_type=media_type)
+
+
+def _checked(raw: bytes) -> bytes:
+    """A pass-through body, held to the limits a job's request is held to (ADR-0032),
+    so a value is refused alike on ``/api/embed`` and in ``POST /jobs``; sent on as is."""
+    body = decode_json(raw)
+    if not isinstance(body, dict):
+        raise OllamaError(400, "the request body must be a JSON object")
+    try:
+        storable_object(body)
+    except ValueError as error:
+        raise OllamaError(400, str(error)) from None
+    return raw
 
 
 async def _unless_disconnected(request: Request, call: Callable[[], Awaitable[T]]) -> T | None:

@@ -9,7 +9,7 @@ from foreman.simulator.api import ollama_routes
 from foreman.simulator.control import control_routes
 from foreman.simulator.faults import Answered
 from foreman.simulator.state import Simulator
-from foreman.wire import JSON_TYPE, answer_errors_as_ollama
+from foreman.wire import answer_errors_as_ollama
 
 
 def create_app(sim: Simulator) -> FastAPI:
@@ -24,7 +24,8 @@ def create_app(sim: Simulator) -> FastAPI:
 
     async def verbatim(request: Request, error: Exception) -> Response:
         assert isinstance(error, Answered)
-        return Response(error.fault.body, error.fault.status, media_type=JSON_TYPE)
+        fault = error.fault
+        return Response(fault.body, fault.status, media_type=fault.content_type)
 
     app.add_exception_handler(Answered, verbatim)
     return app

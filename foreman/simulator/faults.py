@@ -86,6 +86,7 @@ class AnswerFault(_Fault):
     kind: Literal["answer"]
     status: Annotated[int, Field(ge=200, le=599)] = 200
     body: str
+    content_type: str = "application/json; charset=utf-8"
 
 
 class Answered(Exception):
