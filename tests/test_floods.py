@@ -225,9 +225,10 @@ async def test_a_connection_that_takes_no_data_for_the_send_timeout_is_cut(
 
 
 # Floods, against a Foreman process: the flood comes from a process of its own
-# (tests/flood.py), so neither its load nor the test's own sits in Foreman's
+# (benchmarks/_flood.py), so neither its load nor the test's own sits in Foreman's
 # process, and the probes time Foreman's answers, not a busy client's.
 
+FLOOD_CLIENT = ROOT / "benchmarks" / "_flood.py"
 FLOOD = 1000
 """Connections at once: far beyond the bounds (16 pass-through calls, 4 listings),
 yet few enough for this test's 2 shared cores to answer them all within seconds
@@ -274,7 +275,7 @@ def test_a_flood_is_answered_at_once_and_starves_no_one(tmp_path: Path, path: st
     ):
         job = client.post("/jobs", json={"kind": "chat", "request": CHAT}).json()["job_id"]
         timed_get(client, "/healthz")  # connected before the flood
-        command = [sys.executable, "-m", "tests.flood", foreman.url, path, str(FLOOD)]
+        command = [sys.executable, str(FLOOD_CLIENT), foreman.url, path, str(FLOOD)]
         with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) as flood:
             assert flood.stdout is not None
             assert flood.stdout.readline() == "flooding\n"

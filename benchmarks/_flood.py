@@ -1,6 +1,6 @@
-"""A flood of concurrent GETs, from a process of its own (tests/test_floods.py).
+"""A flood of concurrent GETs, from a process of its own (flood.py, tests/test_floods.py).
 
-``python -m tests.flood URL PATH COUNT`` opens COUNT connections at once, each
+``python benchmarks/_flood.py URL PATH COUNT`` opens COUNT connections at once, each
 sending one ``GET PATH`` with ``Connection: close``; it prints ``flooding`` once
 every request is on its way, then, when every answer is in, one JSON line
 counting them by kind: ``ok`` (200), ``busy`` (503, JSON with ``error``, with
