@@ -28,6 +28,7 @@ from foreman.events.types import (
 from foreman.events.values import MAX_DEPTH, MAX_METADATA_BYTES
 from foreman.ids import new_ulid
 from tests.processes import foreman_command
+from tests.receiver import Receiver, serving
 from tests.running import Foreman, event_types, start_foreman, until_recorded
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -370,6 +371,31 @@ async def test_a_log_with_unreadable_events_starts_and_quarantines_their_jobs(
     finally:
         log.close()
     assert found == set(planted["unreadable"].values())
+
+
+async def test_a_quarantined_jobs_webhook_receiver_is_told_it_failed(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    async with serving(Receiver()) as receiver:
+        job = new_ulid()
+        log = EventLog.open(db_path, durability=Durability.OFF)
+        try:
+            hooked = JobSubmitted(
+                kind="chat",
+                model="llama3",
+                request=CHAT,
+                origin="async",
+                state_webhook_url=receiver.url,
+            )
+            log.append(job, [hooked], 0)
+        finally:
+            log.close()
+        seq = plant(db_path, job, 2, "JobStarted", '{"attempt": 0}')
+        async for _ in start_foreman(nursery, db_path):
+            queued, failed = [request.payload for request in await receiver.until(2)]
+        assert (queued["type"], failed["type"]) == ("job.queued", "job.failed")
+        assert failed["job"]["state"] == "failed"
+        assert failed["job"]["error"]["message"].startswith(f"quarantined: event {seq} ")
 
 
 def test_replay_rebuilds_a_log_with_unreadable_events_and_names_them(

@@ -110,7 +110,7 @@ def _job_event(deliveries: Deliveries | None, recorded: RecordedEvent) -> Delive
     if deliveries is None:
         return None
     kind = notification_type(recorded)
-    if kind is None:
+    if kind is None or not recorded.readable:  # as the jobs fold, pass over what cannot be read
         return deliveries
     return (*deliveries, _notification(recorded, deliveries[0].url, kind))
 

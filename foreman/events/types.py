@@ -292,6 +292,15 @@ class RecordedEvent(NamedTuple):
             return decode(self.type, self.schema_version, self.data)
         return decoded
 
+    @property
+    def readable(self) -> bool:
+        """Whether the event can be read back (an older build's or a damaged row may not)."""
+        try:
+            self.event  # noqa: B018 - decoding it is the check
+        except UnreadableEvent:
+            return False
+        return True
+
     def with_event_decoded(self) -> RecordedEvent:
         """This event, its domain event decoded once for every later use."""
         return self if self.decoded is not None else self._replace(decoded=self.event)
