@@ -94,16 +94,10 @@ def _at(path: str) -> str:
 
 
 def _digits(value: int) -> str:
-    """A huge integer, named without printing thousands of digits."""
-    text = str(abs(value)) if value.bit_length() < 4000 else None
-    if text is None or len(text) > 30:
-        return f"of about {int(value.bit_length() * math.log10(2)) + 1} digits"
-    return str(value)
-
-
-def check_json(value: object) -> None:
-    """Raise ValueError naming the first place where ``value`` breaks the limits."""
-    _Walk().value(value, "", 0)
+    """An integer as a message can name it: a huge one by its number of digits."""
+    if value.bit_length() <= 96:  # up to 29 digits
+        return str(value)
+    return f"of about {int(value.bit_length() * math.log10(2)) + 1} digits"
 
 
 def storable_object(value: dict[str, Any]) -> dict[str, Any]:
