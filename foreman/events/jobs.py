@@ -212,9 +212,9 @@ _TRANSITIONS: dict[str, Callable[[Job | None, RecordedEvent], Job | None]] = {
     "JobQuarantined": _quarantined,
 }
 _AFTER_UNREADABLE = {"JobQuarantined", "JobPruned"}
+"""What still applies to a job once one of its events could not be read."""
 REASON_LIMIT = 300
 """Characters of a decoding error kept in a quarantined job's error."""
-"""What still applies to a job once one of its events could not be read."""
 
 
 def evolve(job: Job | None, recorded: RecordedEvent) -> Job | None:
@@ -332,6 +332,11 @@ class JobsProjection:
         conn.execute(
             "CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (idempotency_key) "
             "WHERE idempotency_key IS NOT NULL"
+        )
+        # Jobs holding an event that cannot be read back: recovery's first look, at start.
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS jobs_unreadable ON jobs (unreadable) "
+            "WHERE unreadable IS NOT NULL"
         )
         # Finished jobs by when they finished: the janitor's pruning order.
         conn.execute(
