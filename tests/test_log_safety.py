@@ -80,6 +80,15 @@ def test_values_json_cannot_carry_are_refused(value: Any, problem: str) -> None:
         JobSubmitted(kind="chat", model="m", request=CHAT, origin="async", metadata={"x": value})
 
 
+def test_an_event_an_older_build_stored_beyond_the_limits_still_reads_back() -> None:
+    """The limits admit values; they do not refuse what the log already holds and can
+    read (nesting 150 decodes; only the parser's own limit, near 200, cannot)."""
+    event = decode("JobSubmitted", 1, deep_submission(150))
+    assert isinstance(event, JobSubmitted)
+    with pytest.raises(ValidationError, match="nested deeper than"):
+        JobSubmitted.model_validate(event.model_dump())
+
+
 def test_a_lone_surrogate_in_the_model_name_is_refused() -> None:
     with pytest.raises(ValidationError, match="lone surrogate"):
         JobSubmitted(kind="chat", model="llama\ud800", request=CHAT, origin="sync")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from foreman.events.values import JsonObject, Metadata, ReadableText, Text
+from foreman.events.values import STORED, JsonObject, Metadata, ReadableText, Text
 
 JobKind = Literal["chat", "generate", "embed"]
 Origin = Literal["sync", "async"]
@@ -255,8 +255,8 @@ def decode(type_: str, schema_version: int, data: str) -> Event:
         )
     try:
         if schema_version == cls.SCHEMA_VERSION:
-            return cls.model_validate_json(data)
-        return cls.model_validate(cls.upcast(schema_version, json.loads(data)))
+            return cls.model_validate_json(data, context=STORED)
+        return cls.model_validate(cls.upcast(schema_version, json.loads(data)), context=STORED)
     except UnreadableEvent:  # an upcaster that cannot read this version says so itself
         raise
     except (ValidationError, ValueError, TypeError, RecursionError) as error:

@@ -24,7 +24,7 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, ValidationInfo
 
 MAX_DEPTH = 100
 """Arrays and objects nested inside one field, counting the field's own."""
@@ -34,6 +34,9 @@ MAX_METADATA_BYTES = 64 * 1024
 """A job's ``metadata`` as JSON: it is echoed in every listing and webhook."""
 SMALLEST_INT = -(2**63)
 LARGEST_INT = 2**64 - 1
+STORED = {"stored": True}
+"""Validation context of an event read back from the log: its values were checked
+when it was made, and an event an older build let in is read as it is, not refused."""
 
 
 class _Walk:
@@ -106,9 +109,17 @@ def storable_object(value: dict[str, Any]) -> dict[str, Any]:
     return value
 
 
-def _storable_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
+def _stored(info: ValidationInfo) -> bool:
+    return isinstance(info.context, dict) and info.context.get("stored") is True
+
+
+def _storable_field(value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    return value if _stored(info) else storable_object(value)
+
+
+def _storable_metadata(value: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
+    if value is None or _stored(info):
+        return value
     storable_object(value)
     size = len(json.dumps(value, separators=(",", ":")).encode())
     if size > MAX_METADATA_BYTES:
@@ -116,12 +127,13 @@ def _storable_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
-def _unicode(text: str) -> str:
-    _check_text(text, "")
+def _unicode(text: str, info: ValidationInfo) -> str:
+    if not _stored(info):
+        _check_text(text, "")
     return text
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(storable_object)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable_field)]
 """A JSON object the log can hold and read back (see the module's limits)."""
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_storable_metadata)]
 """A submitter's own data: a :data:`JsonObject` of at most ``MAX_METADATA_BYTES``."""
