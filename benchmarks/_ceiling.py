@@ -58,6 +58,8 @@ def create_app() -> FastAPI:
             queue_position=0,
             result=None,
             artifacts=[],
+            state_webhook_url=None,
+            webhooks=None,
         )
 
     return app
