@@ -136,6 +136,7 @@ async def test_a_plain_secret_keys_the_hmac_with_its_utf8_bytes(
     async with serving(Receiver()) as receiver:
         async for foreman in start_foreman(nursery, db_path, webhook_secret=secret):
             await one_settled_job(client, foreman, receiver.url)
+            assert [request.payload["type"] for request in receiver.received] == LIFE
             for request in receiver.received:
                 Webhook(secret.encode()).verify(request.body, request.headers)
 
