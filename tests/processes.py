@@ -125,7 +125,7 @@ def start_simulator(output: Path, *args: str) -> Process:
     return process
 
 
-def start_foreman(output: Path, backend: str, db: Path, **settings: str) -> Process:
+def start_foreman_process(output: Path, backend: str, db: Path, **settings: str) -> Process:
     """``foreman serve`` on a free port, answering ``GET /healthz``; ``settings`` are
     ``FOREMAN_*`` variables, e.g. ``shutdown_grace="1"``."""
     env = clean_environment(

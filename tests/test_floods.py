@@ -32,8 +32,7 @@ from foreman.events.types import RecordedEvent
 from foreman.ids import new_ulid
 from foreman.simulator import SimulatorConfig
 from tests import factories
-from tests.processes import ROOT, running, start_simulator
-from tests.processes import start_foreman as start_foreman_process
+from tests.processes import ROOT, running, start_foreman_process, start_simulator
 from tests.running import Foreman, start_foreman
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}

@@ -28,8 +28,7 @@ import pytest
 import trio
 
 from foreman.events.types import RecordedEvent
-from tests.processes import Process, running
-from tests.processes import start_foreman as start_foreman_process
+from tests.processes import Process, running, start_foreman_process
 from tests.running import Foreman, start_foreman, until_recorded
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}

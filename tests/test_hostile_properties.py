@@ -13,7 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.processes import Process, foreman_command, running, start_foreman, start_simulator
+from tests.processes import (
+    Process,
+    foreman_command,
+    running,
+    start_foreman_process,
+    start_simulator,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -114,7 +120,7 @@ def simulator(workdir: Path) -> Iterator[Process]:
 
 
 def serve(workdir: Path, simulator: Process, output: str) -> Process:
-    return start_foreman(
+    return start_foreman_process(
         workdir / output,
         simulator.url,
         workdir / "foreman.db",

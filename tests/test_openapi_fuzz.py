@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.processes import running, start_foreman
+from tests.processes import running, start_foreman_process
 
 CHECKS = ",".join(
     (
@@ -26,7 +26,7 @@ CHECKS = ",".join(
 
 def test_no_server_errors_and_every_answer_fits_the_schema(tmp_path: Path) -> None:
     with running(
-        start_foreman(tmp_path / "foreman.log", "sim", tmp_path / "foreman.db")
+        start_foreman_process(tmp_path / "foreman.log", "sim", tmp_path / "foreman.db")
     ) as foreman:
         run = subprocess.run(
             [

@@ -28,7 +28,13 @@ from foreman.events.types import (
     JobSucceeded,
     RecordedEvent,
 )
-from tests.processes import Process, foreman_command, running, start_foreman, start_simulator
+from tests.processes import (
+    Process,
+    foreman_command,
+    running,
+    start_foreman_process,
+    start_simulator,
+)
 
 TERMINAL = frozenset({"JobSucceeded", "JobFailed", "JobCancelled"})
 SIMULATOR = ("--load-latency", "0.05", "--token-latency", "0.01", "--tokens", "8")
@@ -168,7 +174,7 @@ def test_kill_9_with_jobs_queued_and_running_loses_none_and_ends_each_once(
     kills: list[Kill] = []
     answers: dict[str, dict[str, Any]] = {}
     for run in range(KILLS):
-        foreman = start_foreman(tmp_path / f"foreman-{run}.log", simulator.url, db)
+        foreman = start_foreman_process(tmp_path / f"foreman-{run}.log", simulator.url, db)
         with running(foreman):
             kill, answered = submit_then_kill(foreman, simulator, db, run)
         assert foreman.popen.returncode == -9
@@ -182,7 +188,9 @@ def test_kill_9_with_jobs_queued_and_running_loses_none_and_ends_each_once(
         ended = {prompt_of(events[0]): events[-1].type for events in kill.streams.values()}
         assert {ended.get(prompt) for prompt in answered} <= {"JobSucceeded", "JobStarted"}
 
-    with running(start_foreman(tmp_path / "foreman-last.log", simulator.url, db)) as foreman:
+    with running(
+        start_foreman_process(tmp_path / "foreman-last.log", simulator.url, db)
+    ) as foreman:
         final = settle(db, foreman)
         assert foreman.terminate(timeout=10) == 0, foreman.text()
 
@@ -243,7 +251,7 @@ def test_sigterm_requeues_the_job_still_running_after_the_grace(
     db = tmp_path / "foreman.db"
     arm_stall(simulator, 3 * GRACE)
     body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    foreman = start_foreman(
+    foreman = start_foreman_process(
         tmp_path / "foreman-1.log", simulator.url, db, shutdown_grace=str(GRACE)
     )
     request = httpx.stream("POST", f"{foreman.url}/api/chat", json=body, timeout=30)
@@ -259,7 +267,7 @@ def test_sigterm_requeues_the_job_still_running_after_the_grace(
     ((job, stopped),) = read_streams(db).items()
     state = job_states(db)[job]
 
-    with running(start_foreman(tmp_path / "foreman-2.log", simulator.url, db)) as foreman:
+    with running(start_foreman_process(tmp_path / "foreman-2.log", simulator.url, db)) as foreman:
         events = settle(db, foreman)[job]
         assert foreman.terminate(timeout=10) == 0, foreman.text()
     assert [event.event for event in events[1:]] == [
@@ -283,7 +291,7 @@ def test_sigterm_lets_the_running_job_finish_within_the_grace(tmp_path: Path) ->
     )
     body = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     with running(simulator):
-        foreman = start_foreman(
+        foreman = start_foreman_process(
             tmp_path / "foreman.log", simulator.url, db, shutdown_grace=str(GRACE)
         )
         with running(foreman), httpx.Client(base_url=foreman.url, timeout=30) as http:

@@ -12,7 +12,7 @@ from standardwebhooks import Webhook
 
 from foreman.events.deliveries import DeliveriesProjection
 from foreman.events.log import EventLog
-from tests.processes import Process, running, start_foreman, start_simulator
+from tests.processes import Process, running, start_foreman_process, start_simulator
 from tests.receiver import Receiver, free_port, serving
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -50,7 +50,9 @@ async def until_owed(db: Path, done: Callable[[dict[str, str]], bool]) -> None:
 
 async def start(tmp_path: Path, simulator: Process, db: Path, run: int) -> Process:
     return await trio.to_thread.run_sync(
-        partial(start_foreman, tmp_path / f"foreman-{run}.log", simulator.url, db, **WEBHOOKS)
+        partial(
+            start_foreman_process, tmp_path / f"foreman-{run}.log", simulator.url, db, **WEBHOOKS
+        )
     )
 
 
