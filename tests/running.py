@@ -104,3 +104,24 @@ def event_types(db_path: Path, job_id: str) -> list[str]:
         return [event.type for event in log.read_stream(job_id)]
     finally:
         log.close()
+
+
+async def until_succeeded(
+    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], db_path: Path, count: int
+) -> None:
+    """Until ``count`` jobs of the log have succeeded. The log is read first: jobs a
+    Foreman recovered at start may have run before ``committed`` was subscribed."""
+    with trio.fail_after(10):
+        while succeeded_jobs(db_path) < count:
+            await committed.receive()
+
+
+def succeeded_jobs(db_path: Path) -> int:
+    log = EventLog.open(db_path, read_only=True)
+    try:
+        (count,) = log.conn.execute(
+            "SELECT count(*) FROM jobs WHERE state = 'succeeded'"
+        ).fetchone()
+        return int(count)
+    finally:
+        log.close()

@@ -18,7 +18,7 @@ from foreman.ids import new_ulid
 from foreman.simulator import SimulatorConfig, serve_simulator
 from foreman.supervisor import run_foreman
 from tests import factories
-from tests.running import Foreman, start_foreman, until_types
+from tests.running import Foreman, start_foreman, until_succeeded, until_types
 
 T = TypeVar("T")
 
@@ -186,10 +186,7 @@ async def test_unfinished_jobs_of_a_previous_run_are_recovered(
     log.close()
 
     async for foreman in start_foreman(nursery, db_path, max_attempts=3):
-        committed = await foreman.running.journal.subscribe()
-        with trio.fail_after(10):  # recovered jobs may have run before the subscription
-            while [types[-1] for types in foreman.job_events().values()].count("JobSucceeded") < 2:
-                await committed.receive()
+        await until_succeeded(await foreman.running.journal.subscribe(), db_path, 2)
         jobs = foreman.job_events()
         assert jobs[interrupted][2:] == ["JobRequeued", "JobStarted", "JobSucceeded"]
         assert jobs[queued] == ["JobSubmitted", "JobStarted", "JobSucceeded"]
@@ -253,8 +250,7 @@ async def test_the_first_pick_prefers_the_model_the_backend_has_loaded(
         config = load_settings(listen="127.0.0.1:0", backend=sim_url, db=db_path)
         stop = trio.Event()
         running = await nursery.start(run_foreman, config, stop)
-        committed = await running.journal.subscribe()
-        await until_types(committed, ["JobSucceeded"] * 4)
+        await until_succeeded(await running.journal.subscribe(), db_path, 4)
         stop.set()
         stats = (await sim.get("/_sim/stats")).json()
     order = [generation["model"] for generation in stats["generations"]]
