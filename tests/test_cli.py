@@ -36,6 +36,8 @@ from tests.factories import (
     succeeded,
 )
 
+pytestmark = pytest.mark.slow  # every command runs as a process of its own (python -m foreman.cli)
+
 EXPORT_KEYS = [
     "seq",
     "id",

@@ -10,10 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from foreman.events.audit import verify
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import EventLog
 from foreman.events.replay import state_at
+
+pytestmark = pytest.mark.slow  # a writer killed with kill -9 at random moments
 
 KILLS = 24
 ROOT = Path(__file__).resolve().parent.parent

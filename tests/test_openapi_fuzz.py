@@ -12,7 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.processes import running, start_foreman_process
+
+pytestmark = pytest.mark.slow  # schemathesis against a Foreman process
 
 CHECKS = ",".join(
     (

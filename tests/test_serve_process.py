@@ -36,6 +36,8 @@ from tests.processes import (
     start_simulator,
 )
 
+pytestmark = pytest.mark.slow  # Foreman and the simulator as processes, kill -9
+
 TERMINAL = frozenset({"JobSucceeded", "JobFailed", "JobCancelled"})
 SIMULATOR = ("--load-latency", "0.05", "--token-latency", "0.01", "--tokens", "8")
 MODELS = ("llama3", "qwen2")

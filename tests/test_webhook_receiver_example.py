@@ -27,6 +27,8 @@ from foreman.webhooks.signing import secret_key, signature_headers
 from tests.processes import ROOT, START_SECONDS, Process, running
 from tests.running import start_foreman
 
+pytestmark = pytest.mark.slow  # the example receiver as a process
+
 EXAMPLE = ROOT / "docs" / "examples" / "webhook_receiver.py"
 WHSEC = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 PLAIN = "correct horse battery staple"

@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from standardwebhooks import Webhook
 
@@ -14,6 +15,8 @@ from foreman.events.deliveries import DeliveriesProjection
 from foreman.events.log import EventLog
 from tests.processes import Process, running, start_foreman_process, start_simulator
 from tests.receiver import Receiver, free_port, serving
+
+pytestmark = pytest.mark.slow  # Foreman killed with kill -9 while deliveries are owed
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SIMULATOR = ("--load-latency", "0", "--token-latency", "0.005", "--tokens", "4")
