@@ -139,13 +139,14 @@ def decode_json(raw: bytes) -> Any:
     try:
         return json.loads(raw, parse_constant=_not_json)
     except RecursionError:
-        raise OllamaError(400, "the request body is nested too deeply") from None
+        raise OllamaError(400, TOO_DEEP) from None
     except ValueError as error:  # also bad UTF-8
         if "integer string conversion" in str(error):  # Python's own limit on digits
             raise OllamaError(400, TOO_MANY_DIGITS) from None
         raise OllamaError(400, f"the request body is not valid JSON: {error}") from None
 
 
+TOO_DEEP = "the request body is nested too deeply"
 TOO_MANY_DIGITS = (
     "the request body holds an integer of thousands of digits; integers fit in 64 bits"
 )
@@ -166,7 +167,7 @@ def parse_body(raw: bytes, model: type[M]) -> M:
     try:
         data = _as_go_decodes(decode_json(raw))
     except RecursionError:
-        raise OllamaError(400, "the request body is nested too deeply") from None
+        raise OllamaError(400, TOO_DEEP) from None
     try:
         return model.model_validate(data)
     except ValidationError as error:

@@ -73,8 +73,9 @@ def _verify(log: EventLog, progress: Progress | None, limit: int) -> list[Proble
         try:
             event = event.with_event_decoded()
         except UnreadableEvent as error:
-            why = " ".join(str(error).split())
-            problems.append(Problem(seq, f"cannot be read back, its job is quarantined: {why}"))
+            problems.append(
+                Problem(seq, f"cannot be read back, its job is quarantined: {error.reason}")
+            )
         for fold in folds:  # the folds quarantine what cannot be read, as the log's do
             try:
                 fold.apply((event,))

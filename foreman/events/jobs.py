@@ -234,7 +234,7 @@ def evolve(job: Job | None, recorded: RecordedEvent) -> Job | None:
 def _unreadable(job: Job | None, recorded: RecordedEvent, error: UnreadableEvent) -> Job | None:
     """The job marked as holding an event that cannot be read back (its state stays
     as it was until recovery quarantines it)."""
-    why = " ".join(str(error).split())  # one line: pydantic's messages span several
+    why = error.reason
     if len(why) > REASON_LIMIT:
         why = why[: REASON_LIMIT - 1] + "…"
     problem = JobError(f"event {recorded.seq} ({recorded.type}) cannot be read back: {why}")

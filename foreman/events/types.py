@@ -27,6 +27,11 @@ RequeueReason = Literal["retry", "interrupted"]
 class UnreadableEvent(ValueError):
     """A stored row cannot be turned back into its event (ADR-0032: quarantine)."""
 
+    @property
+    def reason(self) -> str:
+        """Why, on one line (pydantic's messages span several)."""
+        return " ".join(str(self).split())
+
 
 class UnknownEventType(UnreadableEvent):
     """A stored row names an event type this build does not know."""
