@@ -17,7 +17,8 @@ from typing import Any
 from _logs import Work, chunked, remove_db, scratch
 from _report import Stopwatch
 
-from foreman.events.log import Durability, EventLog
+from foreman.events.log import Durability
+from foreman.events.store import open_log
 
 Rows = list[tuple[Any, ...]]
 _LOOKUP_CHUNK = 500
@@ -49,7 +50,7 @@ def _jobs_rows(conn: sqlite3.Connection, ids: list[str]) -> Rows:
 def record(work: Work, batch: int) -> Recording:
     """Append ``work`` through the log and keep what each commit wrote."""
     source = scratch("append-floor-source.db")
-    log = EventLog.open(source, durability=Durability.OFF)
+    log = open_log(source, durability=Durability.OFF)
     try:
         conn = log.conn
         commits = []

@@ -17,7 +17,8 @@ from pathlib import Path
 from _report import progress, rate
 
 from foreman.events.jobs import JobsProjection
-from foreman.events.log import LOG_FORMAT, Append, Durability, EventLog, LogError
+from foreman.events.log import LOG_FORMAT, Append, Durability, LogError
+from foreman.events.store import open_log
 from foreman.events.types import Event, JobStarted, JobSubmitted, JobSucceeded
 from foreman.ids import new_ulids
 
@@ -140,7 +141,7 @@ def build_log(path: Path, count: int, *, batch: int = 8192) -> float:
     big group commits); returns the seconds it took."""
     remove_db(path)
     started = time.perf_counter()
-    log = EventLog.open(path, durability=Durability.OFF)
+    log = open_log(path, durability=Durability.OFF)
     try:
         done = 0
         for appends in batches(traffic(count), batch):
@@ -157,7 +158,7 @@ def build_log(path: Path, count: int, *, batch: int = 8192) -> float:
 def _is_complete(path: Path, count: int) -> bool:
     """The log at ``path`` holds ``count`` events and an up-to-date jobs projection."""
     try:
-        log = EventLog.open(path, durability=Durability.OFF)
+        log = open_log(path, durability=Durability.OFF)
     except (LogError, OSError) as error:
         progress(f"  cached log unusable ({error}); building it again")
         return False

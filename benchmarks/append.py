@@ -36,6 +36,7 @@ from _report import Stopwatch, emit, fmt_float, fmt_int, machine, median_run, pr
 
 from foreman.actors.journal import Journal, JournalClient
 from foreman.events.log import Append, Durability, EventLog
+from foreman.events.store import open_log
 
 TARGET = 100_000
 """Durable events/s that group commit must reach."""
@@ -83,7 +84,7 @@ def _count(path: Path, expected: int) -> int:
 
 
 def single(path: Path, work: Work, durability: Durability, watch: Stopwatch) -> None:
-    log = EventLog.open(path, durability=durability)
+    log = open_log(path, durability=durability)
     try:
         with watch:
             for stream, event in work:
@@ -101,7 +102,7 @@ def commit_all(log: EventLog, chunks: list[list[Append]]) -> None:
 
 def group(path: Path, work: Work, durability: Durability, watch: Stopwatch, batch: int) -> None:
     chunks = chunked(work, batch)
-    log = EventLog.open(path, durability=durability)
+    log = open_log(path, durability=durability)
     try:
         with watch:
             commit_all(log, chunks)

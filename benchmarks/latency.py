@@ -28,7 +28,8 @@ from _logs import build_work, remove_db, scratch
 from _report import Cell, emit, fmt_float, machine, progress, table
 from _servers import MODES, chat, foreman, limits, percentile, sim_config, simulator
 
-from foreman.events.log import Durability, EventLog
+from foreman.events.log import Durability
+from foreman.events.store import open_log
 
 TARGET_MS = 2.0
 """Added latency at p50 that Foreman may cost."""
@@ -109,7 +110,7 @@ def commit_ms(durability: Durability, commits: int = 300) -> float:
     """Median milliseconds of one single-event commit, on this disk, at ``durability``."""
     path = scratch("latency-commit.db")
     work = build_work(commits, in_flight=commits)
-    log = EventLog.open(path, durability=durability)
+    log = open_log(path, durability=durability)
     times = []
     try:
         for stream, event in work:

@@ -39,7 +39,8 @@ from _servers import (
     wait_healthy,
 )
 
-from foreman.events.log import Durability, EventLog
+from foreman.events.log import Durability
+from foreman.events.store import open_log
 from foreman.ids import new_ulids
 
 TARGET_RSS_MB = 300.0
@@ -51,7 +52,7 @@ AT_BACKEND = 2
 def build_queued(path: Path, count: int) -> list[str]:
     """A log of ``count`` submitted jobs and nothing else; returns their ids in order."""
     ids = new_ulids(count)
-    log = EventLog.open(path, durability=Durability.OFF)
+    log = open_log(path, durability=Durability.OFF)
     try:
         pairs = ((job_id, job_events(n)[0]) for n, job_id in enumerate(ids))
         for appends in batches(pairs, 8192):

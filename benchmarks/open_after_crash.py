@@ -36,6 +36,7 @@ from _report import emit, fmt_float, machine, progress, table
 
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import Durability, EventLog
+from foreman.events.store import open_log
 
 CHILD_TIMEOUT = 120.0
 """Seconds a child may run before it is killed anyway: the benchmark always ends."""
@@ -78,7 +79,7 @@ class Size:
 
 def child(path: Path, batch: int, max_batches: int) -> None:
     """Open the log and append group commits, reporting each one, until killed."""
-    log = EventLog.open(path, durability=Durability.FULL)
+    log = open_log(path, durability=Durability.FULL)
     for done, appends in enumerate(batches(traffic(batch * max_batches), batch), start=1):
         for result in log.append_many(appends):
             if isinstance(result, Exception):
@@ -92,7 +93,7 @@ def child(path: Path, batch: int, max_batches: int) -> None:
 
 def timed_open(path: Path) -> tuple[float, EventLog]:
     started = time.perf_counter()
-    log = EventLog.open(path, durability=Durability.FULL)
+    log = open_log(path, durability=Durability.FULL)
     return (time.perf_counter() - started) * 1000, log
 
 

@@ -31,8 +31,9 @@ from _logs import Work, build_work, cached_log, chunked, remove_db, scratch
 from _report import Stopwatch, emit, fmt_float, fmt_int, machine, progress, table
 
 from foreman.events.jobs import JobsProjection
-from foreman.events.log import Durability, EventLog
+from foreman.events.log import Durability
 from foreman.events.replay import rebuild
+from foreman.events.store import open_log
 
 
 def where(file: str, line: int, function: str) -> str:
@@ -73,7 +74,7 @@ def profiled(run: Callable[[], object]) -> cProfile.Profile:
 def profile_append_many(work: Work, batch: int) -> cProfile.Profile:
     path = scratch("profile-append-many.db")
     chunks = chunked(work, batch)
-    log = EventLog.open(path, durability=Durability.FULL)
+    log = open_log(path, durability=Durability.FULL)
     try:
         return profiled(lambda: append.commit_all(log, chunks))
     finally:
@@ -92,7 +93,7 @@ def profile_journal(work: Work, writers: int) -> cProfile.Profile:
 
 def profile_rebuild(events: int) -> cProfile.Profile:
     path, _, _ = cached_log(events)
-    log = EventLog.open(path, durability=Durability.FULL)
+    log = open_log(path, durability=Durability.FULL)
     try:
         return profiled(lambda: rebuild(log, JobsProjection()))
     finally:

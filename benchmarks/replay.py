@@ -36,6 +36,7 @@ from _report import Stopwatch, emit, fmt_float, fmt_int, machine, median_run, pr
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import Durability, EventLog
 from foreman.events.replay import rebuild, state_at
+from foreman.events.store import open_log
 
 TARGET = 200_000
 """Events/s a full rebuild must reach."""
@@ -201,7 +202,7 @@ def main(argv: list[str]) -> None:
     info = machine()  # before the run: the commit whose code is imported
     path, reused, build_seconds = cached_log(args.events, rebuild=args.rebuild_cache)
     progress(f"log {path} ({'reused' if reused else 'built'})")
-    log = EventLog.open(path, durability=args.durability)
+    log = open_log(path, durability=args.durability)
     try:
         rows = measure(log, args.repeat)
         jobs = check(log, rows, args.events)

@@ -77,7 +77,8 @@ from _servers import (
     wait_healthy,
 )
 
-from foreman.events.log import Durability, EventLog
+from foreman.events.log import Durability
+from foreman.events.store import open_log
 from foreman.events.types import Event
 from foreman.ids import new_ulids
 
@@ -287,7 +288,7 @@ def build_backlog(db: Path, hook: str, count: int) -> set[str]:
             yield job_id, started
             yield job_id, succeeded
 
-    log = EventLog.open(db, durability=Durability.OFF)
+    log = open_log(db, durability=Durability.OFF)
     try:
         for appends in batches(events(), 8192):
             log.append_many(appends)

@@ -14,7 +14,7 @@ import trio
 
 from foreman.events.types import DELIVERY_STREAM_PREFIX, RecordedEvent
 
-log = logging.getLogger("foreman")
+logger = logging.getLogger(__name__)
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,4 +62,4 @@ async def log_transitions(committed: trio.MemoryReceiveChannel[list[RecordedEven
                 if event.type == "JobPruned":
                     continue
                 what = "delivery" if event.stream.startswith(DELIVERY_STREAM_PREFIX) else "job"
-                log.info("%s %s %s", what, event.stream, event.type, extra={"job_event": event})
+                logger.info("%s %s %s", what, event.stream, event.type, extra={"job_event": event})

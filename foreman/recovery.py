@@ -12,23 +12,20 @@ every job's events in memory at once.
 
 from __future__ import annotations
 
-import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
-import trio
-
-from foreman import logs
-from foreman.actors.journal import JournalClient
-from foreman.actors.scheduler import Message, Work
+from foreman.actors import JournalClient, SchedulerClient
 from foreman.events.jobs import TERMINAL_STATES, Job, JobsProjection, with_unreadable_events
 from foreman.events.log import EventLog
 from foreman.events.reader import Reader
 from foreman.events.types import JobFailed, JobQuarantined, JobRequeued, JobSubmitted
-from foreman.scheduling import QueuedJob
 
 CHUNK = 1000
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +58,7 @@ def unfinished_jobs(log: EventLog, arrivals: list[tuple[int, str]]) -> list[Unfi
 async def recover(
     reader: Reader,
     journal: JournalClient,
-    scheduler: trio.MemorySendChannel[Message],
+    scheduler: SchedulerClient,
     *,
     max_attempts: int,
 ) -> int:
@@ -73,8 +70,16 @@ async def recover(
     requeued = 0
     for start in range(0, len(arrivals), CHUNK):
         for unfinished in await reader.read(unfinished_jobs, arrivals[start : start + CHUNK]):
-            if await _may_run_again(unfinished.job, journal, max_attempts):
-                await scheduler.send(_work(unfinished))
+            job = unfinished.job
+            if await _may_run_again(job, journal, max_attempts):
+                waited = max(0.0, time.time() - _epoch(job.created_at))
+                await scheduler.requeue(
+                    job.id,
+                    unfinished.submitted,
+                    arrival=unfinished.arrival,
+                    attempts=job.attempts,
+                    waited=waited,
+                )
                 requeued += 1
     return requeued
 
@@ -84,7 +89,7 @@ async def quarantine(job: Job, journal: JournalClient) -> None:
     assert job.unreadable is not None and job.error is not None
     reason = job.error.message
     await journal.append(job.id, [JobQuarantined(event_seq=job.unreadable, reason=reason)])
-    logs.log.warning(
+    logger.warning(
         "quarantined job %s: %s; it is failed and will not run (`foreman events verify` "
         "lists the event)",
         job.id,
@@ -102,14 +107,6 @@ async def _may_run_again(job: Job, journal: JournalClient, max_attempts: int) ->
         return False
     await journal.append(job.id, [JobRequeued(reason="interrupted")])
     return True
-
-
-def _work(unfinished: Unfinished) -> Work:
-    job, submitted = unfinished.job, unfinished.submitted
-    waited = max(0.0, time.time() - _epoch(job.created_at))
-    queued = QueuedJob.of(job.id, unfinished.arrival, submitted, trio.current_time() - waited)
-    body = json.dumps(submitted.request).encode()
-    return Work(queued, submitted.kind, body, attempts=job.attempts)
 
 
 def _epoch(stamp: str) -> float:

@@ -24,10 +24,15 @@ from typing import Any, TypeAlias
 from sortedcontainers import SortedDict, SortedList
 
 from foreman.events.types import JobSubmitted
-from foreman.wire import model_name
 
 LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 """Options whose change makes Ollama reload a model; sampling options do not."""
+
+
+def model_name(name: str) -> str:
+    """Ollama's canonical model name: ``llama3`` is ``llama3:latest`` (a registry's
+    ``host:port/`` is not a tag)."""
+    return name if ":" in name.rpartition("/")[2] else f"{name}:latest"
 
 
 def model_key(model: str, options: Mapping[str, Any] | None = None) -> str:

@@ -15,33 +15,35 @@ every commit already sent to the journal completes.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import partial
 
 import trio
 
-from foreman.actors.dispatcher import Dispatcher
-from foreman.actors.http import serve_http
-from foreman.actors.janitor import Janitor
-from foreman.actors.journal import Journal, JournalClient
-from foreman.actors.scheduler import Message, Scheduler
-from foreman.actors.worker import Worker
-from foreman.api.app import create_app
-from foreman.api.bound import Bound
-from foreman.api.jobs import JobDesk
-from foreman.api.ollama import Gateway
+from foreman.actors import (
+    Dispatcher,
+    Janitor,
+    Journal,
+    JournalClient,
+    Scheduler,
+    Worker,
+    serve_http,
+)
+from foreman.api import Bound, JobsApi, OllamaApi, create_app
 from foreman.artifacts import ArtifactStore
-from foreman.config import SIM, Settings, format_duration
-from foreman.events.reader import Reader
-from foreman.logs import log, log_transitions
+from foreman.backend import Backend, BackendUnreachable
+from foreman.config import SIM, Settings
+from foreman.events import Reader
+from foreman.logs import log_transitions
 from foreman.recovery import recover
 from foreman.scheduling import model_key
 from foreman.simulator import SimulatorConfig, serve_simulator
-from foreman.upstream import Unavailable, Upstream
-from foreman.webhooks.policy import RetryPolicy
-from foreman.webhooks.sender import Sender
+from foreman.units import format_duration
+from foreman.webhooks import RetryPolicy, Sender
 
-SCHEDULER_INBOX = 1024
+logger = logging.getLogger(__name__)
+
 STALLED_CONNECTION_CUT = 2
 """A connection taking no data for this many FOREMAN_STREAM_STALLs is cut by the kernel:
 by then its job was cancelled as ``client_stalled`` (the worker is the first to know)."""
@@ -71,14 +73,14 @@ async def run_foreman(
         backend = settings.backend
         if backend == SIM:
             backend = await nursery.start(serve_simulator, simulator)
-            log.info("simulator: listening on %s", backend)
+            logger.info("simulator: listening on %s", backend)
         journal = await nursery.start(Journal(settings.db, durability=settings.durability).run)
-        log.info("journal: started on %s", settings.db)
+        logger.info("journal: started on %s", settings.db)
         nursery.start_soon(log_transitions, await journal.subscribe())
-        scheduler_send, scheduler_inbox = trio.open_memory_channel[Message](SCHEDULER_INBOX)
-        scheduler = Scheduler(journal.clone(), settings.max_wait, settings.max_queue)
-        await nursery.start(scheduler.run, scheduler_inbox)
-        log.info("scheduler: started")
+        scheduler = await nursery.start(
+            Scheduler(journal.clone(), settings.max_wait, settings.max_queue).run
+        )
+        logger.info("scheduler: started")
         reader = await nursery.start(Reader(settings.db).run)
         store = ArtifactStore(settings.artifact_root)
         janitor = Janitor(
@@ -89,38 +91,34 @@ async def run_foreman(
             interval=settings.janitor_interval,
         )
         await nursery.start(janitor.run)
-        log.info(
+        logger.info(
             "janitor: started, pruning jobs finished over %s ago", format_duration(settings.job_ttl)
         )
-        requeued = await recover(
-            reader, journal, scheduler_send, max_attempts=settings.max_attempts
-        )
-        log.info("recovery: %d unfinished jobs queued again", requeued)
-        upstream = Upstream(backend)
+        requeued = await recover(reader, journal, scheduler, max_attempts=settings.max_attempts)
+        logger.info("recovery: %d unfinished jobs queued again", requeued)
+        client = Backend(backend)
         worker = Worker(
-            upstream,
+            client,
             journal.clone(),
-            scheduler_send.clone(),
+            scheduler.clone(),
             store,
             max_attempts=settings.max_attempts,
             job_timeout=settings.job_timeout,
             stream_stall=settings.stream_stall,
-            loaded=await _loaded_model(upstream),
+            loaded=await _loaded_model(client),
         )
         worker_scope, worker_done = trio.CancelScope(), trio.Event()
         nursery.start_soon(_run_worker, worker, worker_scope, worker_done)
-        log.info("worker: started, backend %s", backend)
-        gateway = Gateway(
-            journal,
-            scheduler_send,
-            upstream,
-            settings.max_body,
+        logger.info("worker: started, backend %s", backend)
+        ollama = OllamaApi(
+            scheduler,
+            client,
             passthrough=Bound(settings.max_passthrough),
             passthrough_timeout=settings.passthrough_timeout,
         )
-        desk = JobDesk(
+        jobs = JobsApi(
             journal,
-            scheduler_send,
+            scheduler,
             reader,
             store,
             settings.artifact_inline_max,
@@ -128,19 +126,21 @@ async def run_foreman(
             listing_reader=await nursery.start(Reader(settings.db).run),
             allowed_hosts=settings.allowed_hosts,
         )
-        app = create_app(gateway, desk, body_timeout=settings.body_timeout)
+        app = create_app(
+            ollama, jobs, max_body=settings.max_body, body_timeout=settings.body_timeout
+        )
         stop_accepting = trio.Event()
         url = await nursery.start(
             partial(
                 serve_http,
                 app,
-                settings.address,
+                str(settings.address),
                 send_timeout=STALLED_CONNECTION_CUT * settings.stream_stall,
                 header_timeout=settings.header_timeout,
                 shutdown_trigger=stop_accepting.wait,
             )
         )
-        log.info("http: listening on %s", url)
+        logger.info("http: listening on %s", url)
         sender = Sender(
             key=settings.webhook_key,
             timeout=settings.webhook_timeout,
@@ -156,20 +156,22 @@ async def run_foreman(
             base_url=settings.public_url or url,
         )
         if settings.public_url is None and settings.address.host in ("0.0.0.0", "::"):
-            log.warning(
+            logger.warning(
                 "webhook payloads link artifacts under %s; set FOREMAN_PUBLIC_URL to the "
                 "address receivers reach Foreman at",
                 url,
             )
         await nursery.start(dispatcher.run)
-        log.info(
+        logger.info(
             "dispatcher: started, webhooks %s",
             "signed" if sender.signed else "unsigned (FOREMAN_WEBHOOK_SECRET is not set)",
         )
         task_status.started(Running(url, journal))
 
         await stop.wait()
-        log.info("stopping: no new requests; the running job has %.1f s", settings.shutdown_grace)
+        logger.info(
+            "stopping: no new requests; the running job has %.1f s", settings.shutdown_grace
+        )
         stop_accepting.set()
         worker.drain()
         with trio.move_on_after(settings.shutdown_grace):
@@ -178,9 +180,9 @@ async def run_foreman(
         worker_scope.cancel()
         await worker_done.wait()
         nursery.cancel_scope.cancel()
-    await upstream.aclose()
+    await client.aclose()
     await sender.aclose()
-    log.info("stopped")
+    logger.info("stopped")
 
 
 async def _run_worker(worker: Worker, scope: trio.CancelScope, done: trio.Event) -> None:
@@ -191,11 +193,11 @@ async def _run_worker(worker: Worker, scope: trio.CancelScope, done: trio.Event)
         done.set()
 
 
-async def _loaded_model(upstream: Upstream) -> str | None:
+async def _loaded_model(backend: Backend) -> str | None:
     """The model the backend has loaded now (``/api/ps``), so the first pick can use it."""
     try:
-        status, content, _ = await upstream.probe("/api/ps")
-    except Unavailable:
+        status, content, _ = await backend.probe("/api/ps")
+    except BackendUnreachable:
         return None
     models = json.loads(content).get("models") if status == 200 else None
     return model_key(models[0]["name"]) if models else None

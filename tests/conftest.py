@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from foreman.events.log import Durability, EventLog
+from foreman.events.store import open_log
 from tests.running import Foreman, start_foreman
 
 
@@ -18,7 +19,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def log(db_path: Path) -> Iterator[EventLog]:
-    log = EventLog.open(db_path, durability=Durability.OFF)
+    log = open_log(db_path, durability=Durability.OFF)
     yield log
     log.close()
 

@@ -12,7 +12,8 @@ import random
 import sys
 
 from foreman.events.jobs import JobsProjection
-from foreman.events.log import Append, Durability, EventLog
+from foreman.events.log import Append, Durability
+from foreman.events.store import open_log
 from foreman.events.types import Event, JobRequeued, JobStarted, JobSucceeded
 from foreman.ids import new_ulid
 from tests.factories import attempt_failed, failed, submitted
@@ -31,7 +32,7 @@ def next_events(state: str, attempts: int, rng: random.Random) -> list[Event]:
 
 def main(path: str, seed: int) -> None:
     rng = random.Random(seed)
-    log = EventLog.open(path, durability=Durability.FULL)
+    log = open_log(path, durability=Durability.FULL)
     active = {
         job.id: (job.state, job.attempts)
         for job in JobsProjection().load_all(log.conn).values()

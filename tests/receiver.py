@@ -21,7 +21,6 @@ import trio
 from fastapi import FastAPI
 
 from foreman.actors.http import serve_http
-from foreman.config import Address
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,7 @@ async def serving(receiver: Receiver, port: int = 0) -> AsyncIterator[Receiver]:
             partial(
                 serve_http,
                 cast(FastAPI, receiver),
-                Address("127.0.0.1", port),
+                f"127.0.0.1:{port}",
                 shutdown_trigger=stop.wait,
             )
         )

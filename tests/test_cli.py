@@ -24,6 +24,7 @@ import pytest
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import Durability, EventLog
 from foreman.events.replay import state_at
+from foreman.events.store import open_log
 from foreman.events.types import JobPruned, WebhookDelivered, delivery_stream
 from foreman.ids import new_ulid
 from tests.factories import (
@@ -67,7 +68,7 @@ class History:
 @pytest.fixture
 def history(db_path: Path) -> History:
     done, flaky, dropped, waiting = (new_ulid() for _ in range(4))
-    log = EventLog.open(db_path, durability=Durability.OFF)
+    log = open_log(db_path, durability=Durability.OFF)
     try:
         for stream, event in [
             (done, submitted()),
@@ -136,7 +137,7 @@ def table_rows(text: str) -> list[list[str]]:
 
 
 def append(path: Path, stream: str, *events: Any) -> None:
-    log = EventLog.open(path, durability=Durability.OFF)
+    log = open_log(path, durability=Durability.OFF)
     try:
         log.append(stream, list(events))
     finally:
@@ -296,7 +297,7 @@ def test_show_json_gives_the_job_and_its_events(history: History) -> None:
 
 def test_show_includes_the_jobs_webhook_deliveries_in_order(db_path: Path) -> None:
     job = new_ulid()
-    log = EventLog.open(db_path, durability=Durability.OFF)
+    log = open_log(db_path, durability=Durability.OFF)
     try:
         (queued,) = log.append(
             job, [submitted().model_copy(update={"state_webhook_url": "http://h.example/"})]

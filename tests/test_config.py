@@ -15,14 +15,11 @@ from foreman.config import (
     Address,
     ConfigError,
     Settings,
-    format_duration,
-    format_size,
     load_settings,
-    parse_duration,
-    parse_size,
     setting_sources,
 )
 from foreman.events.log import Durability
+from foreman.units import format_duration, format_size, parse_duration, parse_size
 
 MiB = 1024**2
 DEFAULTS = {

@@ -14,8 +14,8 @@ import pytest
 
 from foreman.events.audit import verify
 from foreman.events.jobs import JobsProjection
-from foreman.events.log import EventLog
 from foreman.events.replay import state_at
+from foreman.events.store import open_log
 
 pytestmark = pytest.mark.slow  # a writer killed with kill -9 at random moments
 
@@ -62,7 +62,7 @@ def test_kill_9_at_random_moments_loses_no_acknowledged_append(tmp_path: Path) -
     for attempt in range(KILLS):
         acknowledged += run_and_kill(db, seed=attempt, rng=rng)
 
-        log = EventLog.open(db)
+        log = open_log(db)
         try:
             assert verify(log) == [], f"after kill {attempt + 1}"
             projection = JobsProjection()

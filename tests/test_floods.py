@@ -27,13 +27,13 @@ from starlette.types import Receive, Scope, Send
 from foreman.actors.http import serve_http
 from foreman.api.bound import Bound, Busy
 from foreman.config import parse_address
-from foreman.events.log import Append, Durability, EventLog
-from foreman.events.types import RecordedEvent
+from foreman.events.log import Append, Durability
+from foreman.events.store import open_log
 from foreman.ids import new_ulid
 from foreman.simulator import SimulatorConfig
 from tests import factories
 from tests.processes import ROOT, running, start_foreman_process, start_simulator
-from tests.running import Foreman, start_foreman
+from tests.running import Foreman, of_type, start_foreman, until
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -120,17 +120,6 @@ LONG_ANSWER = SimulatorConfig(tokens=200_000)
 """More lines than the socket buffers, the caller's and Foreman's, can hold."""
 
 
-async def next_event(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], event_type: str
-) -> RecordedEvent:
-    with trio.fail_after(20):
-        async for events in committed:
-            for event in events:
-                if event.type == event_type:
-                    return event
-    raise AssertionError("the journal stopped")
-
-
 async def send_request(url: str, method: str, path: str, body: dict[str, Any]) -> trio.SocketStream:
     """A raw connection that sent one request and will read nothing unless told to;
     its receive buffer is small, so the server's writes back up quickly."""
@@ -164,7 +153,7 @@ async def test_a_streaming_caller_that_stops_reading_loses_its_job_and_the_next_
     ):
         committed = await foreman.running.journal.subscribe()
         stream = await send_request(foreman.url, "POST", "/api/chat", {**CHAT, "stream": True})
-        cancelled = await next_event(committed, "JobCancelled")
+        cancelled = await until(committed, of_type("JobCancelled"), within=20)
         assert json.loads(cancelled.data)["reason"] == "client_stalled"
 
         # The GPU has moved on: another caller's job runs and succeeds.
@@ -210,7 +199,7 @@ async def test_a_connection_that_takes_no_data_for_the_send_timeout_is_cut(
     url = await nursery.start(
         lambda task_status: serve_http(
             endless,  # type: ignore[arg-type]
-            parse_address("127.0.0.1:0"),
+            "127.0.0.1:0",
             send_timeout=0.5,
             shutdown_trigger=stop.wait,
             task_status=task_status,
@@ -242,7 +231,7 @@ simulator and other tests has hiccups; before the bounds they took over 60 s."""
 
 
 def plant_finished_jobs(db: Path, count: int) -> None:
-    log = EventLog.open(db, durability=Durability.OFF)
+    log = open_log(db, durability=Durability.OFF)
     try:
         events = [factories.submitted(), factories.started(), factories.succeeded("word " * 50)]
         log.append_many([Append(new_ulid(), events, 0) for _ in range(count)])

@@ -12,6 +12,7 @@ from foreman.events.chain import GENESIS
 from foreman.events.jobs import Job, JobError, JobsProjection
 from foreman.events.log import Append, ConcurrencyError, Durability, EventLog, LogError
 from foreman.events.projection import IllegalTransition
+from foreman.events.store import open_log
 from foreman.events.types import (
     AnyEvent,
     EventDecodeError,
@@ -164,7 +165,7 @@ def test_recorded_at_never_decreases_along_seq(log: EventLog) -> None:
 
 
 def test_a_projection_behind_its_checkpoint_catches_up_on_open(db_path: Path) -> None:
-    log = EventLog.open(db_path, durability=Durability.OFF)
+    log = open_log(db_path, durability=Durability.OFF)
     job = new_ulid()
     log.append(job, [submitted()])
     log.append(job, [started()])
@@ -176,19 +177,19 @@ def test_a_projection_behind_its_checkpoint_catches_up_on_open(db_path: Path) ->
     log.conn.execute("UPDATE jobs SET state = 'queued', attempts = 0")
     log.close()
 
-    reopened = EventLog.open(db_path)
+    reopened = open_log(db_path)
     assert jobs(reopened) == expected
     assert reopened.checkpoint(JobsProjection()) == (JobsProjection.version, 2, reopened.head()[1])
 
 
 def test_a_projection_of_another_version_is_rebuilt_on_open(db_path: Path) -> None:
-    log = EventLog.open(db_path, durability=Durability.OFF)
+    log = open_log(db_path, durability=Durability.OFF)
     log.append(new_ulid(), [submitted()])
     expected = jobs(log)
     log.conn.execute("UPDATE projections SET version = 0")
     log.conn.execute("DELETE FROM jobs")
     log.close()
-    assert jobs(EventLog.open(db_path)) == expected
+    assert jobs(open_log(db_path)) == expected
 
 
 def test_read_only_open_needs_an_existing_log(tmp_path: Path) -> None:
@@ -214,22 +215,22 @@ def test_a_file_that_is_not_a_foreman_log_is_refused_and_left_alone(
 
 
 def test_a_log_whose_tail_was_removed_is_not_written_to(db_path: Path) -> None:
-    log = EventLog.open(db_path, durability=Durability.OFF)
+    log = open_log(db_path, durability=Durability.OFF)
     for _ in range(3):
         log.append(new_ulid(), [submitted()])
     log.conn.execute("DROP TRIGGER events_are_append_only_delete")
     log.conn.execute("DELETE FROM events WHERE seq = 3")
     log.close()
     with pytest.raises(LogError, match="checkpointed at event 3"):
-        EventLog.open(db_path)
+        open_log(db_path)
     with pytest.raises(LogError, match="checkpointed at event 3"):
-        EventLog.open(db_path)  # still refused: nothing was appended over the evidence
+        open_log(db_path)  # still refused: nothing was appended over the evidence
 
 
 def test_a_log_of_another_format_is_refused(db_path: Path) -> None:
-    EventLog.open(db_path).conn.execute("UPDATE meta SET value = '99'")
+    open_log(db_path).conn.execute("UPDATE meta SET value = '99'")
     with pytest.raises(LogError, match="log format 99"):
-        EventLog.open(db_path)
+        open_log(db_path)
 
 
 def test_state_webhooks_belong_to_async_jobs_only() -> None:

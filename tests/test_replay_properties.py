@@ -16,6 +16,7 @@ from foreman.events.jobs import TERMINAL_STATES, JobsProjection
 from foreman.events.log import Append, Durability, EventLog
 from foreman.events.projection import IllegalTransition
 from foreman.events.replay import rebuild, state_at
+from foreman.events.store import open_log
 from foreman.events.types import (
     Event,
     JobAttemptFailed,
@@ -43,7 +44,7 @@ MODELS = st.sampled_from(["llama3", "qwen2", "mistral"])
 @contextmanager
 def fresh_log() -> Iterator[EventLog]:
     with tempfile.TemporaryDirectory() as directory:
-        log = EventLog.open(Path(directory) / "foreman.db", durability=Durability.OFF)
+        log = open_log(Path(directory) / "foreman.db", durability=Durability.OFF)
         try:
             yield log
         finally:

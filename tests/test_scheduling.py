@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foreman.scheduling import JobQueue, QueuedJob, model_key
-from foreman.wire import model_name
+from foreman.scheduling import JobQueue, QueuedJob, model_key, model_name
 
 MAX_WAIT = 10.0
 MODELS = ["llama3:latest", "qwen2:latest", 'llama3:latest {"num_ctx": 8192}']

@@ -1,1 +1,28 @@
-"""Actors: Trio tasks that talk to each other only over memory channels."""
+"""Foreman's actors: long-lived Trio tasks that share no state and talk over memory
+channels. Each reports a client (or is handed its collaborators) when started by
+the supervisor; nothing outside this package builds an actor's messages."""
+
+from foreman.actors.dispatcher import Dispatcher
+from foreman.actors.http import serve_http
+from foreman.actors.janitor import Janitor
+from foreman.actors.journal import Journal, JournalClient, JournalFailed
+from foreman.actors.scheduler import CancelOutcome, Queued, QueueFull, Scheduler, SchedulerClient
+from foreman.actors.worker import Answer, AnswerError, AnswerLine, Worker
+
+__all__ = [
+    "Answer",
+    "AnswerError",
+    "AnswerLine",
+    "CancelOutcome",
+    "Dispatcher",
+    "Janitor",
+    "Journal",
+    "JournalClient",
+    "JournalFailed",
+    "QueueFull",
+    "Queued",
+    "Scheduler",
+    "SchedulerClient",
+    "Worker",
+    "serve_http",
+]

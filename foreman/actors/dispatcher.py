@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -36,11 +37,10 @@ from typing import cast
 
 import trio
 
-from foreman.actors.janitor import wall_clock
+from foreman.actors._reply import Reply
 from foreman.actors.journal import JournalClient
-from foreman.actors.reply import Reply
 from foreman.events.deliveries import Delivery, makes_pending
-from foreman.events.log import format_timestamp
+from foreman.events.log import format_timestamp, wall_clock
 from foreman.events.projection import IllegalTransition
 from foreman.events.queries import JobRecord, unfinished_with_webhooks
 from foreman.events.reader import Reader
@@ -53,10 +53,9 @@ from foreman.events.types import (
     WebhookDelivered,
     delivery_stream,
 )
-from foreman.logs import log
-from foreman.webhooks.payload import job_as_of, pending_with_jobs, render
-from foreman.webhooks.policy import RetryPolicy
-from foreman.webhooks.sender import Attempt, Sender
+from foreman.webhooks import Attempt, RetryPolicy, Sender, job_as_of, pending_with_jobs, render
+
+logger = logging.getLogger(__name__)
 
 FINAL_EVENTS = frozenset({"JobSucceeded", "JobFailed", "JobCancelled", "JobQuarantined"})
 JOBS_HELD = 256
@@ -205,7 +204,7 @@ class Dispatcher:
             self._at(trio.current_time() + wait, job_id)
             return
         if isinstance(event, WebhookAbandoned):
-            log.warning(
+            logger.warning(
                 "webhook %s for job %s abandoned at attempt %d: %s",
                 delivery.type,
                 job_id,
@@ -252,4 +251,4 @@ async def _confirm(recorded: Reply[list[RecordedEvent]], delivery: Delivery) -> 
     try:
         await recorded.wait()
     except IllegalTransition as refused:
-        log.warning("webhook delivery %s: %s", delivery.id, refused)
+        logger.warning("webhook delivery %s: %s", delivery.id, refused)

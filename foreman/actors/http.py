@@ -13,8 +13,6 @@ from hypercorn.config import Config, Sockets
 from hypercorn.trio import serve
 from hypercorn.typing import ASGIFramework
 
-from foreman.config import Address
-
 GRACEFUL_SECONDS = 3.0
 """How long open requests may finish once the server stops accepting."""
 BACKLOG = 2048
@@ -45,14 +43,15 @@ class _Config(Config):
 
 async def serve_http(
     app: FastAPI,
-    address: Address,
+    bind: str,
     *,
     send_timeout: float | None = None,
     header_timeout: float = HEADER_TIMEOUT_SECONDS,
     shutdown_trigger: Callable[[], Awaitable[None]],
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` until ``shutdown_trigger`` returns; reports the URL once listening.
+    """Serve ``app`` on ``bind`` (``host:port``) until ``shutdown_trigger`` returns;
+    reports the URL once listening.
     A connection whose data goes unacknowledged ``send_timeout`` seconds is cut
     (None: the kernel's own bound, many minutes).
 
@@ -64,7 +63,7 @@ async def serve_http(
     would not do: it restarts at every byte.)"""
     config = _Config(send_timeout)
     config.keep_alive_timeout = header_timeout
-    config.bind = [str(address)]
+    config.bind = [bind]
     config.graceful_timeout = GRACEFUL_SECONDS
     config.backlog = BACKLOG
     config.accesslog = None

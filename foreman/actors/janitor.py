@@ -13,25 +13,23 @@ transaction.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import trio
 
 from foreman.actors.journal import JournalClient
 from foreman.artifacts import ArtifactStore
 from foreman.events.jobs import existing_jobs, finished_before
-from foreman.events.log import format_timestamp
+from foreman.events.log import format_timestamp, wall_clock
 from foreman.events.projection import IllegalTransition
 from foreman.events.reader import Reader
 from foreman.events.types import JobPruned
-from foreman.logs import log
+
+logger = logging.getLogger(__name__)
 
 PRUNE_BATCH = 250
-
-
-def wall_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 class Janitor:
@@ -61,7 +59,9 @@ class Janitor:
         orphans = sorted(set(stored) - await self._reader.read(existing_jobs, stored))
         await trio.to_thread.run_sync(self._remove_outputs, orphans)
         if orphans:
-            log.info("janitor: removed the outputs of %d jobs no longer in the log", len(orphans))
+            logger.info(
+                "janitor: removed the outputs of %d jobs no longer in the log", len(orphans)
+            )
         task_status.started()
         while True:
             await trio.sleep(self.interval)
@@ -85,7 +85,7 @@ class Janitor:
             # worked off at half speed rather than by crowding out requests.
             await trio.sleep(trio.current_time() - started)
         if pruned:
-            log.info("janitor: pruned %d jobs finished before %s", pruned, cutoff)
+            logger.info("janitor: pruned %d jobs finished before %s", pruned, cutoff)
         return pruned
 
     async def _prune(self, job_id: str, done: list[str]) -> None:
@@ -94,7 +94,7 @@ class Janitor:
         except IllegalTransition as refused:
             # A webhook redelivery made it owe a notification again since it was read:
             # it waits for a later sweep.
-            log.info("janitor: %s", refused)
+            logger.info("janitor: %s", refused)
         else:
             done.append(job_id)
 

@@ -2,7 +2,7 @@
 
 Every other actor appends through a :class:`JournalClient`, which sends the
 append over the journal's memory channel and waits for the committed events
-(or the reason they were refused) in the :class:`~foreman.actors.reply.Reply`
+(or the reason they were refused) in the :class:`~foreman.actors._reply.Reply`
 that travels with the request. The journal
 takes whatever appends are waiting, up to ``max_batch`` events, and commits
 them in one transaction and one fsync (group commit): the more writers, the
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import trio
 
-from foreman.actors.reply import Reply
+from foreman.actors._reply import Reply
 from foreman.dbthread import DedicatedThread
 from foreman.events.log import Append, Durability, EventLog
+from foreman.events.store import open_log
 from foreman.events.types import Event, RecordedEvent
 
 DEFAULT_MAX_BATCH = 4096
@@ -121,7 +122,7 @@ class Journal:
         appends until every client is closed."""
         thread = DedicatedThread("foreman-journal")
         try:
-            log = await thread.run(lambda: EventLog.open(self.path, durability=self.durability))
+            log = await thread.run(lambda: open_log(self.path, durability=self.durability))
             try:
                 send, receive = trio.open_memory_channel[_Message](self._buffer)
                 task_status.started(JournalClient(send))

@@ -31,15 +31,15 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import trio
 from pydantic import ValidationError
 
 from foreman.actors.journal import JournalClient
-from foreman.actors.reply import Reply
-from foreman.actors.scheduler import Cancel, Done, Failed, Line, Message, Output, Ready, Work
 from foreman.artifacts import ArtifactStore, outputs
+from foreman.backend import Backend, BackendError, BackendUnreachable
 from foreman.events.types import (
     ArtifactRef,
     Event,
@@ -50,9 +50,70 @@ from foreman.events.types import (
     JobStarted,
     JobSucceeded,
 )
-from foreman.upstream import BackendError, Unavailable, Upstream
+from foreman.scheduling import QueuedJob
 
-UNAVAILABLE_STATUS = 503
+
+@dataclass(frozen=True, slots=True)
+class AnswerLine:
+    """One NDJSON line of the backend's answer, for the job's waiting caller."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerError:
+    """The job failed: before its first line, the caller answers with this status;
+    after it, the stream ends with Ollama's ``{"error": ...}`` line."""
+
+    status: int
+    message: str
+
+
+Answer = AnswerLine | AnswerError
+"""What a waiting caller receives on its job's answer channel, which closes when the
+job has ended."""
+
+
+@dataclass(frozen=True, slots=True)
+class Work:
+    """A job to run, as the scheduler hands it to a worker."""
+
+    job: QueuedJob
+    kind: str
+    body: bytes
+    """The backend request body (JSON), as bytes: a queued job costs little memory."""
+    attempts: int
+    """Attempts made so far."""
+    answers: trio.MemorySendChannel[Answer] | None = None
+    """Where a synchronous caller waits for the answer; None for async jobs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Stop this job's backend call (the worker gets these on its stop channel)."""
+
+    job_id: str
+    reason: str
+
+
+class JobSource(Protocol):
+    """Where a worker gets its jobs: the scheduler's client
+    (:class:`~foreman.actors.scheduler.SchedulerClient`)."""
+
+    async def next_job(self, loaded: str | None, stops: trio.MemorySendChannel[Stop]) -> Work:
+        """The next job for a backend that has ``loaded``; stops for it come on ``stops``."""
+        ...
+
+    async def done(self, job_id: str) -> None:
+        """The job's backend call ended: it left the GPU."""
+        ...
+
+    async def retry(self, work: Work, delay: float) -> None:
+        """Queue the job again, to run no sooner than ``delay`` seconds from now."""
+        ...
+
+
+UNREACHABLE_STATUS = 503
 """What a synchronous caller gets when every attempt found the backend unreachable."""
 UNSTORABLE_STATUS = 502
 """What a synchronous caller gets when the backend's answer cannot be recorded."""
@@ -70,9 +131,9 @@ def exponential_backoff(attempt: int) -> float:
 class Worker:
     def __init__(
         self,
-        upstream: Upstream,
+        backend: Backend,
         journal: JournalClient,
-        scheduler: trio.MemorySendChannel[Message],
+        scheduler: JobSource,
         store: ArtifactStore,
         *,
         max_attempts: int,
@@ -81,7 +142,7 @@ class Worker:
         stream_stall: float | None = None,
         loaded: str | None = None,
     ) -> None:
-        self._upstream = upstream
+        self._backend = backend
         self._journal = journal
         self._scheduler = scheduler
         self._store = store
@@ -99,17 +160,17 @@ class Worker:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run jobs until :meth:`drain` is called and the jobs at the backend are done."""
-        control_send, control = trio.open_memory_channel[Cancel](16)
+        stops_send, stops = trio.open_memory_channel[Stop](16)
         async with (
             trio.open_nursery() as finishing,
-            control_send,
-            control,
+            stops_send,
+            stops,
             trio.open_nursery() as calls,
         ):
-            calls.start_soon(self._route, control)
+            calls.start_soon(self._route, stops)
             task_status.started()
             last: trio.Event | None = None  # set when the newest call has ended
-            while (work := await self._next(control_send)) is not None:
+            while (work := await self._next(stops_send)) is not None:
                 self.loaded = work.job.model_key
                 ended = trio.Event()
                 calls.start_soon(self._attempt, work, last, ended, finishing)
@@ -126,22 +187,20 @@ class Worker:
         if self._waiting is not None:
             self._waiting.cancel()
 
-    async def _next(self, control: trio.MemorySendChannel[Cancel]) -> Work | None:
+    async def _next(self, stops: trio.MemorySendChannel[Stop]) -> Work | None:
         """The next job from the scheduler; None once draining."""
         if self._draining.is_set():
             return None
-        reply: Reply[Work] = Reply()
-        await self._scheduler.send(Ready(self.loaded, reply, control))
         with trio.CancelScope() as self._waiting:
-            return await reply.wait()
+            return await self._scheduler.next_job(self.loaded, stops)
         return None
 
-    async def _route(self, control: trio.MemoryReceiveChannel[Cancel]) -> None:
-        """Hand each cancel to its job's call; one for a job already gone is stale."""
-        async for cancel in control:
-            call = self._calls.get(cancel.job_id)
+    async def _route(self, stops: trio.MemoryReceiveChannel[Stop]) -> None:
+        """Hand each stop to its job's call; one for a job already gone is stale."""
+        async for stop in stops:
+            call = self._calls.get(stop.job_id)
             if call is not None:
-                call.cancel(cancel)
+                call.stop(stop)
 
     async def _attempt(
         self,
@@ -158,10 +217,10 @@ class Worker:
             async with trio.open_nursery() as turn:
                 call.turn = turn.cancel_scope
                 turn.start_soon(self._take_turn, call, before)
-                outcome = await call.run(self._upstream, self.stream_stall)
-                if isinstance(outcome, Cancel) and not call.started:
+                outcome = await call.run(self._backend, self.stream_stall)
+                if isinstance(outcome, Stop) and not call.started:
                     turn.cancel_scope.cancel()  # cancelled while waiting: it never started
-            outcome = call.cancelled_before_start or outcome
+            outcome = call.stopped_before_start or outcome
         except BaseException:
             if call.started:  # cancelled (shutdown after its grace): back to the queue
                 with trio.CancelScope(shield=True):
@@ -169,25 +228,25 @@ class Worker:
             raise
         finally:
             del self._calls[job_id]
-        await self._scheduler.send(Done(job_id))
+        await self._scheduler.done(job_id)
         ended.set()
         attempt = work.attempts + 1
         events: list[Event]
-        failed: Failed | None = None
-        if isinstance(outcome, Unavailable):
+        failed: AnswerError | None = None
+        if isinstance(outcome, BackendUnreachable):
             failure = JobAttemptFailed(attempt=attempt, error=str(outcome), retryable=True)
             if attempt < self.max_attempts:
-                retried = dataclasses.replace(work, attempts=attempt, admitted=False)
+                retried = dataclasses.replace(work, attempts=attempt)
                 events = [failure, JobRequeued(reason="retry")]
                 finishing.start_soon(self._retry, retried, events, self._backoff(attempt))
                 return
             final = f"the backend was unreachable {attempt} times: {outcome}"
             events = [failure, JobFailed(error=final)]
-            failed = Failed(UNAVAILABLE_STATUS, final)
+            failed = AnswerError(UNREACHABLE_STATUS, final)
         elif isinstance(outcome, BackendError):
             events = [JobFailed(error=outcome.message, status=outcome.status)]
-            failed = Failed(outcome.status or 500, outcome.message)
-        elif isinstance(outcome, Cancel):
+            failed = AnswerError(outcome.status or 500, outcome.message)
+        elif isinstance(outcome, Stop):
             events = [JobCancelled(reason=outcome.reason)]
         else:
             finishing.start_soon(self._succeed, work, outcome)
@@ -199,7 +258,7 @@ class Worker:
         if before is not None:
             await before.wait()
         call.start(self.job_timeout)
-        started = JobStarted(attempt=call.work.attempts + 1, backend=self._upstream.base_url)
+        started = JobStarted(attempt=call.work.attempts + 1, backend=self._backend.base_url)
         with trio.CancelScope(shield=True):  # the job has started: that is recorded
             await self._journal.append(call.work.job.job_id, [started])
 
@@ -211,7 +270,7 @@ class Worker:
             succeeded = JobSucceeded(result=result)
         except ValidationError as error:
             why = f"the backend's answer cannot be stored: {error.errors()[0]['msg']}"
-            await self._finish(work, [JobFailed(error=why)], Failed(UNSTORABLE_STATUS, why))
+            await self._finish(work, [JobFailed(error=why)], AnswerError(UNSTORABLE_STATUS, why))
             return
         with trio.CancelScope(shield=True):
             artifacts = await trio.to_thread.run_sync(
@@ -224,27 +283,28 @@ class Worker:
     ) -> tuple[ArtifactRef, ...]:
         return tuple(self._store.put(job_id, *output) for output in outputs(kind, result))
 
-    async def _finish(self, work: Work, events: list[Event], failed: Failed | None = None) -> None:
+    async def _finish(
+        self, work: Work, events: list[Event], failed: AnswerError | None = None
+    ) -> None:
         """Record the job's end, then tell its caller (if still there) and let it go.
         Shielded: an outcome already produced is recorded even at shutdown."""
         with trio.CancelScope(shield=True):
             await self._journal.append(work.job.job_id, events)
-        if work.output is None:
+        if work.answers is None:
             return
-        async with work.output:
+        async with work.answers:
             if failed is not None:
                 with contextlib.suppress(trio.BrokenResourceError):
-                    await work.output.send(failed)
+                    await work.answers.send(failed)
 
     async def _retry(self, work: Work, events: list[Event], delay: float) -> None:
         """Record the failed attempt; the job queues again, to run after ``delay``."""
         with trio.CancelScope(shield=True):
             await self._journal.append(work.job.job_id, events)
-        retried = dataclasses.replace(work, not_before=trio.current_time() + delay)
-        await self._scheduler.send(retried)
+        await self._scheduler.retry(work, delay)
 
 
-Outcome = dict[str, Any] | Unavailable | BackendError | Cancel
+Outcome = dict[str, Any] | BackendUnreachable | BackendError | Stop
 
 
 class _Call:
@@ -253,7 +313,7 @@ class _Call:
     def __init__(self, work: Work) -> None:
         self.work = work
         self.started = False
-        self._cancelled: Cancel | None = None
+        self._stopped: Stop | None = None
         self._answered = False
         self.turn: trio.CancelScope | None = None
         """The wait for the GPU: a job cancelled before it ends never starts."""
@@ -267,43 +327,43 @@ class _Call:
             self._timeout = timeout
             self._limit.deadline = trio.current_time() + timeout
 
-    def cancel(self, cancel: Cancel) -> None:
+    def stop(self, stop: Stop) -> None:
         """Stop the call. One not started yet never starts, even when its answer has
         already come while it waited behind the running job (ADR-0026)."""
-        self._cancelled = cancel
+        self._stopped = stop
         self._scope.cancel()
         if self._answered and not self.started and self.turn is not None:
             self.turn.cancel()
 
     @property
-    def cancelled_before_start(self) -> Cancel | None:
-        return None if self.started else self._cancelled
+    def stopped_before_start(self) -> Stop | None:
+        return None if self.started else self._stopped
 
-    async def run(self, upstream: Upstream, stream_stall: float | None) -> Outcome:
-        """The call's outcome. Over the timeout it is Unavailable (retryable) while
-        nothing was answered yet, and a BackendError once the answer began."""
-        relay = _Relay(self.work.output, stream_stall)
+    async def run(self, backend: Backend, stream_stall: float | None) -> Outcome:
+        """The call's outcome. Over the timeout it is BackendUnreachable (retryable)
+        while nothing was answered yet, and a BackendError once the answer began."""
+        relay = _Relay(self.work.answers, stream_stall)
         try:
-            return await self._call(upstream, relay)
+            return await self._call(backend, relay)
         finally:
             self._answered = True
 
-    async def _call(self, upstream: Upstream, relay: _Relay) -> Outcome:
+    async def _call(self, backend: Backend, relay: _Relay) -> Outcome:
         job_id = self.work.job.job_id
         with self._scope:
             with self._limit:
                 try:
-                    return await upstream.generate(self.work.kind, self.work.body, relay)
-                except (Unavailable, BackendError) as error:
+                    return await backend.generate(self.work.kind, self.work.body, relay)
+                except (BackendUnreachable, BackendError) as error:
                     return error
                 except trio.BrokenResourceError:  # the caller stopped listening
-                    return Cancel(job_id, "client_disconnected")
+                    return Stop(job_id, "client_disconnected")
                 except CallerStalled:
-                    return Cancel(job_id, "client_stalled")
+                    return Stop(job_id, "client_stalled")
             message = f"no answer within the job timeout ({self._timeout} s)"
-            return BackendError(message, None) if relay.began else Unavailable(message)
-        assert self._cancelled is not None  # only cancel() cancels the scope
-        return self._cancelled
+            return BackendError(message, None) if relay.began else BackendUnreachable(message)
+        assert self._stopped is not None  # only stop() cancels the scope
+        return self._stopped
 
 
 class CallerStalled(Exception):
@@ -315,16 +375,16 @@ class _Relay:
     raises BrokenResourceError once the caller has gone, and CallerStalled when a
     line waited for it over ``stall`` seconds."""
 
-    def __init__(self, output: trio.MemorySendChannel[Output] | None, stall: float | None) -> None:
-        self._output = output
+    def __init__(self, answers: trio.MemorySendChannel[Answer] | None, stall: float | None) -> None:
+        self._answers = answers
         self._stall = math.inf if stall is None else stall
         self.began = False
 
     async def __call__(self, line: bytes) -> None:
         self.began = True
-        if self._output is None:
+        if self._answers is None:
             return
         with trio.move_on_after(self._stall):
-            await self._output.send(Line(line))
+            await self._answers.send(AnswerLine(line))
             return
         raise CallerStalled

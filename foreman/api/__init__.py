@@ -1,1 +1,9 @@
-"""Foreman's HTTP API: the Ollama-compatible front door, health, and (later) async jobs."""
+"""Foreman's HTTP API: the Ollama-compatible front door, the async job API and health,
+in one FastAPI app (:func:`create_app`) that the HTTP actor serves."""
+
+from foreman.api.app import create_app
+from foreman.api.bound import Bound
+from foreman.api.jobs import JobsApi
+from foreman.api.ollama import OllamaApi
+
+__all__ = ["Bound", "JobsApi", "OllamaApi", "create_app"]

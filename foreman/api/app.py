@@ -12,11 +12,11 @@ from starlette.responses import Response
 from foreman import __version__
 from foreman.api.errors import install_error_handlers
 from foreman.api.guard import RequestGuard
-from foreman.api.jobs import JobDesk, job_routes
-from foreman.api.ollama import Gateway, ollama_routes
-from foreman.api.schemas import WebhookPayload
-from foreman.upstream import Unavailable
-from foreman.wire import OllamaJSON
+from foreman.api.jobs import JobsApi, job_routes
+from foreman.api.ollama import OllamaApi, ollama_routes
+from foreman.backend import BackendUnreachable
+from foreman.ollama_protocol import OllamaJSON
+from foreman.views import WebhookPayload
 
 HEALTH_PROBE_SECONDS = 2.0
 
@@ -28,9 +28,10 @@ The async job API is described here. The Ollama-compatible endpoints
 not repeated: point an Ollama client at Foreman."""
 
 
-def create_app(gateway: Gateway, desk: JobDesk, *, body_timeout: float) -> FastAPI:
+def create_app(ollama: OllamaApi, jobs: JobsApi, *, max_body: int, body_timeout: float) -> FastAPI:
     """The app; ``/docs`` serves its own Swagger UI assets (no CDN, no internet).
-    Every request's body must arrive within ``body_timeout`` seconds
+    Every request's body must be at most ``max_body`` bytes and arrive within
+    ``body_timeout`` seconds
     (:class:`~foreman.api.guard.RequestGuard`). No path is redirected to another
     (``/x/`` to ``/x``): a redirect would be built from the request's own ``Host``."""
     app = FastAPIOffline(
@@ -39,20 +40,20 @@ def create_app(gateway: Gateway, desk: JobDesk, *, body_timeout: float) -> FastA
         description=DESCRIPTION,
         redirect_slashes=False,
     )
-    app.add_middleware(RequestGuard, max_body=gateway.max_body, body_timeout=body_timeout)
-    app.include_router(ollama_routes(gateway), include_in_schema=False)
-    app.include_router(job_routes(desk))
+    app.add_middleware(RequestGuard, max_body=max_body, body_timeout=body_timeout)
+    app.include_router(ollama_routes(ollama), include_in_schema=False)
+    app.include_router(job_routes(jobs))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
         """Ready: every actor runs (one that fails stops Foreman); the backend's state."""
-        backend: dict[str, object] = {"url": gateway.upstream.base_url, "reachable": False}
+        backend: dict[str, object] = {"url": ollama.backend.base_url, "reachable": False}
         with trio.move_on_after(HEALTH_PROBE_SECONDS):
             try:
-                status, content, _ = await gateway.upstream.probe("/api/version")
+                status, content, _ = await ollama.backend.probe("/api/version")
                 backend["reachable"] = status == 200
                 backend["version"] = json.loads(content).get("version")
-            except (Unavailable, ValueError, AttributeError) as error:
+            except (BackendUnreachable, ValueError, AttributeError) as error:
                 backend["error"] = str(error)
         actors = dict.fromkeys(
             ("journal", "scheduler", "worker", "janitor", "http", "dispatcher"), "running"

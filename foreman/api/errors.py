@@ -1,7 +1,7 @@
 """Errors: JSON on every route, always, with a message a person can act on.
 
 The Ollama endpoints (``/api/...`` and ``/``) answer errors as Ollama does,
-``{"error": ...}`` (:mod:`foreman.wire`); everything else answers an
+``{"error": ...}`` (:mod:`foreman.ollama_protocol`); everything else answers an
 :class:`~foreman.api.schemas.ApiError`: ``{"error": ..., "detail": [...]}``.
 Unknown paths and wrong methods too (404, 405), and every refusal of
 :mod:`foreman.api.guard`.
@@ -19,8 +19,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
 from foreman.api.schemas import ApiError, FieldProblem
-from foreman.wire import OllamaError, OllamaJSON
-from foreman.wire import error_response as ollama_error_response
+from foreman.ollama_protocol import OllamaError, OllamaJSON
+from foreman.ollama_protocol import error_response as ollama_error_response
 
 METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 FASTAPI_PARSE_FAILED = "There was an error parsing the body"

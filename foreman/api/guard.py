@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 
 import trio
@@ -22,8 +23,9 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from foreman.api.errors import error_response
-from foreman.config import format_duration
-from foreman.logs import log
+from foreman.units import format_duration
+
+logger = logging.getLogger(__name__)
 
 TOO_LARGE = "request body is over the {limit}-byte limit (FOREMAN_MAX_BODY)"
 TOO_SLOW = "request body did not arrive within {timeout} (FOREMAN_BODY_TIMEOUT)"
@@ -58,7 +60,7 @@ async def _answer_failure(scope: Scope, exchange: _Exchange, error: Exception) -
     refused = exchange.refused
     if refused is None:
         request_id = secrets.token_hex(6)
-        log.error(
+        logger.error(
             "http: %s %s failed (request %s)",
             scope["method"],
             scope["path"],

@@ -9,7 +9,6 @@ which only the scheduler knows, is asked of it.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -22,25 +21,19 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 from starlette.responses import FileResponse, Response
 
-from foreman.actors.journal import JournalClient
-from foreman.actors.reply import Reply
-from foreman.actors.scheduler import Admit, Cancel, CancelOutcome, Message, Position, Release, Work
+from foreman.actors import JournalClient, QueueFull, SchedulerClient
 from foreman.api.bound import Bound, Busy
 from foreman.api.errors import ApiProblem
 from foreman.api.schemas import (
     ApiError,
-    ArtifactView,
-    DeliveryView,
     EventView,
     JobAccepted,
     JobEvents,
     JobPage,
-    JobView,
     RedeliverWebhooks,
     Redelivery,
     SubmitJob,
 )
-from foreman.api.views import artifact_view, delivery_view, job_summary, job_view
 from foreman.artifacts import ArtifactStore, valid_name
 from foreman.events.deliveries import Deliveries, job_deliveries
 from foreman.events.jobs import TERMINAL_STATES, Job, JobState
@@ -62,9 +55,16 @@ from foreman.events.types import (
     delivery_stream,
     stored_data,
 )
-from foreman.ids import new_ulid
-from foreman.scheduling import QueuedJob
-from foreman.webhooks.policy import host_allowed
+from foreman.views import (
+    ArtifactView,
+    DeliveryView,
+    JobView,
+    artifact_view,
+    delivery_view,
+    job_summary,
+    job_view,
+)
+from foreman.webhooks import host_allowed
 
 BUSY = "the queue is full (FOREMAN_MAX_QUEUE): try again shortly"
 LISTINGS_BUSY = "too many job listings at once (FOREMAN_MAX_LISTINGS): try again shortly"
@@ -102,11 +102,11 @@ JOB_LINKS = {
 
 
 @dataclass(frozen=True, slots=True)
-class JobDesk:
+class JobsApi:
     """What the job API's routes talk to."""
 
     journal: JournalClient
-    scheduler: trio.MemorySendChannel[Message]
+    scheduler: SchedulerClient
     reader: Reader
     store: ArtifactStore
     inline_max: int
@@ -132,7 +132,7 @@ class JobDesk:
                 self._key_locks.pop(idempotency_key, None)
 
 
-def job_routes(desk: JobDesk) -> APIRouter:
+def job_routes(api: JobsApi) -> APIRouter:
     router = APIRouter(prefix="/jobs", tags=["jobs"])
 
     def responses(
@@ -165,11 +165,11 @@ def job_routes(desk: JobDesk) -> APIRouter:
     ) -> Response:
         """Queue a job; 202 with its id and ``Location``. With an ``Idempotency-Key``
         already used for the same body: 200 and that job; for another body: 409."""
-        _check_webhook_host(desk, body)
+        _check_webhook_host(api, body)
         if idempotency_key is None:
-            return await _submit(desk, body, None)
-        async with desk.holding(idempotency_key):
-            return await _submit_once(desk, body, idempotency_key)
+            return await _submit(api, body, None)
+        async with api.holding(idempotency_key):
+            return await _submit_once(api, body, idempotency_key)
 
     @router.get(
         "",
@@ -191,8 +191,8 @@ def job_routes(desk: JobDesk) -> APIRouter:
         ] = None,
     ) -> Response:
         """Jobs, newest first, a page at a time (503 beyond FOREMAN_MAX_LISTINGS at once)."""
-        with _listing(desk):
-            page = await desk.listing_reader.read(
+        with _listing(api):
+            page = await api.listing_reader.read(
                 lambda log: _page(
                     log, state=state, model=model, kind=kind, cursor=cursor, limit=limit
                 )
@@ -204,7 +204,7 @@ def job_routes(desk: JobDesk) -> APIRouter:
     )
     async def get(job_id: str) -> Response:
         """The job: state, place in the queue, result, outputs."""
-        return _json(await _view(desk, job_id))
+        return _json(await _view(api, job_id))
 
     @router.get(
         "/{job_id}/events",
@@ -214,7 +214,7 @@ def job_routes(desk: JobDesk) -> APIRouter:
     )
     async def events(job_id: str) -> JobEvents:
         """The job's whole history from the log (kept after it is pruned), for audit."""
-        recorded = await desk.reader.read(EventLog.read_stream, job_id)
+        recorded = await api.reader.read(EventLog.read_stream, job_id)
         if not recorded:
             raise ApiProblem(404, f"no job {job_id!r}")
         return JobEvents(
@@ -240,15 +240,13 @@ def job_routes(desk: JobDesk) -> APIRouter:
     async def cancel(job_id: str) -> Response:
         """Cancel: a queued job never runs (200); a running one's backend call is
         stopped (202, ``JobCancelled`` follows); a finished one: 409."""
-        record = await _record(desk, job_id)
+        record = await _record(api, job_id)
         if record.job.state not in TERMINAL_STATES:
-            outcome: Reply[CancelOutcome] = Reply()
-            await desk.scheduler.send(Cancel(job_id, "cancelled_by_request", outcome))
-            answer = await outcome.wait()
+            answer = await api.scheduler.cancel(job_id, "cancelled_by_request")
             if answer != "not_found":
-                view = await (_settled_view if answer == "stopping" else _view)(desk, job_id)
+                view = await (_settled_view if answer == "stopping" else _view)(api, job_id)
                 return _json(view, 200 if view.state == "cancelled" else 202)
-            record = await _record(desk, job_id)
+            record = await _record(api, job_id)
         raise ApiProblem(409, f"job {job_id} has already {record.job.state}: nothing to cancel")
 
     @router.get(
@@ -267,12 +265,12 @@ def job_routes(desk: JobDesk) -> APIRouter:
     )
     async def artifact(job_id: str, name: str, request: Request) -> Response:
         """An output's bytes, with its media type, ``ETag`` (its sha256) and ranges."""
-        record = await _record(desk, job_id)
+        record = await _record(api, job_id)
         ref = _artifact(record, name)
         etag = f'"{ref.sha256}"'
         if etag in _etags(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers={"ETag": etag})
-        path = desk.store.path(job_id, ref.sha256)
+        path = api.store.path(job_id, ref.sha256)
         return FileResponse(path, media_type=ref.media_type, headers={"ETag": etag})
 
     @router.post(
@@ -285,18 +283,18 @@ def job_routes(desk: JobDesk) -> APIRouter:
     async def redeliver(job_id: str, body: RedeliverWebhooks | None = None) -> Redelivery:
         """Send state notifications again, with fresh tries: every abandoned one, or
         the ones named (delivered or abandoned). They keep their ``webhook-id``."""
-        record = await _record(desk, job_id)
+        record = await _record(api, job_id)
         if record.job.state_webhook_url is None:
             raise ApiProblem(409, f"job {job_id} was submitted without a state_webhook_url")
-        chosen = _to_redeliver(await desk.reader.read(job_deliveries, job_id), body)
+        chosen = _to_redeliver(await api.reader.read(job_deliveries, job_id), body)
         ids = tuple(delivery.id for delivery in chosen)
         try:
-            await desk.journal.append(
+            await api.journal.append(
                 delivery_stream(job_id), [WebhookRedeliveryRequested(deliveries=ids)]
             )
         except IllegalTransition as refused:
             raise ApiProblem(409, f"not sent again: {refused}") from None
-        now = await desk.reader.read(job_deliveries, job_id)
+        now = await api.reader.read(job_deliveries, job_id)
         return Redelivery(redelivered=[delivery_view(d) for d in now if d.id in ids])
 
     return router
@@ -323,10 +321,10 @@ def _page(
 
 
 @contextmanager
-def _listing(desk: JobDesk) -> Iterator[None]:
+def _listing(api: JobsApi) -> Iterator[None]:
     """One of the FOREMAN_MAX_LISTINGS places for the block, or 503 at once."""
     try:
-        with desk.listings.slot():
+        with api.listings.slot():
             yield
     except Busy:
         raise ApiProblem(503, LISTINGS_BUSY, headers={"Retry-After": "1"}) from None
@@ -338,25 +336,25 @@ def _job_id(value: str | None) -> str | None:
     return value
 
 
-async def _settled_view(desk: JobDesk, job_id: str) -> JobView:
+async def _settled_view(api: JobsApi, job_id: str) -> JobView:
     """The view of a job its worker is stopping. One sent to the backend behind the
     running job (ADR-0026) is still ``queued`` in the log when the scheduler hands
     its cancel to the worker, which records ``JobCancelled`` a moment later: wait
     for the job's next event (subscribed before the view is read, so none is missed)."""
-    async with await desk.journal.subscribe() as committed:
-        view = await _view(desk, job_id)
+    async with await api.journal.subscribe() as committed:
+        view = await _view(api, job_id)
         if view.state != "queued":
             return view
         with trio.move_on_after(CANCEL_SETTLING_SECONDS):
             async for events in committed:
                 if any(event.stream == job_id for event in events):
                     break
-    return await _view(desk, job_id)
+    return await _view(api, job_id)
 
 
-def _check_webhook_host(desk: JobDesk, body: SubmitJob) -> None:
+def _check_webhook_host(api: JobsApi, body: SubmitJob) -> None:
     url = body.state_webhook_url
-    if url is not None and not host_allowed(url, desk.allowed_hosts):
+    if url is not None and not host_allowed(url, api.allowed_hosts):
         problem = "the host is not in FOREMAN_WEBHOOK_ALLOWED_HOSTS"
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "state_webhook_url"), "msg": problem}]
@@ -377,40 +375,28 @@ def _to_redeliver(deliveries: Deliveries, body: RedeliverWebhooks | None) -> Del
     return tuple(known[id_] for id_ in dict.fromkeys(body.ids))
 
 
-async def _submit_once(desk: JobDesk, body: SubmitJob, key: str) -> Response:
-    earlier = await desk.reader.read(job_by_idempotency_key, key)
+async def _submit_once(api: JobsApi, body: SubmitJob, key: str) -> Response:
+    earlier = await api.reader.read(job_by_idempotency_key, key)
     if earlier is None:
-        return await _submit(desk, body, key)
+        return await _submit(api, body, key)
     job_id, submitted = earlier
     if _as_submitted(body, key) != submitted:
         raise ApiProblem(409, f"Idempotency-Key {key!r} was used for another request body")
-    record = await _record(desk, job_id)
-    return _accepted(await _accepted_view(desk, record.job), 200)
+    record = await _record(api, job_id)
+    return _accepted(await _accepted_view(api, record.job), 200)
 
 
-async def _submit(desk: JobDesk, body: SubmitJob, key: str | None) -> Response:
-    admitted: Reply[bool] = Reply()
-    await desk.scheduler.send(Admit(admitted))
-    if not await admitted.wait():
-        raise ApiProblem(503, BUSY, headers={"Retry-After": "1"})
-    job_id = new_ulid()
-    submitted = _as_submitted(body, key)
+async def _submit(api: JobsApi, body: SubmitJob, key: str | None) -> Response:
     try:
-        (event,) = await desk.journal.append(job_id, [submitted], expected_version=0)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await desk.scheduler.send(Release())
-        raise
-    queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
-    request = json.dumps(submitted.request).encode()
-    position: Reply[int | None] = Reply()
-    await desk.scheduler.send(Work(queued, body.kind, request, 0, admitted=True, position=position))
+        queued = await api.scheduler.submit(_as_submitted(body, key))
+    except QueueFull:
+        raise ApiProblem(503, BUSY, headers={"Retry-After": "1"}) from None
     accepted = JobAccepted(
-        job_id=job_id,
+        job_id=queued.job_id,
         state="queued",
-        created_at=event.recorded_at,
-        queue_position=await position.wait(),
-        location=f"/jobs/{job_id}",
+        created_at=queued.created_at,
+        queue_position=queued.position,
+        location=f"/jobs/{queued.job_id}",
     )
     return _accepted(accepted, 202)
 
@@ -437,8 +423,8 @@ def _accepted(accepted: JobAccepted, status: int) -> Response:
     return Response(accepted.model_dump_json(), status, headers, media_type="application/json")
 
 
-async def _accepted_view(desk: JobDesk, job: Job) -> JobAccepted:
-    position = await _position(desk, job.id) if job.state == "queued" else None
+async def _accepted_view(api: JobsApi, job: Job) -> JobAccepted:
+    position = await api.scheduler.position(job.id) if job.state == "queued" else None
     return JobAccepted(
         job_id=job.id,
         state=job.state,
@@ -448,60 +434,52 @@ async def _accepted_view(desk: JobDesk, job: Job) -> JobAccepted:
     )
 
 
-async def _position(desk: JobDesk, job_id: str) -> int | None:
-    reply: Reply[int | None] = Reply()
-    await desk.scheduler.send(Position(job_id, reply))
-    return await reply.wait()
-
-
-async def _record(desk: JobDesk, job_id: str) -> JobRecord:
-    record = await desk.reader.read(job_record, job_id)
+async def _record(api: JobsApi, job_id: str) -> JobRecord:
+    record = await api.reader.read(job_record, job_id)
     if record is None:
-        await _missing(desk, job_id)
+        await _missing(api, job_id)
     return record
 
 
-async def _missing(desk: JobDesk, job_id: str) -> NoReturn:
+async def _missing(api: JobsApi, job_id: str) -> NoReturn:
     """404, or 410 for a job the log has but the janitor pruned."""
-    if await desk.reader.read(was_submitted, job_id):
+    if await api.reader.read(was_submitted, job_id):
         raise ApiProblem(410, f"job {job_id} finished long ago and was pruned (FOREMAN_JOB_TTL)")
     raise ApiProblem(404, f"no job {job_id!r}")
 
 
-async def _view(desk: JobDesk, job_id: str) -> JobView:
+async def _view(api: JobsApi, job_id: str) -> JobView:
     """The job's view: its record, outputs and deliveries read in one go on the
     reader's thread, its queue position from the scheduler."""
-    found = await desk.reader.read(_read_view, desk, job_id)
+    found = await api.reader.read(_read_view, api, job_id)
     if found is None:
-        await _missing(desk, job_id)
+        await _missing(api, job_id)
     record, artifacts, deliveries = found
     job = record.job
     return job_view(
         record,
         artifacts,
-        queue_position=await _position(desk, job.id) if job.state == "queued" else None,
+        queue_position=await api.scheduler.position(job.id) if job.state == "queued" else None,
         webhooks=None if job.state_webhook_url is None else deliveries,
     )
 
 
 def _read_view(
-    log: EventLog, desk: JobDesk, job_id: str
+    log: EventLog, api: JobsApi, job_id: str
 ) -> tuple[JobRecord, list[ArtifactView], list[DeliveryView]] | None:
     record = job_record(log, job_id)
     if record is None:
         return None
     refs = record.succeeded.artifacts if record.succeeded is not None else ()
-    artifacts = [
-        artifact_view(job_id, ref, inline=_small_output(desk, job_id, ref)) for ref in refs
-    ]
+    artifacts = [artifact_view(job_id, ref, inline=_small_output(api, job_id, ref)) for ref in refs]
     return record, artifacts, [delivery_view(d) for d in job_deliveries(log, job_id)]
 
 
-def _small_output(desk: JobDesk, job_id: str, ref: ArtifactRef) -> bytes | None:
+def _small_output(api: JobsApi, job_id: str, ref: ArtifactRef) -> bytes | None:
     """An output's bytes when it is small enough to show inline (a blocking read)."""
-    if ref.size > desk.inline_max:
+    if ref.size > api.inline_max:
         return None
-    return desk.store.path(job_id, ref.sha256).read_bytes()
+    return api.store.path(job_id, ref.sha256).read_bytes()
 
 
 def _json(model: JobView, status: int = 200) -> Response:

@@ -21,25 +21,12 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from foreman.actors.journal import JournalClient
-from foreman.actors.reply import Reply
-from foreman.actors.scheduler import (
-    Admit,
-    Cancel,
-    Failed,
-    Line,
-    Message,
-    Output,
-    Release,
-    Work,
-)
+from foreman.actors import Answer, AnswerError, AnswerLine, QueueFull, SchedulerClient
 from foreman.api.bound import Bound, Busy
+from foreman.backend import Backend, BackendUnreachable
 from foreman.events.types import JobKind, JobSubmitted
 from foreman.events.values import storable_object
-from foreman.ids import new_ulid
-from foreman.scheduling import QueuedJob
-from foreman.upstream import Unavailable, Upstream
-from foreman.wire import (
+from foreman.ollama_protocol import (
     JSON_TYPE,
     ConnectionCut,
     NDJSONStream,
@@ -53,7 +40,7 @@ T = TypeVar("T")
 
 ERROR_TEXT_LIMIT = 512
 """Characters of a backend's non-JSON error answer quoted in Foreman's JSON one."""
-OUTPUT_BUFFER = 64
+ANSWER_BUFFER = 64
 """Lines the worker may run ahead of a slow caller before it waits for it."""
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 """Ollama's own answer when its queue is full (FOREMAN_MAX_QUEUE here)."""
@@ -61,67 +48,52 @@ RETRY_AFTER_SECONDS = 1
 
 
 @dataclass(frozen=True, slots=True)
-class Gateway:
-    """What the front door's routes talk to: actors' channels and the backend."""
+class OllamaApi:
+    """What the front door's routes talk to: the scheduler and the backend."""
 
-    journal: JournalClient
-    scheduler: trio.MemorySendChannel[Message]
-    upstream: Upstream
-    max_body: int
+    scheduler: SchedulerClient
+    backend: Backend
     passthrough: Bound
     """FOREMAN_MAX_PASSTHROUGH: pass-through calls in flight at once."""
     passthrough_timeout: float
     """FOREMAN_PASSTHROUGH_TIMEOUT: the longest one pass-through call may take."""
 
 
-def ollama_routes(gateway: Gateway) -> APIRouter:
+def ollama_routes(api: OllamaApi) -> APIRouter:
     router = APIRouter()
 
     @router.post("/api/chat")
     async def chat(request: Request) -> Response:
-        return await _run_job(gateway, "chat", request)
+        return await _run_job(api, "chat", request)
 
     @router.post("/api/generate")
     async def generate(request: Request) -> Response:
-        return await _run_job(gateway, "generate", request)
+        return await _run_job(api, "generate", request)
 
     for path in ("/api/embed", "/api/embeddings", "/api/show"):
-        router.add_api_route(path, _forward(gateway, "POST", path), methods=["POST"])
+        router.add_api_route(path, _forward(api, "POST", path), methods=["POST"])
     for path in ("/api/tags", "/api/ps", "/api/version", "/"):
-        router.add_api_route(path, _forward(gateway, "GET", path), methods=["GET", "HEAD"])
+        router.add_api_route(path, _forward(api, "GET", path), methods=["GET", "HEAD"])
     return router
 
 
-async def _run_job(gateway: Gateway, kind: JobKind, request: Request) -> Response:
+async def _run_job(api: OllamaApi, kind: JobKind, request: Request) -> Response:
     raw = await request.body()  # its size and deadline: foreman.api.guard
     body = decode_json(raw)
     submitted = _submission(kind, body)
-    admitted: Reply[bool] = Reply()
-    await gateway.scheduler.send(Admit(admitted))
-    if not await admitted.wait():
-        return OllamaJSON(
-            {"error": BUSY}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
-        )
-    job_id = new_ulid()
+    send, answers = trio.open_memory_channel[Answer](ANSWER_BUFFER)
     try:
-        (event,) = await gateway.journal.append(job_id, [submitted], expected_version=0)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await gateway.scheduler.send(Release())
-        raise
-    send, output = trio.open_memory_channel[Output](OUTPUT_BUFFER)
-    queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
-    work = Work(queued, kind, raw, attempts=0, output=send, admitted=True)
-    await gateway.scheduler.send(work)
-
-    first = await _first_output(gateway, job_id, output, request)
-    if isinstance(first, Failed):
+        job_id = (await api.scheduler.submit(submitted, body=raw, answers=send)).job_id
+    except QueueFull:
+        return _busy()
+    first = await _first_answer(api, job_id, answers, request)
+    if isinstance(first, AnswerError):
         return OllamaJSON({"error": first.message}, status_code=first.status)
     if first is None:  # cancelled: Ollama's answer to a request it gave up on
         return OllamaJSON({"error": "request canceled"}, status_code=499)
     if body.get("stream", True) is False:
         return Response(first.data, media_type=JSON_TYPE)
-    return NDJSONStream(_stream(gateway, job_id, first, output))
+    return NDJSONStream(_stream(api, job_id, first, answers))
 
 
 def _submission(kind: JobKind, body: object) -> JobSubmitted:
@@ -140,26 +112,28 @@ def _submission(kind: JobKind, body: object) -> JobSubmitted:
         raise OllamaError(400, first_problem(error, within="request")) from None
 
 
-async def _first_output(
-    gateway: Gateway,
+async def _first_answer(
+    api: OllamaApi,
     job_id: str,
-    output: trio.MemoryReceiveChannel[Output],
+    answers: trio.MemoryReceiveChannel[Answer],
     request: Request,
-) -> Output | None:
-    """The job's first output; None when it ended without one, or when the caller hung
+) -> Answer | None:
+    """The job's first answer; None when it ended without one, or when the caller hung
     up (then the job is cancelled, and nobody reads the answer)."""
-    first = await _unless_disconnected(request, partial(_next_output, output))
+    first = await _unless_disconnected(request, partial(_next_answer, answers))
     if isinstance(first, trio.EndOfChannel):
         return None
     if first is None:  # the caller hung up first: its job must not run, or must stop
-        await output.aclose()
-        await gateway.scheduler.send(Cancel(job_id, "client_disconnected"))
+        await answers.aclose()
+        await api.scheduler.cancel_soon(job_id, "client_disconnected")
     return first
 
 
-async def _next_output(output: trio.MemoryReceiveChannel[Output]) -> Output | trio.EndOfChannel:
+async def _next_answer(
+    answers: trio.MemoryReceiveChannel[Answer],
+) -> Answer | trio.EndOfChannel:
     try:
-        return await output.receive()
+        return await answers.receive()
     except trio.EndOfChannel as ended:
         return ended
 
@@ -170,7 +144,7 @@ async def _until_disconnected(request: Request) -> None:
 
 
 async def _stream(
-    gateway: Gateway, job_id: str, first: Line, output: trio.MemoryReceiveChannel[Output]
+    api: OllamaApi, job_id: str, first: AnswerLine, answers: trio.MemoryReceiveChannel[Answer]
 ) -> AsyncIterator[bytes]:
     """The job's lines as they come; a failure after the first ends the stream with
     Ollama's ``{"error": ...}`` line. A hang-up (this generator cancelled) cancels
@@ -180,11 +154,11 @@ async def _stream(
     try:
         last = first.data
         yield last
-        async for message in output:
-            if isinstance(message, Failed):
-                yield json.dumps({"error": message.message}).encode() + b"\n"
+        async for answer in answers:
+            if isinstance(answer, AnswerError):
+                yield json.dumps({"error": answer.message}).encode() + b"\n"
                 break
-            last = message.data
+            last = answer.data
             yield last
         else:
             stopped = not _is_done(last)
@@ -192,39 +166,44 @@ async def _stream(
         if stopped:  # the answer must not look whole
             raise ConnectionCut
     finally:
-        output.close()  # not aclose(): a checkpoint, where a hang-up's cancellation lands
+        answers.close()  # not aclose(): a checkpoint, where a hang-up's cancellation lands
         if not finished:
             with trio.CancelScope(shield=True):
-                await gateway.scheduler.send(Cancel(job_id, "client_disconnected"))
+                await api.scheduler.cancel_soon(job_id, "client_disconnected")
 
 
-def _forward(gateway: Gateway, method: str, path: str) -> Callable[[Request], Awaitable[Response]]:
+def _forward(api: OllamaApi, method: str, path: str) -> Callable[[Request], Awaitable[Response]]:
     """A route passing ``path`` straight to the backend (ADR-0013 for embeddings):
     at most FOREMAN_MAX_PASSTHROUGH at once (then 503 at once), each within
     FOREMAN_PASSTHROUGH_TIMEOUT, and stopped when its caller hangs up."""
 
     async def forward(request: Request) -> Response:
         try:
-            with gateway.passthrough.slot():
-                return await _pass_through(gateway, method, path, request)
+            with api.passthrough.slot():
+                return await _pass_through(api, method, path, request)
         except Busy:
-            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-            return OllamaJSON({"error": BUSY}, status_code=503, headers=headers)
+            return _busy()
 
     return forward
 
 
-async def _pass_through(gateway: Gateway, method: str, path: str, request: Request) -> Response:
+def _busy() -> Response:
+    """Ollama's 503 for a full queue, with when to try again."""
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return OllamaJSON({"error": BUSY}, status_code=503, headers=headers)
+
+
+async def _pass_through(api: OllamaApi, method: str, path: str, request: Request) -> Response:
     body = _checked(await request.body()) if method == "POST" else None
     try:
-        with trio.fail_after(gateway.passthrough_timeout):
+        with trio.fail_after(api.passthrough_timeout):
             answer = await _unless_disconnected(
-                request, lambda: gateway.upstream.forward(method, path, body)
+                request, lambda: api.backend.forward(method, path, body)
             )
     except trio.TooSlowError:
-        limit = gateway.passthrough_timeout
+        limit = api.passthrough_timeout
         raise OllamaError(504, f"the backend did not answer within {limit:g} s") from None
-    except Unavailable as error:
+    except BackendUnreachable as error:
         raise OllamaError(502, f"the backend is unreachable: {error}") from None
     if answer is None:  # nobody to answer
         return Response(status_code=499)

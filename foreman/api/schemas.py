@@ -1,18 +1,18 @@
-"""The job API's request and response bodies: the contract clients and webhook
-receivers depend on, and the source of ``/openapi.json``."""
+"""The job API's request and response bodies: the contract clients depend on, and
+the source of ``/openapi.json`` (the job's own views are :mod:`foreman.views`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from foreman.events.deliveries import DeliveryState, NotificationType
 from foreman.events.jobs import JobState
 from foreman.events.types import JobKind
 from foreman.events.values import Metadata, Text, storable_object
+from foreman.views import DeliveryView, JobSummary
 
 MAX_PRIORITY = 1_000_000
 """Priorities are small integers; the bound keeps them within SQLite's and JSON's."""
@@ -82,86 +82,6 @@ class JobAccepted(_Model):
         description="While queued: how many jobs run before it, under the current rule."
     )
     location: str = Field(description="The job's URL, as in the Location header.")
-
-
-class JobErrorView(_Model):
-    message: str
-    status: int | None = Field(description="The backend's HTTP status, when it answered.")
-
-
-class ArtifactView(_Model):
-    name: str
-    media_type: str
-    size: int
-    sha256: str
-    url: str
-    inline: str | None = Field(
-        description="The content, when at most FOREMAN_ARTIFACT_INLINE_MAX bytes."
-    )
-    inline_encoding: Literal["utf-8", "base64"] | None = Field(
-        description="How ``inline`` holds the bytes: text as a string, anything else base64."
-    )
-
-
-class JobSummary(_Model):
-    """A job as listed: its state, without its outputs."""
-
-    id: str
-    kind: JobKind
-    model: str
-    state: JobState
-    priority: int
-    attempts: int
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    error: JobErrorView | None
-    metadata: dict[str, Any] | None
-
-
-class DeliveryView(_Model):
-    """One state notification to the job's ``state_webhook_url``, and how it went."""
-
-    id: str = Field(description="The notification's id, sent as ``webhook-id``.")
-    type: NotificationType
-    occurred_at: str
-    state: DeliveryState = Field(
-        description="abandoned: every try failed; POST /jobs/{id}/webhooks/redeliver sends "
-        "it again."
-    )
-    attempts: int
-    next_attempt_at: str | None = Field(description="While pending after a failed try.")
-    last_status: int | None = Field(description="The receiver's status on the last try.")
-    last_error: str | None = Field(
-        description="Why the last try failed; null once delivered, or sent again."
-    )
-    updated_at: str
-
-
-class JobView(JobSummary):
-    """``GET /jobs/{id}``: the job, its place in the queue, its result and outputs."""
-
-    queue_position: int | None = Field(
-        description="While queued: how many jobs run before it, under the current rule."
-    )
-    result: dict[str, Any] | None = Field(description="The backend's final response.")
-    artifacts: list[ArtifactView]
-    state_webhook_url: str | None
-    webhooks: list[DeliveryView] | None = Field(
-        description="Each state notification sent to state_webhook_url (null without "
-        "one, and inside a webhook's own payload)."
-    )
-
-
-class WebhookPayload(_Model):
-    """The body POSTed to ``state_webhook_url`` on each state change of the job."""
-
-    id: str = Field(description="The notification's id, also ``webhook-id``: deduplicate by it.")
-    type: NotificationType
-    occurred_at: str = Field(description="When the job entered the state (UTC).")
-    job: JobView = Field(
-        description="The job as it stood then; artifacts by absolute URL, never inline."
-    )
 
 
 class RedeliverWebhooks(_Model):

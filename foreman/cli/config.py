@@ -25,11 +25,10 @@ from foreman.config import (
     ConfigError,
     Settings,
     env_name,
-    format_duration,
-    format_size,
     load_settings,
     setting_sources,
 )
+from foreman.units import format_duration, format_size
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 

@@ -31,6 +31,7 @@ from foreman.events import audit
 from foreman.events.jobs import JobsProjection, with_unreadable_events
 from foreman.events.log import EVENT_COLUMNS, EventLog, LogError
 from foreman.events.replay import rebuild, seq_at, state_at
+from foreman.events.store import open_log
 from foreman.events.types import delivery_stream
 
 DEFAULT_DB = "foreman.db"
@@ -54,7 +55,7 @@ def events() -> None:
 
 
 @contextmanager
-def open_log(path: Path, *, read_only: bool = True) -> Iterator[EventLog]:
+def opened_log(path: Path, *, read_only: bool = True) -> Iterator[EventLog]:
     """The log at ``path``, its errors turned into a clean message and exit code 1.
 
     The file must exist even when opening for writing: a mistyped path must not
@@ -63,7 +64,7 @@ def open_log(path: Path, *, read_only: bool = True) -> Iterator[EventLog]:
     if not path.is_file():
         raise click.ClickException(f"no such event log: {path}")
     try:
-        log = EventLog.open(path, read_only=read_only)
+        log = EventLog.open(path, read_only=True) if read_only else open_log(path)
     except (LogError, sqlite3.Error) as error:
         raise click.ClickException(f"cannot open event log {path}: {error}") from error
     try:
@@ -91,7 +92,7 @@ def open_log(path: Path, *, read_only: bool = True) -> Iterator[EventLog]:
 @json_option
 def tail(db: Path, lines: int, follow: bool, as_json: bool) -> None:
     """Print the last events; --follow keeps printing new ones (Ctrl-C stops)."""
-    with open_log(db) as log, suppress(KeyboardInterrupt):
+    with opened_log(db) as log, suppress(KeyboardInterrupt):
         after = _print_new(log, _tail_start(log, lines), as_json=as_json, header=True)
         while follow:
             time.sleep(POLL_SECONDS)
@@ -127,7 +128,7 @@ def _print_new(log: EventLog, after: int, *, as_json: bool, header: bool) -> int
 def show(db: Path, job_id: str, as_json: bool) -> None:
     """Show a job's history, event by event (its webhook deliveries' too), and its
     current state."""
-    with open_log(db) as log, log.snapshot():
+    with opened_log(db) as log, log.snapshot():
         job = JobsProjection().load(log.conn, [job_id]).get(job_id)
         history = [
             event_dict(row)
@@ -173,7 +174,7 @@ def show(db: Path, job_id: str, as_json: bool) -> None:
 )
 def export(db: Path, format_: str, output: str) -> None:
     """Export every event in seq order, streamed row by row."""
-    with open_log(db) as log, click.open_file(output, "w", encoding="utf-8") as out:
+    with opened_log(db) as log, click.open_file(output, "w", encoding="utf-8") as out:
         write_jsonl(log.rows(), out)
 
 
@@ -185,7 +186,7 @@ def export(db: Path, format_: str, output: str) -> None:
 @json_option
 def verify(db: Path, as_json: bool) -> None:
     """Check the hash chain, the events, and the projections against a replay."""
-    with open_log(db) as log:
+    with opened_log(db) as log:
         with progress_bar("verifying") as progress:
             problems = audit.verify(log, progress)
         (count,) = log.conn.execute("SELECT count(*) FROM events").fetchone()
@@ -255,7 +256,7 @@ def replay(db: Path, until: int | datetime | None, as_json: bool) -> None:
 
 
 def _rebuild(db: Path, *, as_json: bool) -> None:
-    with open_log(db, read_only=False) as log:
+    with opened_log(db, read_only=False) as log:
         started = time.perf_counter()
         count = 0
         for projection in log.projections:
@@ -279,7 +280,7 @@ def _rebuild(db: Path, *, as_json: bool) -> None:
 
 
 def _replay_until(db: Path, until: int | datetime, *, as_json: bool) -> None:
-    with open_log(db) as log:
+    with opened_log(db) as log:
         seq = until if isinstance(until, int) else seq_at(log, until)
         seq = min(seq, log.head()[0])
         with progress_bar("replaying") as progress:

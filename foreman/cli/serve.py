@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 
 import click
@@ -11,6 +12,8 @@ from foreman import logs
 from foreman.cli.config import cli_settings, settings_options
 from foreman.config import Settings
 from foreman.supervisor import run_foreman
+
+logger = logging.getLogger(__name__)
 
 
 @click.command()
@@ -30,7 +33,7 @@ async def _serve(settings: Settings) -> None:
 
             async def stop_on_signal() -> None:
                 async for number in signals:
-                    logs.log.info("%s received", signal.Signals(number).name)
+                    logger.info("%s received", signal.Signals(number).name)
                     stop.set()
                     return
 

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from foreman.events.chain import GENESIS, chain_hash
-from foreman.events.deliveries import DeliveriesProjection
-from foreman.events.jobs import JobsProjection
 from foreman.events.projection import Fold, IllegalTransition, Projection
 from foreman.events.types import Event, RecordedEvent, encode
 from foreman.ids import new_ulids
@@ -134,13 +132,13 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def wall_clock() -> datetime:
+    """Now, on the clock the log's timestamps are in (not Trio's)."""
+    return datetime.now(UTC)
+
+
 def utc_now() -> str:
-    return format_timestamp(datetime.now(UTC))
-
-
-def default_projections() -> list[Projection[Any]]:
-    """The projections Foreman keeps: the jobs, and the webhook outbox."""
-    return [JobsProjection(), DeliveriesProjection()]
+    return format_timestamp(wall_clock())
 
 
 class EventLog:
@@ -161,13 +159,16 @@ class EventLog:
         path: str | Path,
         *,
         durability: Durability = Durability.FULL,
-        projections: Sequence[Projection[Any]] | None = None,
+        projections: Sequence[Projection[Any]] = (),
         read_only: bool = False,
     ) -> EventLog:
-        """Open the log at ``path`` and bring its projections up to date.
+        """Open the log at ``path``; each append also folds into ``projections``.
 
-        A writable log is created if missing; a ``read_only`` one (for the audit
-        tools) must exist, and is neither changed nor caught up.
+        A writable log is created if missing; a ``read_only`` one (for readers and
+        the audit tools) must exist, and is never changed. Opening does not catch
+        the projections up with events appended without them: that is
+        :func:`foreman.events.replay.catch_up` (:func:`foreman.events.store.open_log`
+        opens Foreman's log and does it).
         """
         if read_only:
             if not Path(path).is_file():
@@ -179,7 +180,7 @@ class EventLog:
             conn = sqlite3.connect(path, isolation_level=None)
         try:
             conn.execute("PRAGMA busy_timeout = 10000")
-            log = cls(conn, default_projections() if projections is None else projections)
+            log = cls(conn, projections)
             is_new = log._check_format(allow_empty=not read_only)
             if read_only:
                 return log
@@ -189,10 +190,6 @@ class EventLog:
             conn.execute(f"PRAGMA synchronous = {Durability(durability).value.upper()}")
             if is_new:
                 log._create_schema()
-            from foreman.events.replay import catch_up  # noqa: PLC0415 - replay imports us
-
-            for projection in log.projections:
-                catch_up(log, projection)
         except sqlite3.DatabaseError as error:
             conn.close()
             raise LogError(f"{path}: not a usable Foreman event log: {error}") from error

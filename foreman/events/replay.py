@@ -7,15 +7,12 @@ import gc
 import itertools
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from foreman.events.chain import GENESIS
-from foreman.events.log import LogError, format_timestamp
+from foreman.events.log import EventLog, LogError, format_timestamp
 from foreman.events.projection import Fold, Projection
 from foreman.events.types import RecordedEvent
-
-if TYPE_CHECKING:
-    from foreman.events.log import EventLog
 
 S = TypeVar("S")
 Progress = Callable[[int, int], None]

@@ -19,6 +19,16 @@ import trio
 from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
 
+from foreman.ollama_protocol import (
+    ConnectionCut,
+    CutResponse,
+    NDJSONStream,
+    OllamaError,
+    OllamaJSON,
+    ndjson_line,
+    parse_body,
+    rfc3339,
+)
 from foreman.simulator.backend import Finished, Job, LoadKey, count_tokens, embedding
 from foreman.simulator.config import SimModel
 from foreman.simulator.faults import Answered, AnswerFault, DropFault, StallFault, StatusFault
@@ -30,16 +40,6 @@ from foreman.simulator.schemas import (
     ShowRequest,
 )
 from foreman.simulator.state import Simulator
-from foreman.wire import (
-    ConnectionCut,
-    CutResponse,
-    NDJSONStream,
-    OllamaError,
-    OllamaJSON,
-    ndjson_line,
-    parse_body,
-    rfc3339,
-)
 
 KEEP_ALIVE = timedelta(minutes=5)
 """Ollama's default keep-alive, shown in ``/api/ps`` (the simulator never unloads on its own)."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from foreman.ollama_protocol import answer_errors_as_ollama
 from foreman.simulator.api import ollama_routes
 from foreman.simulator.control import control_routes
 from foreman.simulator.faults import Answered
 from foreman.simulator.state import Simulator
-from foreman.wire import answer_errors_as_ollama
 
 
 def create_app(sim: Simulator) -> FastAPI:

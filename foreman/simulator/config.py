@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from foreman.wire import model_name
+from foreman.scheduling import model_name
 
 LOAD_OPTION_DEFAULTS: dict[str, int | bool] = {
     "num_ctx": 4096,

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 
+from foreman.ollama_protocol import OllamaError, OllamaJSON, decode_json, parse_body
 from foreman.simulator.faults import FAULT_LIST
 from foreman.simulator.schemas import OutageRequest
 from foreman.simulator.state import Simulator
-from foreman.wire import OllamaError, OllamaJSON, decode_json, parse_body
 
 
 def control_routes(sim: Simulator) -> APIRouter:

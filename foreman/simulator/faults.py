@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 import trio
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from foreman.wire import model_name
+from foreman.scheduling import model_name
 
 GENERATION_PATHS = frozenset({"/api/chat", "/api/generate"})
 

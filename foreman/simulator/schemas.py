@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from foreman.wire import Body
+from foreman.ollama_protocol import Body
 
 
 class Message(Body):

@@ -8,12 +8,11 @@ absolute URL, never inlined: a receiver fetches what it wants.
 
 from __future__ import annotations
 
-from foreman.api.schemas import WebhookPayload
-from foreman.api.views import artifact_view, job_view
 from foreman.events import jobs
 from foreman.events.deliveries import Delivery, pending_after
 from foreman.events.log import EventLog
 from foreman.events.queries import JobRecord, success
+from foreman.views import WebhookPayload, artifact_view, job_view
 
 
 def job_as_of(log: EventLog, job_id: str, seq: int) -> JobRecord:

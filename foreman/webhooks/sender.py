@@ -8,6 +8,7 @@ receiver trickling bytes cannot keep a delivery slot for ever.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,10 +17,11 @@ import httpx
 import trio
 
 from foreman import __version__
-from foreman.config import format_duration
-from foreman.logs import log
+from foreman.units import format_duration
 from foreman.webhooks.policy import host_allowed, is_retryable, is_success, retry_after
 from foreman.webhooks.signing import signature_headers
+
+logger = logging.getLogger(__name__)
 
 RESPONSE_LIMIT = 64 * 1024
 """Bytes of a receiver's answer read at most; the rest is dropped with the connection."""
@@ -105,7 +107,7 @@ class Sender:
             except Exception as error:
                 # Whatever else a receiver's answer provokes ends this delivery, not the
                 # dispatcher: a notification that fails like this would fail again.
-                log.exception("webhook %s to %s failed unexpectedly", headers["webhook-id"], url)
+                logger.exception("webhook %s to %s failed unexpectedly", headers["webhook-id"], url)
                 return Attempt(None, f"unexpected failure: {_described(error)}")
         return Attempt(None, f"no answer within {format_duration(self.timeout)}", retryable=True)
 

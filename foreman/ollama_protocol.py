@@ -81,12 +81,6 @@ class CutResponse(Response):
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
 
 
-def model_name(name: str) -> str:
-    """Ollama's canonical model name: ``llama3`` is ``llama3:latest`` (a registry's
-    ``host:port/`` is not a tag)."""
-    return name if ":" in name.rpartition("/")[2] else f"{name}:latest"
-
-
 def error_response(error: OllamaError) -> OllamaJSON:
     return OllamaJSON({"error": error.message}, status_code=error.status)
 

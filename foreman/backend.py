@@ -1,10 +1,10 @@
 """The backend Foreman runs jobs on: one Ollama (or the simulator), over HTTP.
 
-:meth:`Upstream.generate` sends a job's request body as it was submitted and
+:meth:`Backend.generate` sends a job's request body as it was submitted and
 relays every NDJSON line the backend streams, as it arrives. It sorts failures
 the way the worker must treat them:
 
-- :class:`Unavailable`: no answer at all (connection refused or reset, a
+- :class:`BackendUnreachable`: no answer at all (connection refused or reset, a
   timeout before the response began). Retryable: the job has not run.
 - :class:`BackendError`: the backend answered with an error status, or ended
   its stream with an ``{"error": ...}`` line or by dropping the connection.
@@ -38,7 +38,7 @@ IDLE_PASSTHROUGH_CONNECTIONS = 16
 Relay = Callable[[bytes], Awaitable[None]]
 
 
-class Unavailable(Exception):
+class BackendUnreachable(Exception):
     """The backend could not be reached, or did not start answering in time."""
 
 
@@ -51,7 +51,9 @@ class BackendError(Exception):
         self.status = status
 
 
-class Upstream:
+class Backend:
+    """An HTTP client for one Ollama backend (or the simulator)."""
+
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         # No read timeout: a generation takes as long as it takes (FOREMAN_JOB_TIMEOUT
@@ -90,9 +92,9 @@ class Upstream:
         try:
             response = await self._jobs.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadTimeout) as error:
-            raise Unavailable(f"{self.base_url}: {error!r}") from error
+            raise BackendUnreachable(f"{self.base_url}: {error!r}") from error
         except (httpx.RemoteProtocolError, httpx.ReadError) as error:
-            raise Unavailable(f"{self.base_url} closed the connection: {error!r}") from error
+            raise BackendUnreachable(f"{self.base_url} closed the connection: {error!r}") from error
         try:
             if response.status_code >= 400:
                 raise await _error_answer(response)
@@ -120,7 +122,7 @@ class Upstream:
         try:
             response = await client.request(method, path, content=body, headers=headers)
         except httpx.TransportError as error:
-            raise Unavailable(f"{self.base_url}: {error!r}") from error
+            raise BackendUnreachable(f"{self.base_url}: {error!r}") from error
         return response.status_code, response.content, response.headers.get("content-type")
 
 
