@@ -19,15 +19,15 @@ least once, and receivers deduplicate by ``webhook-id``.
 Only commits of jobs with a webhook (and redelivery requests) lead to a read:
 the dispatcher keeps the set of unfinished jobs that have one.
 
-A lane is in exactly one place at a time: the ready channel, the timer heap,
-or a sender's hands.
+The dispatcher's state is :class:`~foreman.webhooks.lanes.Lanes` (each job's
+lane, and whether it waits for its time, is ready, or is with a sender) and what it
+knows of the log (``_hooked``, ``_seen``, ``_jobs``); its tasks only move lanes
+between those places. Its channels are the journal's (bounded): it follows the
+commits without ever waiting, and hands each outcome over.
 """
 
 from __future__ import annotations
 
-import bisect
-import heapq
-import itertools
 import logging
 import math
 import random
@@ -53,7 +53,15 @@ from foreman.events.types import (
     WebhookDelivered,
     delivery_stream,
 )
-from foreman.webhooks import Attempt, RetryPolicy, Sender, job_as_of, pending_with_jobs, render
+from foreman.webhooks import (
+    Attempt,
+    Lanes,
+    RetryPolicy,
+    Sender,
+    job_as_of,
+    pending_with_jobs,
+    render,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +93,12 @@ class Dispatcher:
         self._random = random
         self._clock = clock
         """Wall-clock time, which ``retry_at`` is in (the waits themselves are Trio's)."""
-        self._lanes: dict[str, list[Delivery]] = {}
-        # Unbounded, yet bounded by the lanes: a job's id is in it at most once.
-        self._ready_send, self._ready = trio.open_memory_channel[str](math.inf)
-        self._timers: list[tuple[float, int, str]] = []
-        self._timer_order = itertools.count()
-        self._timers_changed = trio.Event()
+        self._lanes = Lanes(self._due)
+        """Each job's pending notifications, and whether each lane waits for its time,
+        is ready, or is with a sender."""
+        self._ready = trio.Semaphore(0)
+        """As many as the ready lanes: a sender takes one to take a lane."""
+        self._lanes_changed = trio.Event()
         self._jobs: dict[str, JobRecord] = {}
         """Payloads' jobs read with the deliveries that need them, until sent."""
         self._hooked: set[str] = set()
@@ -109,7 +117,7 @@ class Dispatcher:
             self._nursery = nursery
             nursery.start_soon(self._follow, commits)
             nursery.start_soon(self._load_on_commits)
-            nursery.start_soon(self._wake_timers)
+            nursery.start_soon(self._release_on_time)
             for _ in range(self.concurrency):
                 nursery.start_soon(self._send_ready)
             task_status.started()
@@ -152,45 +160,40 @@ class Dispatcher:
         self._seen, pending, jobs = await self._reader.read(pending_with_jobs, self._seen, room)
         self._jobs.update(jobs)
         for delivery in pending:
-            lane = self._lanes.get(delivery.job_id)
-            if lane is None:
-                self._lanes[delivery.job_id] = [delivery]
-                self._schedule(delivery)
-            else:  # behind the head, which may be on its way already
-                bisect.insort(lane, delivery, lo=1, key=lambda d: d.seq)
+            self._lanes.add(delivery)
+        self._release()
 
-    def _schedule(self, head: Delivery) -> None:
-        """Make a lane ready now, or when its head's ``retry_at`` comes."""
-        wait = 0.0
-        if head.retry_at is not None:
-            wait = (datetime.fromisoformat(head.retry_at) - self._clock()).total_seconds()
-        if wait > 0:
-            self._at(trio.current_time() + wait, head.job_id)
-        else:
-            self._ready_send.send_nowait(head.job_id)
+    def _due(self, head: Delivery) -> float:
+        """When a lane whose head is ``head`` may go, on Trio's clock: at once, or when
+        its ``retry_at`` (wall-clock time) comes."""
+        if head.retry_at is None:
+            return -math.inf
+        wait = (datetime.fromisoformat(head.retry_at) - self._clock()).total_seconds()
+        return trio.current_time() + wait
 
-    def _at(self, due: float, job_id: str) -> None:
-        heapq.heappush(self._timers, (due, next(self._timer_order), job_id))
-        self._timers_changed.set()
+    def _release(self) -> None:
+        """Hand the lanes whose time has come to the senders."""
+        for _ in range(self._lanes.release(trio.current_time())):
+            self._ready.release()
+        self._lanes_changed.set()
 
-    async def _wake_timers(self) -> None:
+    async def _release_on_time(self) -> None:
+        """Release each waiting lane when its time comes (one timer for all of them)."""
         while True:
-            self._timers_changed = trio.Event()
-            with trio.move_on_at(self._timers[0][0] if self._timers else math.inf):
-                await self._timers_changed.wait()
-            now = trio.current_time()
-            while self._timers and self._timers[0][0] <= now:
-                _, _, job_id = heapq.heappop(self._timers)
-                self._ready_send.send_nowait(job_id)
+            self._lanes_changed = trio.Event()
+            due = self._lanes.next_due
+            with trio.move_on_at(math.inf if due is None else due):
+                await self._lanes_changed.wait()
+            self._release()
 
     async def _send_ready(self) -> None:
-        async for job_id in self._ready:
-            await self._attempt(job_id)
+        while True:
+            await self._ready.acquire()
+            await self._attempt(self._lanes.take())
 
-    async def _attempt(self, job_id: str) -> None:
+    async def _attempt(self, delivery: Delivery) -> None:
         """Try the lane's head once, and record how it went before moving on."""
-        lane = self._lanes[job_id]
-        delivery = lane[0]
+        job_id = delivery.job_id
         record = self._jobs.pop(delivery.id, None)
         if record is None:
             record = await self._reader.read(job_as_of, job_id, delivery.seq)
@@ -200,18 +203,19 @@ class Dispatcher:
         recorded = await self._journal.enqueue(delivery_stream(job_id), [event])
         self._nursery.start_soon(_confirm, recorded, delivery)
         if isinstance(event, WebhookAttemptFailed):
-            lane[0] = delivery._replace(attempts=event.attempt, retry_at=event.retry_at)
-            self._at(trio.current_time() + wait, job_id)
-            return
-        if isinstance(event, WebhookAbandoned):
-            logger.warning(
-                "webhook %s for job %s abandoned at attempt %d: %s",
-                delivery.type,
-                job_id,
-                event.attempt,
-                event.error,
-            )
-        self._next(job_id)
+            retried = delivery._replace(attempts=event.attempt, retry_at=event.retry_at)
+            self._lanes.retry(retried, trio.current_time() + wait)
+        else:
+            if isinstance(event, WebhookAbandoned):
+                logger.warning(
+                    "webhook %s for job %s abandoned at attempt %d: %s",
+                    delivery.type,
+                    job_id,
+                    event.attempt,
+                    event.error,
+                )
+            self._lanes.done(job_id)
+        self._release()
 
     def _outcome(self, delivery: Delivery, attempt: Attempt) -> tuple[Event, float]:
         """The event recording ``attempt``, and the wait before the next one."""
@@ -234,15 +238,6 @@ class Dispatcher:
             retry_at=retry_at,
         )
         return failed, wait
-
-    def _next(self, job_id: str) -> None:
-        """The head is done: the lane goes on with its next delivery, or closes."""
-        lane = self._lanes[job_id]
-        lane.pop(0)
-        if lane:
-            self._schedule(lane[0])
-        else:
-            del self._lanes[job_id]
 
 
 async def _confirm(recorded: Reply[list[RecordedEvent]], delivery: Delivery) -> None:

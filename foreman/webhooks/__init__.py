@@ -1,6 +1,7 @@
 """State webhooks: what is sent (payload, signatures), how (the sender), and when
 to try again (the retry policy). The dispatcher actor puts them to work."""
 
+from foreman.webhooks.lanes import Lanes
 from foreman.webhooks.payload import job_as_of, pending_with_jobs, render
 from foreman.webhooks.policy import RetryPolicy, host_allowed
 from foreman.webhooks.sender import Attempt, Sender
@@ -8,6 +9,7 @@ from foreman.webhooks.signing import secret_key, signature_headers
 
 __all__ = [
     "Attempt",
+    "Lanes",
     "RetryPolicy",
     "Sender",
     "host_allowed",
