@@ -1,4 +1,4 @@
-"""Foreman's settings: flags, ``FOREMAN_*`` environment variables and defaults (ADR-0024).
+"""Foreman's settings: flags, ``FOREMAN_*`` environment variables and defaults (ADR-0022).
 
 :func:`load_settings` reads the environment, lets explicit overrides (the command
 line's flags) win, and validates everything at once: an invalid configuration is one
@@ -240,7 +240,7 @@ class Settings(BaseSettings):
     durability: Annotated[Durability, BeforeValidator(_lower)] = Field(
         Durability.FULL, description=f"one of {', '.join(Durability)}"
     )
-    """The event log's fsync policy (ADR-0019)."""
+    """The event log's fsync policy (ADR-0015)."""
     log_format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = Field(
         "text", description="one of text, json"
     )

@@ -14,7 +14,8 @@ import trio
 
 from foreman.events.types import DELIVERY_STREAM_PREFIX, RecordedEvent
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("foreman.transitions")
+"""The transition lines' own logger, so an operator can raise its level alone."""
 
 
 class JsonFormatter(logging.Formatter):

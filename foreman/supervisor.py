@@ -1,8 +1,8 @@
 """The supervisor: one Trio nursery hosting Foreman's actors, wired by memory channels.
 
 Start order: the simulator (with ``--backend sim``), the journal (it opens the
-log and catches the projections up), the scheduler, the janitor, crash
-recovery, the worker, the HTTP actor (nothing is accepted before it can be
+log and catches the projections up), the scheduler, the Reader, the janitor,
+crash recovery, the worker, the HTTP actor (nothing is accepted before it can be
 kept), and the webhook dispatcher, whose links need the URL the HTTP actor got;
 it delivers whatever became pending before it started.
 An actor that fails cancels the nursery: Foreman stops loudly, never half-alive.

@@ -1,4 +1,4 @@
-"""``foreman config``: the effective settings and where each comes from (ADR-0024).
+"""``foreman config``: the effective settings and where each comes from (ADR-0022).
 
 :func:`settings_options` adds ``--listen``, ``--backend`` and ``--db`` to a command
 and :func:`cli_settings` turns them into :class:`~foreman.config.Settings`, so that

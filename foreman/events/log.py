@@ -1,4 +1,4 @@
-"""The event log: an append-only, hash-chained SQLite table (ADR-0015..0019).
+"""The event log: an append-only, hash-chained SQLite table (ADR-0015..0018).
 
 One ``EventLog`` owns one ``sqlite3`` connection and must stay on the thread
 that opened it (the journal actor runs it on a dedicated thread). Appends are
@@ -75,7 +75,7 @@ STATE_CACHE = 100_000
 
 
 class Durability(StrEnum):
-    """SQLite's ``synchronous`` setting for the log (ADR-0019)."""
+    """SQLite's ``synchronous`` setting for the log (ADR-0015)."""
 
     FULL = "full"
     """fsync on every commit: an acknowledged append survives power loss."""

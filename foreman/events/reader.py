@@ -1,7 +1,7 @@
 """Reads of the log and its projections, beside the journal, never through it.
 
-The journal is the only writer. Readers (the janitor now, the job API's
-queries next) get a read-only connection of their own, on a thread of its
+The journal is the only writer. Readers (the job API, the janitor, recovery,
+the webhook dispatcher) get a read-only connection of their own, on a thread of its
 own (:class:`~foreman.dbthread.DedicatedThread`): in WAL mode a read sees the
 last commit and neither waits for the writer nor holds it up.
 """
