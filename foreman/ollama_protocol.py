@@ -6,7 +6,7 @@ Shared by Foreman's Ollama-compatible front door and the simulator behind it.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -186,5 +186,11 @@ def first_problem(error: ValidationError, *, within: str | None = None) -> str:
     if location[:1] == [within]:
         location = location[1:]
     where = ".".join(location)
-    message = str(first["msg"]).removeprefix("Value error, ")
+    message = problem_message(first)
     return f"{where}: {message}" if where else message
+
+
+def problem_message(problem: Mapping[str, Any]) -> str:
+    """What one of pydantic's problems says, without the ``Value error, `` it puts
+    before a validator's own message."""
+    return str(problem["msg"]).removeprefix("Value error, ")

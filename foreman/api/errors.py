@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Match
 
 from foreman.api.schemas import ApiError, FieldProblem
-from foreman.ollama_protocol import OllamaError, OllamaJSON
+from foreman.ollama_protocol import OllamaError, OllamaJSON, problem_message
 from foreman.ollama_protocol import error_response as ollama_error_response
 
 METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -94,9 +94,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if any(problem["type"] == "json_invalid" for problem in problems):
             return _answer(400, ApiError(error="the request body is not valid JSON"))
         detail = [
-            FieldProblem(
-                field=_field(tuple(p["loc"])), message=str(p["msg"]).removeprefix("Value error, ")
-            )
+            FieldProblem(field=_field(tuple(p["loc"])), message=problem_message(p))
             for p in problems
         ]
         summary = "; ".join(f"{d.field}: {d.message}" if d.field else d.message for d in detail)
