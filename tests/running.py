@@ -71,30 +71,60 @@ async def start_foreman(
         await stopped.wait()
 
 
-async def until_types(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], types: list[str]
-) -> None:
-    """Wait until events of these types, in this order, are committed."""
-    wanted = list(types)
-    with trio.fail_after(10):
-        async for events in committed:
-            for event in events:
-                if wanted and event.type == wanted[0]:
-                    wanted.pop(0)
-            if not wanted:
-                return
+Done = Callable[[RecordedEvent], bool]
+"""Whether the wait is over, asked of each committed event in turn."""
+
+ENDS = ("JobSucceeded", "JobFailed", "JobCancelled")
+"""The types of a job's last event (before any JobPruned)."""
 
 
-async def until_recorded(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job_id: str, *types: str
+async def until(
+    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], done: Done, *, within: float = 10
 ) -> RecordedEvent:
-    """The job's next committed event of one of ``types``: synchronises on the log."""
-    with trio.fail_after(10):
+    """The first committed event for which ``done(event)`` is true: synchronises on the
+    log. Fails the test after ``within`` seconds or if the journal stops. The rest of
+    that event's batch is not seen by a later wait."""
+    with trio.fail_after(within):
         async for events in committed:
             for event in events:
-                if event.stream == job_id and event.type in types:
+                if done(event):
                     return event
     raise AssertionError("the journal stopped")
+
+
+def of_type(*types: str) -> Done:
+    """The next event of one of ``types``, whoever's."""
+    return lambda event: event.type in types
+
+
+def recorded(stream: str, *types: str) -> Done:
+    """The stream's (a job's, or its deliveries') next event of one of ``types``."""
+    return lambda event: event.stream == stream and event.type in types
+
+
+def in_order(*types: str) -> Done:
+    """Events of these types, in this order (others may come between them): true on
+    the one that completes them."""
+    wanted = list(types)
+
+    def done(event: RecordedEvent) -> bool:
+        if wanted and event.type == wanted[0]:
+            wanted.pop(0)
+        return not wanted
+
+    return done
+
+
+def counted(count: int, done: Done) -> Done:
+    """True on the ``count``-th event for which ``done`` is true."""
+    seen = 0
+
+    def nth(event: RecordedEvent) -> bool:
+        nonlocal seen
+        seen += done(event)
+        return seen >= count
+
+    return nth
 
 
 def event_types(db_path: Path, job_id: str) -> list[str]:
@@ -106,14 +136,11 @@ def event_types(db_path: Path, job_id: str) -> list[str]:
         log.close()
 
 
-async def until_succeeded(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], db_path: Path, count: int
-) -> None:
-    """Until ``count`` jobs of the log have succeeded. The log is read first: jobs a
-    Foreman recovered at start may have run before ``committed`` was subscribed."""
-    with trio.fail_after(10):
-        while succeeded_jobs(db_path) < count:
-            await committed.receive()
+def jobs_succeeded(db_path: Path, count: int) -> Callable[..., bool]:
+    """Whether the log holds ``count`` succeeded jobs, whatever the event. Ask it once
+    before waiting too: jobs a Foreman recovered at start may have run before the
+    subscription."""
+    return lambda *_event: succeeded_jobs(db_path) >= count
 
 
 def succeeded_jobs(db_path: Path) -> int:

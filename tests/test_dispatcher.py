@@ -8,6 +8,7 @@ moves when every task waits for a retry.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,13 +22,18 @@ from foreman.actors.dispatcher import Dispatcher
 from foreman.actors.journal import Journal, JournalClient
 from foreman.events.log import format_timestamp
 from foreman.events.reader import Reader
-from foreman.events.types import JobSubmitted, RecordedEvent, WebhookAttemptFailed
+from foreman.events.types import JobSubmitted, WebhookAttemptFailed
 from foreman.ids import new_ulid
 from foreman.webhooks.policy import MAX_RETRY_AFTER, RetryPolicy
 from foreman.webhooks.sender import Sender
+from tests.running import of_type, until
 
 EPOCH = datetime(2026, 11, 28, tzinfo=UTC)
 HOOK = "http://receiver.test/hook"
+OUTCOME = of_type("WebhookDelivered", "WebhookAbandoned")
+"""For :func:`until`: the next delivered or abandoned outcome committed."""
+UNBOUNDED = math.inf
+"""No bound on a wait: the MockClock's seconds are the schedule under test."""
 
 
 def response(status: int, **headers: str) -> httpx.Response:
@@ -103,15 +109,6 @@ async def rig(db_path: Path, nursery: trio.Nursery) -> Rig:
     return Rig(db_path, journal, reader)
 
 
-async def until_outcome(committed: trio.MemoryReceiveChannel[list[RecordedEvent]]) -> str:
-    """The type of the next delivered or abandoned outcome committed."""
-    async for events in committed:
-        for event in events:
-            if event.type in ("WebhookDelivered", "WebhookAbandoned"):
-                return event.type
-    raise AssertionError("the journal stopped")
-
-
 @pytest.mark.parametrize("random", [0.0, 0.999])
 async def test_retries_follow_the_backoff_schedule_exactly_then_the_delivery_is_abandoned(
     rig: Rig, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, random: float
@@ -121,7 +118,7 @@ async def test_retries_follow_the_backoff_schedule_exactly_then_the_delivery_is_
     await rig.start(nursery, random=lambda: random)
     start = trio.current_time()
     await rig.submit()
-    assert await until_outcome(committed) == "WebhookAbandoned"
+    assert (await until(committed, OUTCOME, within=UNBOUNDED)).type == "WebhookAbandoned"
 
     waits = [later - earlier for earlier, later in itertools.pairwise(rig.attempts)]
     stretch = 1 + 0.2 * random
@@ -142,7 +139,7 @@ async def test_retry_after_is_honoured_when_longer_than_the_backoff_and_capped(
     committed = await rig.journal.subscribe()
     await rig.start(nursery)
     await rig.submit()
-    assert await until_outcome(committed) == "WebhookDelivered"
+    assert (await until(committed, OUTCOME, within=UNBOUNDED)).type == "WebhookDelivered"
     waits = [later - earlier for earlier, later in itertools.pairwise(rig.attempts)]
     assert waits == pytest.approx([100, 4, MAX_RETRY_AFTER])
 
@@ -156,12 +153,7 @@ async def test_after_a_restart_a_failed_delivery_waits_out_its_recorded_retry_at
     committed = await rig.journal.subscribe()
     first = await rig.start(nursery)
     await rig.submit()
-    failed = None
-    async for events in committed:
-        failed = next((e for e in events if e.type == "WebhookAttemptFailed"), None)
-        if failed is not None:
-            break
-    assert isinstance(failed, RecordedEvent)
+    failed = await until(committed, of_type("WebhookAttemptFailed"), within=UNBOUNDED)
     assert isinstance(failed.event, WebhookAttemptFailed)
     assert failed.event.retry_at == format_timestamp(EPOCH + timedelta(seconds=2))
     first.cancel()
@@ -172,5 +164,5 @@ async def test_after_a_restart_a_failed_delivery_waits_out_its_recorded_retry_at
     await trio.testing.wait_all_tasks_blocked()
     assert rig.attempts == [0.0]
     mock_clock.jump(0.01)
-    assert await until_outcome(committed) == "WebhookDelivered"
+    assert (await until(committed, OUTCOME, within=UNBOUNDED)).type == "WebhookDelivered"
     assert rig.attempts == [0.0, pytest.approx(2.0)]

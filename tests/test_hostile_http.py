@@ -27,9 +27,8 @@ import httpx
 import pytest
 import trio
 
-from foreman.events.types import RecordedEvent
 from tests.processes import Process, running, start_foreman_process
-from tests.running import Foreman, start_foreman, until_recorded
+from tests.running import ENDS, Foreman, recorded, start_foreman, until
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
 SOME_JOB = "01M8HPJWTD8T1HVAQCC41FMVPN"
@@ -165,7 +164,7 @@ async def finished_job(foreman: Foreman, http: httpx.AsyncClient) -> dict[str, A
     committed = await foreman.running.journal.subscribe()
     body = {"kind": "chat", "request": CHAT}
     job_id = (await http.post("/jobs", json=body)).json()["job_id"]
-    await until_recorded(committed, job_id, "JobSucceeded")
+    await until(committed, recorded(job_id, "JobSucceeded"))
     await committed.aclose()
     view: dict[str, Any] = (await http.get(f"/jobs/{job_id}")).json()
     return view
@@ -485,7 +484,7 @@ async def test_cancelling_a_job_waiting_at_the_backend_answers_200_cancelled(
     committed = await foreman.running.journal.subscribe()
     await stall_backend(http, calls=2)  # the running job's, and the one behind it
     running_job = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
-    await until_recorded(committed, running_job["job_id"], "JobStarted")
+    await until(committed, recorded(running_job["job_id"], "JobStarted"))
     # Same model: sent to the backend at once, behind the running job (ADR-0026).
     waiting = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
 
@@ -494,7 +493,7 @@ async def test_cancelling_a_job_waiting_at_the_backend_answers_200_cancelled(
     assert foreman.job_events()[waiting["job_id"]] == ["JobSubmitted", "JobCancelled"]
     stopping = await http.delete(running_job["location"])
     assert (stopping.status_code, stopping.json()["state"]) == (202, "running")
-    await until_ended(committed, running_job["job_id"])
+    await until(committed, recorded(running_job["job_id"], *ENDS))
 
 
 async def test_cancelling_a_job_whose_answer_came_while_it_waited_answers_200_cancelled(
@@ -507,7 +506,7 @@ async def test_cancelling_a_job_whose_answer_came_while_it_waited_answers_200_ca
     stall = {"kind": "stall", "seconds": 30, "times": 1}  # before the simulator's GPU
     await http.post(f"{sim}/_sim/faults", json=stall)
     running_job = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
-    await until_recorded(committed, running_job["job_id"], "JobStarted")
+    await until(committed, recorded(running_job["job_id"], "JobStarted"))
     waiting = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
     for _ in range(1000):  # until the simulator has answered it (it has no event to wait on)
         if (await http.get(f"{sim}/_sim/stats")).json()["generations"]:
@@ -518,11 +517,7 @@ async def test_cancelling_a_job_whose_answer_came_while_it_waited_answers_200_ca
     assert (cancelled.status_code, cancelled.json()["state"]) == (200, "cancelled")
     assert foreman.job_events()[waiting["job_id"]] == ["JobSubmitted", "JobCancelled"]
     await http.delete(running_job["location"])
-    await until_ended(committed, running_job["job_id"])
-
-
-async def until_ended(committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job: str) -> None:
-    await until_recorded(committed, job, "JobCancelled", "JobSucceeded", "JobFailed")
+    await until(committed, recorded(running_job["job_id"], *ENDS))
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,8 @@ from ulid import ULID
 
 from foreman.events.audit import verify
 from foreman.events.log import EventLog
-from foreman.events.types import RecordedEvent
-from tests.running import Foreman, start_foreman, until_recorded
+from tests.running import ENDS, Foreman, counted, recorded, start_foreman, until
 
-ENDS = {"JobSucceeded", "JobFailed", "JobCancelled"}
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "why is the sky blue?"}]}
 
 
@@ -34,17 +32,6 @@ BAD_WEBHOOK_URLS = [
 
 def chat_job(**extra: Any) -> dict[str, Any]:
     return {"kind": "chat", "request": CHAT} | extra
-
-
-async def until_all_ended(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job_ids: list[str]
-) -> None:
-    waiting = set(job_ids)
-    with trio.fail_after(10):
-        async for events in committed:
-            waiting -= {event.stream for event in events if event.type in ENDS}
-            if not waiting:
-                return
 
 
 async def stall_backend(http: httpx.AsyncClient, seconds: float = 30) -> str:
@@ -66,7 +53,7 @@ async def test_submit_then_poll_until_the_result_and_its_outputs(
     assert accepted["state"] == "queued"
     assert accepted["queue_position"] == 0
 
-    assert (await until_recorded(committed, job_id, "JobSucceeded")).type == "JobSucceeded"
+    assert (await until(committed, recorded(job_id, "JobSucceeded"))).type == "JobSucceeded"
     job = (await http.get(f"/jobs/{job_id}")).json()
     assert (job["id"], job["kind"], job["model"], job["state"]) == (
         job_id,
@@ -104,7 +91,7 @@ async def test_artifacts_honour_if_none_match_and_ranges_and_refuse_other_names(
 ) -> None:
     committed = await foreman.running.journal.subscribe()
     job_id = (await http.post("/jobs", json=chat_job())).json()["job_id"]
-    await until_recorded(committed, job_id, "JobSucceeded")
+    await until(committed, recorded(job_id, "JobSucceeded"))
     url = f"/jobs/{job_id}/artifacts/content.txt"
     whole = await http.get(url)
     unchanged = await http.get(url, headers={"If-None-Match": whole.headers["etag"]})
@@ -125,7 +112,7 @@ async def test_an_output_over_the_inline_limit_is_only_linked(
         committed = await foreman.running.journal.subscribe()
         async with httpx.AsyncClient(base_url=foreman.url) as http:
             job_id = (await http.post("/jobs", json=chat_job())).json()["job_id"]
-            await until_recorded(committed, job_id, "JobSucceeded")
+            await until(committed, recorded(job_id, "JobSucceeded"))
             job = (await http.get(f"/jobs/{job_id}")).json()
         by_name = {artifact["name"]: artifact for artifact in job["artifacts"]}
         assert by_name["response.json"]["size"] > 16
@@ -220,7 +207,8 @@ async def test_list_pages_newest_first_and_filters(
         ids.append(
             (await http.post("/jobs", json={"kind": kind, "request": request})).json()["job_id"]
         )
-    await until_all_ended(committed, ids)
+    ended = counted(len(ids), lambda event: event.stream in ids and event.type in ENDS)
+    await until(committed, ended)  # each job ends once
     seen, cursor = [], None
     while True:
         params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
@@ -243,7 +231,7 @@ async def test_an_embed_job_stores_its_embeddings(
     committed = await foreman.running.journal.subscribe()
     body = {"kind": "embed", "request": {"model": "nomic-embed-text", "input": ["a", "b"]}}
     job_id = (await http.post("/jobs", json=body)).json()["job_id"]
-    await until_recorded(committed, job_id, "JobSucceeded")
+    await until(committed, recorded(job_id, "JobSucceeded"))
     job = (await http.get(f"/jobs/{job_id}")).json()
     (artifact,) = job["artifacts"]
     assert artifact["name"] == "embeddings.json"
@@ -255,7 +243,7 @@ async def test_the_events_endpoint_is_the_jobs_history(
 ) -> None:
     committed = await foreman.running.journal.subscribe()
     job_id = (await http.post("/jobs", json=chat_job())).json()["job_id"]
-    await until_recorded(committed, job_id, "JobSucceeded")
+    await until(committed, recorded(job_id, "JobSucceeded"))
     events = (await http.get(f"/jobs/{job_id}/events")).json()["events"]
     assert [event["type"] for event in events] == ["JobSubmitted", "JobStarted", "JobSucceeded"]
     assert events[0]["data"]["request"] == CHAT | {"stream": False}  # async jobs never stream
@@ -268,7 +256,7 @@ async def test_cancel_a_queued_job_a_running_job_and_not_a_finished_one(
     committed = await foreman.running.journal.subscribe()
     await stall_backend(http)
     running = (await http.post("/jobs", json=chat_job())).json()["job_id"]
-    await until_recorded(committed, running, "JobStarted")
+    await until(committed, recorded(running, "JobStarted"))
     other = {"kind": "chat", "request": CHAT | {"model": "qwen2"}}
     queued = (await http.post("/jobs", json=other)).json()["job_id"]
     assert (await http.get(f"/jobs/{queued}")).json()["queue_position"] == 1
@@ -277,7 +265,7 @@ async def test_cancel_a_queued_job_a_running_job_and_not_a_finished_one(
     assert (cancelled.status_code, cancelled.json()["state"]) == (200, "cancelled")
     stopping = await http.delete(f"/jobs/{running}")
     assert stopping.status_code == 202
-    assert (await until_recorded(committed, running, "JobCancelled")).type == "JobCancelled"
+    assert (await until(committed, recorded(running, "JobCancelled"))).type == "JobCancelled"
     assert (await http.get(f"/jobs/{running}")).json()["state"] == "cancelled"
     again = await http.delete(f"/jobs/{running}")
     assert again.status_code == 409
@@ -289,14 +277,14 @@ async def test_a_higher_priority_job_runs_first(foreman: Foreman, http: httpx.As
     committed = await foreman.running.journal.subscribe()
     sim = await stall_backend(http, seconds=1)
     holder = (await http.post("/jobs", json=chat_job())).json()["job_id"]
-    await until_recorded(committed, holder, "JobStarted")
+    await until(committed, recorded(holder, "JobStarted"))
     other = CHAT | {"model": "qwen2"}
     low = (await http.post("/jobs", json={"kind": "chat", "request": other})).json()["job_id"]
     high = (await http.post("/jobs", json=chat_job(priority=5))).json()["job_id"]
     assert (await http.get(f"/jobs/{high}")).json()["queue_position"] < (
         await http.get(f"/jobs/{low}")
     ).json()["queue_position"]
-    await until_recorded(committed, low, "JobSucceeded")
+    await until(committed, recorded(low, "JobSucceeded"))
     runs = (await http.get(f"{sim}/_sim/stats")).json()["generations"]
     assert [run["model"] for run in runs] == ["llama3:latest", "llama3:latest", "qwen2:latest"]
     assert foreman.job_events()[high][-1] == "JobSucceeded"
@@ -307,7 +295,7 @@ async def test_sync_jobs_appear_in_the_job_api(foreman: Foreman, http: httpx.Asy
     answer = await http.post("/api/chat", json=CHAT | {"stream": False})
     assert answer.status_code == 200
     (job_id,) = foreman.job_events()
-    await until_recorded(committed, job_id, "JobSucceeded")
+    await until(committed, recorded(job_id, "JobSucceeded"))
     job = (await http.get(f"/jobs/{job_id}")).json()
     assert job["result"]["message"] == answer.json()["message"]
 
@@ -319,7 +307,7 @@ async def test_a_pruned_job_is_gone_but_its_history_stays_and_verifies(
         committed = await foreman.running.journal.subscribe()
         async with httpx.AsyncClient(base_url=foreman.url) as http:
             job_id = (await http.post("/jobs", json=chat_job())).json()["job_id"]
-            await until_recorded(committed, job_id, "JobPruned")
+            await until(committed, recorded(job_id, "JobPruned"))
             gone = await http.get(f"/jobs/{job_id}")
             assert gone.status_code == 410
             assert "pruned" in gone.json()["error"]

@@ -20,6 +20,7 @@ from foreman.events.audit import verify
 from foreman.events.chain import chain_hash
 from foreman.events.log import Append, Durability, EventLog, UnstorableEvent
 from foreman.events.replay import rebuild
+from foreman.events.store import open_log
 from foreman.events.types import (
     JobSubmitted,
     decode,
@@ -29,7 +30,7 @@ from foreman.events.values import MAX_DEPTH, MAX_METADATA_BYTES
 from foreman.ids import new_ulid
 from tests.processes import foreman_command
 from tests.receiver import Receiver, serving
-from tests.running import Foreman, event_types, start_foreman, until_recorded
+from tests.running import Foreman, event_types, recorded, start_foreman, until
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": False}
 
@@ -305,7 +306,7 @@ async def test_a_backend_answer_the_log_cannot_hold_fails_the_job_not_foreman(
     (await http.post(f"{sim}/_sim/faults", json=fault)).raise_for_status()
     committed = await foreman.running.journal.subscribe()
     accepted = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
-    failed = await until_recorded(committed, accepted["job_id"], "JobSucceeded", "JobFailed")
+    failed = await until(committed, recorded(accepted["job_id"], "JobSucceeded", "JobFailed"))
     assert failed.type == "JobFailed"
     assert "the backend's answer cannot be stored" in failed.data
     assert (await http.post("/api/chat", json=CHAT)).status_code == 200  # the worker goes on
@@ -342,7 +343,7 @@ def deep_submission(levels: int) -> str:
 def planted(db_path: Path) -> dict[str, Any]:
     """A log with a good job, a job whose submission cannot be decoded, one with garbage
     for data, and a running job whose JobStarted cannot be decoded."""
-    log = EventLog.open(db_path, durability=Durability.OFF)
+    log = open_log(db_path, durability=Durability.OFF)
     good, deep, garbage, running = new_ulid(), new_ulid(), new_ulid(), new_ulid()
     try:
         log.append(good, [submitted()], 0)
@@ -365,7 +366,7 @@ async def test_a_log_with_unreadable_events_starts_and_quarantines_their_jobs(
         async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as http:
             good = (await http.get(f"/jobs/{planted['good']}")).json()
             if good["state"] != "succeeded":  # the queue goes on past the quarantined jobs
-                await until_recorded(committed, planted["good"], "JobSucceeded")
+                await until(committed, recorded(planted["good"], "JobSucceeded"))
             for job_id, seq in planted["unreadable"].items():
                 job = (await http.get(f"/jobs/{job_id}")).json()
                 assert job["state"] == "failed"
@@ -387,7 +388,7 @@ async def test_a_quarantined_jobs_webhook_receiver_is_told_it_failed(
 ) -> None:
     async with serving(Receiver()) as receiver:
         job = new_ulid()
-        log = EventLog.open(db_path, durability=Durability.OFF)
+        log = open_log(db_path, durability=Durability.OFF)
         try:
             hooked = JobSubmitted(
                 kind="chat",
@@ -410,7 +411,7 @@ async def test_a_quarantined_jobs_webhook_receiver_is_told_it_failed(
 def test_replay_rebuilds_a_log_with_unreadable_events_and_names_them(
     db_path: Path, planted: dict[str, Any]
 ) -> None:
-    log = EventLog.open(db_path, durability=Durability.OFF)
+    log = open_log(db_path, durability=Durability.OFF)
     try:
         for projection in log.projections:
             rebuild(log, projection)

@@ -13,12 +13,20 @@ import pytest
 import trio
 
 from foreman.config import load_settings
-from foreman.events.log import EventLog
+from foreman.events.store import open_log
 from foreman.ids import new_ulid
 from foreman.simulator import SimulatorConfig, serve_simulator
 from foreman.supervisor import run_foreman
 from tests import factories
-from tests.running import Foreman, start_foreman, until_succeeded, until_types
+from tests.running import (
+    Foreman,
+    counted,
+    in_order,
+    jobs_succeeded,
+    of_type,
+    start_foreman,
+    until,
+)
 
 T = TypeVar("T")
 
@@ -49,7 +57,7 @@ async def test_the_official_client_works_unchanged(foreman: Foreman) -> None:
     assert shown.details is not None
 
     # An answer precedes its durable JobSucceeded (ADR-0025): wait for the commits.
-    await until_types(committed, ["JobSucceeded"] * 3)
+    await until(committed, counted(3, of_type("JobSucceeded")))
     jobs = foreman.job_events()
     assert len(jobs) == 3  # chat, streamed chat, generate: embeddings are not jobs
     assert all(events[-1] == "JobSucceeded" for events in jobs.values())
@@ -137,13 +145,13 @@ async def test_a_caller_that_hangs_up_while_queued_cancels_its_job(foreman: Fore
         async with http.stream("POST", "/api/generate", json=holder) as first:
             lines = first.aiter_lines()  # kept: a dropped iterator would close the stream
             await lines.__anext__()  # running, and stalled
-            await until_types(committed, ["JobSubmitted", "JobStarted"])
+            await until(committed, in_order("JobSubmitted", "JobStarted"))
             second = await raw_post(foreman.url, "/api/generate", {"model": "qwen2"})
-            await until_types(committed, ["JobSubmitted"])  # queued behind the first
+            await until(committed, of_type("JobSubmitted"))  # queued behind the first
             await second.aclose()  # hangs up while queued
-            await until_types(committed, ["JobCancelled"])
+            await until(committed, of_type("JobCancelled"))
         # The first hangs up mid-stream: its call is stopped though the backend stalls.
-        await until_types(committed, ["JobCancelled"])
+        await until(committed, of_type("JobCancelled"))
     outcomes = sorted(events for events in foreman.job_events().values())
     assert outcomes == [
         ["JobSubmitted", "JobCancelled"],  # the queued one never ran
@@ -162,9 +170,9 @@ async def test_beyond_max_queue_callers_get_503_and_retry_after(
             async with trio.open_nursery() as callers:
                 post = partial(http.post, "/api/generate")
                 callers.start_soon(partial(post, json={"model": "llama3", "prompt": "a"}))
-                await until_types(committed, ["JobSubmitted", "JobStarted"])  # runs: stalls
+                await until(committed, in_order("JobSubmitted", "JobStarted"))  # runs: stalls
                 callers.start_soon(partial(post, json={"model": "llama3", "prompt": "b"}))
-                await until_types(committed, ["JobSubmitted"])  # queued: the queue is full
+                await until(committed, of_type("JobSubmitted"))  # queued: the queue is full
                 busy = await http.post("/api/generate", json={"model": "llama3", "prompt": "c"})
                 assert busy.status_code == 503
                 assert busy.headers["retry-after"] == "1"
@@ -175,7 +183,7 @@ async def test_beyond_max_queue_callers_get_503_and_retry_after(
 async def test_unfinished_jobs_of_a_previous_run_are_recovered(
     db_path: Path, nursery: trio.Nursery
 ) -> None:
-    log = EventLog.open(db_path)
+    log = open_log(db_path)
     interrupted, queued, exhausted = new_ulid(), new_ulid(), new_ulid()
     log.append(interrupted, [factories.submitted(), factories.started()])
     log.append(queued, [factories.submitted(model="qwen2")])
@@ -186,7 +194,10 @@ async def test_unfinished_jobs_of_a_previous_run_are_recovered(
     log.close()
 
     async for foreman in start_foreman(nursery, db_path, max_attempts=3):
-        await until_succeeded(await foreman.running.journal.subscribe(), db_path, 2)
+        committed = await foreman.running.journal.subscribe()
+        done = jobs_succeeded(db_path, 2)
+        if not done():  # recovered jobs may have run before the subscription
+            await until(committed, done)
         jobs = foreman.job_events()
         assert jobs[interrupted][2:] == ["JobRequeued", "JobStarted", "JobSucceeded"]
         assert jobs[queued] == ["JobSubmitted", "JobStarted", "JobSucceeded"]
@@ -239,7 +250,7 @@ async def test_the_first_pick_prefers_the_model_the_backend_has_loaded(
     db_path: Path, nursery: trio.Nursery
 ) -> None:
     # A previous run left jobs for two models queued; the backend has qwen2 loaded.
-    log = EventLog.open(db_path)
+    log = open_log(db_path)
     for model in ("llama3", "qwen2", "llama3", "qwen2"):
         log.append(new_ulid(), [factories.submitted(model=model)])
     log.close()
@@ -250,7 +261,10 @@ async def test_the_first_pick_prefers_the_model_the_backend_has_loaded(
         config = load_settings(listen="127.0.0.1:0", backend=sim_url, db=db_path)
         stop = trio.Event()
         running = await nursery.start(run_foreman, config, stop)
-        await until_succeeded(await running.journal.subscribe(), db_path, 4)
+        committed = await running.journal.subscribe()
+        done = jobs_succeeded(db_path, 4)
+        if not done():  # recovered jobs may have run before the subscription
+            await until(committed, done)
         stop.set()
         stats = (await sim.get("/_sim/stats")).json()
     order = [generation["model"] for generation in stats["generations"]]

@@ -25,7 +25,7 @@ from foreman.events.types import RecordedEvent, delivery_stream
 from foreman.webhooks.payload import job_as_of, render
 from foreman.webhooks.signing import secret_key, signature_headers
 from tests.processes import ROOT, START_SECONDS, Process, running
-from tests.running import start_foreman
+from tests.running import Done, counted, recorded, start_foreman, until
 
 pytestmark = pytest.mark.slow  # the example receiver as a process
 
@@ -82,25 +82,18 @@ def printed(process: Process) -> list[str]:
     return [line for line in process.text().splitlines() if line.startswith("job ")]
 
 
-async def until_delivered(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]],
-    job_id: str,
-    count: int,
-    process: Process,
-) -> None:
-    """Until ``count`` more of the job's notifications are recorded delivered."""
+def delivered(job_id: str, count: int, process: Process) -> Done:
+    """For :func:`until`: true once ``count`` more of the job's notifications are
+    recorded delivered; one abandoned fails the test, with the receiver's output."""
     stream = delivery_stream(job_id)
-    with trio.fail_after(20):
-        async for batch in committed:
-            for event in batch:
-                if event.stream != stream:
-                    continue
-                if event.type == "WebhookAbandoned":
-                    raise AssertionError(f"abandoned: {event.event}\n{process.text()}")
-                count -= event.type == "WebhookDelivered"
-            if count <= 0:
-                return
-    raise AssertionError("the journal stopped")
+    deliveries = counted(count, recorded(stream, "WebhookDelivered"))
+
+    def done(event: RecordedEvent) -> bool:
+        if event.stream == stream and event.type == "WebhookAbandoned":
+            raise AssertionError(f"abandoned: {event.event}\n{process.text()}")
+        return deliveries(event)
+
+    return done
 
 
 def sent(db_path: Path, job_id: str, base_url: str) -> list[tuple[str, bytes]]:
@@ -141,7 +134,7 @@ async def test_the_example_receiver_prints_each_notification_once_and_refuses_fo
         submitted = await client.post(f"{foreman.url}/jobs", json=body)
         assert submitted.status_code == 202, submitted.text
         job_id = submitted.json()["job_id"]
-        await until_delivered(committed, job_id, 3, receiver)
+        await until(committed, delivered(job_id, 3, receiver), within=20)
 
         lines = [f"job {job_id} {kind}" for kind in LIFE]
         assert printed(receiver) == lines
@@ -179,7 +172,7 @@ async def test_the_example_receiver_prints_each_notification_once_and_refuses_fo
         first_id = webhooks[0]["id"]
         redeliver = await client.post(f"{job_url}/webhooks/redeliver", json={"ids": [first_id]})
         assert redeliver.status_code == 202, redeliver.text
-        await until_delivered(committed, job_id, 1, receiver)
+        await until(committed, delivered(job_id, 1, receiver), within=20)
         assert (await client.get(job_url)).json()["webhooks"][0]["last_status"] == 204
 
         assert printed(receiver) == lines

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,10 @@ from foreman.events.log import EventLog
 from foreman.events.types import (
     RecordedEvent,
     WebhookAttemptFailed,
-    WebhookDelivered,
     delivery_stream,
 )
 from tests.receiver import Answer, Receiver, free_port, serving
-from tests.running import Foreman, start_foreman
+from tests.running import Foreman, counted, of_type, start_foreman, until
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hello"}]}
@@ -52,33 +52,19 @@ async def cli(*args: str) -> Result:
     return await trio.to_thread.run_sync(partial(CliRunner().invoke, main, ["webhooks", *args]))
 
 
-async def until_settled(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job_id: str, count: int
-) -> list[RecordedEvent]:
-    """The job's delivery events, once ``count`` deliveries are delivered or abandoned."""
-    stream = delivery_stream(job_id)
-    events: list[RecordedEvent] = []
-    with trio.fail_after(20):
-        async for batch in committed:
-            events += [event for event in batch if event.stream == stream]
-            if sum(event.type in OUTCOMES for event in events) >= count:
-                return events
-    raise AssertionError("the journal stopped")
+@dataclass
+class Settled:
+    """For :func:`until`: true once ``count`` more of the job's notifications are
+    delivered or abandoned; ``events`` keeps the job's delivery events seen till then."""
 
+    job_id: str
+    count: int
+    events: list[RecordedEvent] = field(default_factory=list)
 
-async def until_delivered(
-    committed: trio.MemoryReceiveChannel[list[RecordedEvent]], job_id: str, event_type: str
-) -> None:
-    """Until the notification of the job's next ``event_type`` is delivered (and so,
-    in order, every one before it)."""
-    told = None
-    with trio.fail_after(20):
-        async for batch in committed:
-            for event in batch:
-                if event.stream == job_id and event.type == event_type:
-                    told = event.id
-                elif isinstance(event.event, WebhookDelivered) and event.event.delivery == told:
-                    return
+    def __call__(self, event: RecordedEvent) -> bool:
+        if event.stream == delivery_stream(self.job_id):
+            self.events.append(event)
+        return sum(event.type in OUTCOMES for event in self.events) >= self.count
 
 
 async def one_settled_job(http: httpx.AsyncClient, foreman: Foreman, url: str, **extra: Any) -> str:
@@ -86,7 +72,7 @@ async def one_settled_job(http: httpx.AsyncClient, foreman: Foreman, url: str, *
     notifications are delivered or abandoned."""
     committed = await foreman.running.journal.subscribe()
     job_id = await submit(http, foreman, url, **extra)
-    await until_settled(committed, job_id, 3)
+    await until(committed, Settled(job_id, 3), within=20)
     return job_id
 
 
@@ -162,7 +148,9 @@ async def test_503_three_times_then_200_is_retried_with_the_same_id_and_order_he
         async for foreman in start_foreman(nursery, db_path, webhook_backoff="10ms"):
             committed = await foreman.running.journal.subscribe()
             job_id = await submit(client, foreman, receiver.url)
-            events = await until_settled(committed, job_id, 3)
+            settled = Settled(job_id, 3)
+            await until(committed, settled, within=20)
+            events = settled.events
 
             types = [r.payload["type"] for r in receiver.received]
             assert types == ["job.queued"] * 4 + LIFE[1:]
@@ -204,10 +192,7 @@ async def test_a_receiver_down_then_up_gets_every_notification_in_order(
     ):
         committed = await foreman.running.journal.subscribe()
         job_id = await submit(client, foreman, url)
-        with trio.fail_after(10):
-            async for batch in committed:
-                if any(event.type == "WebhookAttemptFailed" for event in batch):
-                    break
+        await until(committed, of_type("WebhookAttemptFailed"))
         view = (await client.get(f"{foreman.url}/jobs/{job_id}")).json()
         first = view["webhooks"][0]
         assert first["state"] == "pending"
@@ -215,7 +200,7 @@ async def test_a_receiver_down_then_up_gets_every_notification_in_order(
         assert "ConnectError" in first["last_error"]
 
         async with serving(Receiver(), port) as receiver:
-            await until_settled(committed, job_id, 3)
+            await until(committed, Settled(job_id, 3), within=20)
             assert receiver.by_job() == {job_id: LIFE}
 
 
@@ -229,8 +214,9 @@ async def test_a_receiver_stalling_past_the_timeout_is_cut_off_and_tried_again(
         ):
             committed = await foreman.running.journal.subscribe()
             job_id = await submit(client, foreman, receiver.url)
-            events = await until_settled(committed, job_id, 3)
-            failed = events[0].event
+            settled = Settled(job_id, 3)
+            await until(committed, settled, within=20)
+            failed = settled.events[0].event
             assert failed.type == "WebhookAttemptFailed"
             assert failed.error == "no answer within 0.2s"  # type: ignore[attr-defined]
             assert receiver.by_job() == {job_id: LIFE}
@@ -299,7 +285,7 @@ async def test_abandoned_after_the_last_retry_then_redelivered_by_api_and_cli(
             assert [(w["id"], w["state"], w["attempts"]) for w in again] == [
                 (queued["id"], "pending", 0)
             ]
-            await until_settled(committed, job_id, 1)
+            await until(committed, Settled(job_id, 1), within=20)
             assert receiver.received[-1].id == queued["id"]
             assert (await client.get(jobs_url)).json()["webhooks"][0]["state"] == "delivered"
 
@@ -311,7 +297,7 @@ async def test_abandoned_after_the_last_retry_then_redelivered_by_api_and_cli(
             result = await cli("redeliver", job_id, "--id", queued["id"], "--url", foreman.url)
             assert result.exit_code == 0, result.output
             assert f"{queued['id']}  job.queued  pending again" in result.output
-            await until_settled(committed, job_id, 1)
+            await until(committed, Settled(job_id, 1), within=20)
             assert [r.id for r in receiver.received].count(queued["id"]) == 5
 
             log = EventLog.open(db_path, read_only=True)
@@ -363,14 +349,8 @@ async def test_each_jobs_notifications_keep_their_order_while_jobs_deliver_concu
         ):
             committed = await foreman.running.journal.subscribe()
             job_ids = [await submit(client, foreman, receiver.url) for _ in range(30)]
-            waiting = {delivery_stream(job_id): 3 for job_id in job_ids}
-            with trio.fail_after(30):
-                async for batch in committed:
-                    for event in batch:
-                        if event.type in OUTCOMES:
-                            waiting[event.stream] -= 1
-                    if not any(waiting.values()):
-                        break
+            # Each notification is delivered or abandoned once: all 90 of them.
+            await until(committed, counted(3 * len(job_ids), of_type(*OUTCOMES)), within=30)
             assert receiver.by_job() == dict.fromkeys(job_ids, LIFE)
             assert receiver.most_in_flight > 1
 
@@ -420,10 +400,7 @@ async def test_a_job_carried_over_a_restart_keeps_notifying_in_order(
             stall = {"kind": "stall", "seconds": 30, "times": 1}
             await client.post(f"{sim}/_sim/faults", json=stall)
             job_id = await submit(client, foreman, receiver.url)
-            with trio.fail_after(10):
-                async for batch in committed:
-                    if any(event.type == "JobStarted" for event in batch):
-                        break
+            await until(committed, of_type("JobStarted"))
         # A new Foreman runs it; its dispatcher follows a job it did not see submitted.
         async for _ in start_foreman(nursery, db_path):
             # The receiver, not the journal: the job may be done before a subscription.
@@ -442,14 +419,10 @@ async def test_a_notification_still_pending_is_not_redelivered(
     async for foreman in start_foreman(nursery, db_path, webhook_backoff="1h"):
         committed = await foreman.running.journal.subscribe()
         job_id = await submit(client, foreman, url)
-        with trio.fail_after(10):
-            async for batch in committed:
-                failed = [e.event for e in batch if isinstance(e.event, WebhookAttemptFailed)]
-                if failed:
-                    break
+        failed = (await until(committed, of_type("WebhookAttemptFailed"))).event
+        assert isinstance(failed, WebhookAttemptFailed)
         answer = await client.post(
-            f"{foreman.url}/jobs/{job_id}/webhooks/redeliver",
-            json={"ids": [failed[0].delivery]},
+            f"{foreman.url}/jobs/{job_id}/webhooks/redeliver", json={"ids": [failed.delivery]}
         )
         assert answer.status_code == 409
         assert "it is still being delivered" in answer.json()["error"]

@@ -14,43 +14,37 @@ import pytest
 import trio
 
 from foreman.actors.journal import Journal, JournalClient
-from foreman.actors.scheduler import Cancel, Failed, Line, Message, Output, Scheduler, Work
-from foreman.actors.worker import Worker
+from foreman.actors.scheduler import Scheduler, SchedulerClient
+from foreman.actors.worker import Answer, AnswerError, AnswerLine, Worker
 from foreman.artifacts import ArtifactStore
+from foreman.backend import Backend
 from foreman.events.jobs import Job, JobsProjection
 from foreman.events.log import EventLog
 from foreman.events.types import JobCancelled, JobSubmitted, JobSucceeded
-from foreman.ids import new_ulid
-from foreman.scheduling import QueuedJob
 from foreman.simulator import SimulatorConfig, serve_simulator
-from foreman.upstream import Upstream
-from tests.running import event_types, until_recorded
+from tests.running import event_types, recorded, until
 
 
 @dataclass
 class Rig:
     db_path: Path
     journal: JournalClient
-    scheduler: trio.MemorySendChannel[Message]
+    scheduler: SchedulerClient
     simulator: str
     nursery: trio.Nursery
 
     async def submit(
         self, body: dict[str, Any], kind: str = "chat", *, wait: bool = True
-    ) -> tuple[str, trio.MemoryReceiveChannel[Output] | None]:
-        """Record a job and queue it, as the HTTP actor will; returns its id and output."""
-        job_id = new_ulid()
+    ) -> tuple[str, trio.MemoryReceiveChannel[Answer] | None]:
+        """Submit a job, as the front door does; returns its id and its answers."""
         submitted = JobSubmitted(kind=kind, model=body["model"], request=body, origin="sync")
-        (event,) = await self.journal.append(job_id, [submitted], expected_version=0)
-        send, receive = trio.open_memory_channel[Output](16) if wait else (None, None)
-        job = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
-        work = Work(job, kind, json.dumps(body).encode(), attempts=0, output=send)
-        await self.scheduler.send(work)
-        return job_id, receive
+        send, receive = trio.open_memory_channel[Answer](16) if wait else (None, None)
+        queued = await self.scheduler.submit(submitted, answers=send)
+        return queued.job_id, receive
 
-    def start_worker(self, upstream: str | None = None, **options: Any) -> None:
+    def start_worker(self, backend: str | None = None, **options: Any) -> None:
         worker = Worker(
-            Upstream(upstream or self.simulator),
+            Backend(backend or self.simulator),
             self.journal,
             self.scheduler.clone(),
             ArtifactStore(self.db_path.with_suffix(".artifacts")),
@@ -80,12 +74,11 @@ class Rig:
 async def rig(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
     journal: JournalClient = await nursery.start(Journal(db_path).run)
     url: str = await nursery.start(serve_simulator, SimulatorConfig(listen="127.0.0.1:0"))
-    send, receive = trio.open_memory_channel[Message](64)
-    await nursery.start(Scheduler(journal, max_wait=60, max_queue=512).run, receive)
-    yield Rig(db_path, journal, send, url, nursery)
+    scheduler = await nursery.start(Scheduler(journal, max_wait=60, max_queue=512).run)
+    yield Rig(db_path, journal, scheduler, url, nursery)
 
 
-async def answer(output: trio.MemoryReceiveChannel[Output] | None) -> list[Output]:
+async def answer(output: trio.MemoryReceiveChannel[Answer] | None) -> list[Answer]:
     assert output is not None
     with trio.fail_after(10):
         return [message async for message in output]
@@ -100,7 +93,7 @@ async def test_a_chat_job_runs_and_its_answer_reaches_the_caller(rig: Rig) -> No
     rig.start_worker()
     job_id, output = await rig.submit(chat())
     (line,) = await answer(output)
-    assert isinstance(line, Line)
+    assert isinstance(line, AnswerLine)
     response = json.loads(line.data)
     assert response["done"] is True
     assert response["message"]["content"]
@@ -113,7 +106,7 @@ async def test_a_stream_is_relayed_line_by_line_and_stored_whole(rig: Rig) -> No
     rig.start_worker()
     job_id, output = await rig.submit({"model": "llama3", "prompt": "hi"}, kind="generate")
     lines = await answer(output)
-    chunks = [json.loads(line.data) for line in lines if isinstance(line, Line)]
+    chunks = [json.loads(line.data) for line in lines if isinstance(line, AnswerLine)]
     assert len(chunks) > 2
     assert [chunk["done"] for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
     log = EventLog.open(rig.db_path, read_only=True)
@@ -124,7 +117,7 @@ async def test_a_stream_is_relayed_line_by_line_and_stored_whole(rig: Rig) -> No
 async def test_an_unknown_model_fails_at_once_with_the_backends_404(rig: Rig) -> None:
     rig.start_worker()
     job_id, output = await rig.submit(chat("no-such-model"))
-    assert await answer(output) == [Failed(404, "model 'no-such-model' not found")]
+    assert await answer(output) == [AnswerError(404, "model 'no-such-model' not found")]
     job = rig.job(job_id)
     assert (job.state, job.attempts, job.error.status if job.error else None) == (
         "failed",
@@ -137,7 +130,7 @@ async def test_a_backend_error_status_is_final_not_retried(rig: Rig) -> None:
     await rig.sim("POST", "/_sim/faults", {"kind": "status", "status": 500, "error": "oom"})
     rig.start_worker()
     job_id, output = await rig.submit(chat())
-    assert await answer(output) == [Failed(500, "oom")]
+    assert await answer(output) == [AnswerError(500, "oom")]
     assert rig.events(job_id) == ["JobSubmitted", "JobStarted", "JobFailed"]
 
 
@@ -164,7 +157,7 @@ async def test_jobs_are_retried_while_the_backend_is_down_then_run(rig: Rig) -> 
     config = SimulatorConfig(listen=f"127.0.0.1:{port}")
     await rig.nursery.start(serve_simulator, config)
     (line,) = await answer(output)
-    assert isinstance(line, Line)
+    assert isinstance(line, AnswerLine)
     job = rig.job(job_id)
     assert job.state == "succeeded"
     assert job.attempts >= 2
@@ -181,7 +174,7 @@ async def test_a_job_fails_once_every_attempt_found_the_backend_down(rig: Rig) -
     rig.start_worker(f"http://127.0.0.1:{free_port()}", max_attempts=3, backoff=lambda _: 0)
     job_id, output = await rig.submit(chat())
     (failed,) = await answer(output)
-    assert isinstance(failed, Failed)
+    assert isinstance(failed, AnswerError)
     assert failed.status == 503
     assert "unreachable 3 times" in failed.message
     assert rig.events(job_id) == ["JobSubmitted"] + [
@@ -198,11 +191,11 @@ async def test_a_caller_that_hangs_up_mid_stream_cancels_the_running_job(rig: Ri
     assert output is not None
     with trio.fail_after(10):
         first = await output.receive()
-    assert isinstance(first, Line)
+    assert isinstance(first, AnswerLine)
     # The backend stalls: the worker learns of the hang-up from the cancel, not a send.
     committed = await rig.journal.subscribe()
-    await rig.scheduler.send(Cancel(job_id, "client_disconnected"))
-    cancelled = await until_recorded(committed, job_id, "JobCancelled")
+    await rig.scheduler.cancel(job_id, "client_disconnected")
+    cancelled = await until(committed, recorded(job_id, "JobCancelled"))
     assert cancelled.event == JobCancelled(reason="client_disconnected")
     assert await answer(output) == []  # the stream just ends
 
@@ -213,13 +206,13 @@ async def test_a_caller_that_stops_reading_cancels_the_job(rig: Rig) -> None:
     job_id, output = await rig.submit({"model": "llama3", "prompt": "hi"}, kind="generate")
     assert output is not None
     await output.aclose()
-    cancelled = await until_recorded(committed, job_id, "JobCancelled")
+    cancelled = await until(committed, recorded(job_id, "JobCancelled"))
     assert cancelled.event == JobCancelled(reason="client_disconnected")
 
 
 async def test_a_cancelled_queued_job_never_runs(rig: Rig) -> None:
     job_id, output = await rig.submit(chat())
-    await rig.scheduler.send(Cancel(job_id, "client_disconnected"))
+    await rig.scheduler.cancel(job_id, "client_disconnected")
     assert await answer(output) == []
     _, other = await rig.submit(chat())
     rig.start_worker()
@@ -245,7 +238,7 @@ async def test_an_attempt_over_the_job_timeout_before_answering_is_retried(rig: 
     rig.start_worker(job_timeout=0.3, backoff=lambda _: 0)
     job_id, output = await rig.submit(chat())
     (line,) = await answer(output)
-    assert isinstance(line, Line)
+    assert isinstance(line, AnswerLine)
     assert rig.events(job_id) == [
         "JobSubmitted",
         "JobStarted",
@@ -262,7 +255,7 @@ async def test_an_attempt_over_the_job_timeout_mid_answer_fails(rig: Rig) -> Non
     rig.start_worker(job_timeout=0.3)
     job_id, output = await rig.submit(chat(stream=True))
     messages = await answer(output)
-    assert isinstance(messages[-1], Failed)
+    assert isinstance(messages[-1], AnswerError)
     assert "job timeout" in messages[-1].message
     assert rig.events(job_id) == ["JobSubmitted", "JobStarted", "JobFailed"]
 
@@ -285,7 +278,7 @@ async def test_the_next_job_for_the_loaded_model_waits_at_the_backend(rig: Rig) 
     await waiting_at_backend(rig, 1)
     # Sent, but not started: it has not got the GPU. The other model waits in Foreman.
     assert rig.events(behind) == rig.events(other_model) == ["JobSubmitted"]
-    await rig.scheduler.send(Cancel(running, "client_disconnected"))
+    await rig.scheduler.cancel(running, "client_disconnected")
     await answer(behind_output)
     await answer(other_output)
     assert rig.events(behind) == ["JobSubmitted", "JobStarted", "JobSucceeded"]
@@ -302,12 +295,12 @@ async def test_a_job_cancelled_while_waiting_at_the_backend_never_starts(rig: Ri
         await running_output.receive()
     behind, behind_output = await rig.submit(chat())
     await waiting_at_backend(rig, 1)
-    await rig.scheduler.send(Cancel(behind, "client_disconnected"))
+    await rig.scheduler.cancel(behind, "client_disconnected")
     assert await answer(behind_output) == []
     await waiting_at_backend(rig, 0)  # the backend was told: its request is gone
     assert rig.events(behind) == ["JobSubmitted", "JobCancelled"]
     _, last_output = await rig.submit(chat())
-    await rig.scheduler.send(Cancel(running, "client_disconnected"))
+    await rig.scheduler.cancel(running, "client_disconnected")
     await answer(last_output)
     assert len((await rig.sim("GET", "/_sim/stats"))["generations"]) == 1  # only the last
 
@@ -331,7 +324,7 @@ async def test_a_succeeded_job_names_its_outputs_stored_before_the_event(rig: Ri
     rig.start_worker()
     job_id, output = await rig.submit(chat())
     await answer(output)
-    succeeded = await until_recorded(committed, job_id, "JobSucceeded")
+    succeeded = await until(committed, recorded(job_id, "JobSucceeded"))
     event = succeeded.event
     assert isinstance(event, JobSucceeded)
     names = {ref.name: ref for ref in event.artifacts}
