@@ -116,17 +116,17 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def serving(receiver: Receiver, port: int = 0) -> AsyncIterator[Receiver]:
-    """``receiver`` listening on 127.0.0.1:``port`` until the block ends."""
-    stop = trio.Event()
+    """``receiver`` listening on 127.0.0.1:``port`` until the block ends; then it stops
+    at once, answers it was still stalling or trickling cut off."""
     async with trio.open_nursery() as nursery:
         base = await nursery.start(
             partial(
                 serve_http,
                 cast(FastAPI, receiver),
                 f"127.0.0.1:{port}",
-                shutdown_trigger=stop.wait,
+                shutdown_trigger=trio.sleep_forever,
             )
         )
         receiver.url = f"{base}/hook"
         yield receiver
-        stop.set()
+        nursery.cancel_scope.cancel()

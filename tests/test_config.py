@@ -365,6 +365,7 @@ def foreman_config(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a `foreman config` process
 def test_config_prints_a_table_of_settings_and_sources() -> None:
     done = foreman_config("--listen", "[::1]:8000", FOREMAN_MAX_QUEUE="64", OLLAMA_HOST="gpu-box")
     assert done.returncode == 0, done.stderr
@@ -378,6 +379,7 @@ def test_config_prints_a_table_of_settings_and_sources() -> None:
     assert len(rows) == len(DEFAULTS)
 
 
+@pytest.mark.slow  # a `foreman config` process
 def test_config_never_prints_the_webhook_secret() -> None:
     for args in ((), ("--json",)):
         done = foreman_config(*args, FOREMAN_WEBHOOK_SECRET="whsec_c2VjcmV0IGJ5dGVz")
@@ -386,6 +388,7 @@ def test_config_never_prints_the_webhook_secret() -> None:
         assert "**********" in done.stdout
 
 
+@pytest.mark.slow  # a `foreman config` process
 def test_config_json() -> None:
     done = foreman_config("--json", "--db", "flag.db", FOREMAN_JOB_TIMEOUT="1h")
     assert done.returncode == 0, done.stderr
@@ -398,6 +401,7 @@ def test_config_json() -> None:
     }
 
 
+@pytest.mark.slow  # a `foreman config` process
 def test_config_exits_2_naming_every_bad_value() -> None:
     done = foreman_config("--backend", "ftp://x", FOREMAN_MAX_ATTEMPTS="three")
     assert done.returncode == 2

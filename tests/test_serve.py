@@ -165,7 +165,7 @@ async def test_beyond_max_queue_callers_get_503_and_retry_after(
     async for foreman in start_foreman(nursery, db_path, max_queue=1):
         async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as http:
             sim = (await http.get("/healthz")).json()["backend"]["url"]
-            await http.post(f"{sim}/_sim/faults", json={"kind": "stall", "seconds": 3})
+            await http.post(f"{sim}/_sim/faults", json={"kind": "stall", "seconds": 60})
             committed = await foreman.running.journal.subscribe()
             async with trio.open_nursery() as callers:
                 post = partial(http.post, "/api/generate")
@@ -177,6 +177,7 @@ async def test_beyond_max_queue_callers_get_503_and_retry_after(
                 assert busy.status_code == 503
                 assert busy.headers["retry-after"] == "1"
                 assert "maximum pending requests exceeded" in busy.json()["error"]
+                callers.cancel_scope.cancel()  # they hang up: their jobs are cancelled
         assert len(foreman.job_events()) == 2  # the refused one was never recorded
 
 

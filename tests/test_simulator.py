@@ -448,6 +448,7 @@ async def test_the_official_ollama_client_works_against_it(start: Start) -> None
     await trio.to_thread.run_sync(use_client)
 
 
+@pytest.mark.slow  # a `foreman simulate` process
 def test_foreman_simulate_serves_until_interrupted() -> None:
     command = [sys.executable, "-m", "foreman.cli", "simulate", "--listen", "127.0.0.1:0"]
     with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
