@@ -4,7 +4,7 @@ The same Hypercorn server and configuration (:func:`foreman.actors.http.serve_ht
 and the same models as Foreman's job API, without the journal, the scheduler or the
 log: ``POST /jobs`` parses a :class:`~foreman.api.schemas.SubmitJob` and answers 202
 with a made-up id (submit.py's ceiling); ``GET /jobs/{id}`` answers a fixed queued
-:class:`~foreman.api.schemas.JobView` (memory.py's floor). Run as a process; it prints
+:class:`~foreman.views.JobView` (memory.py's floor). Run as a process; it prints
 ``ceiling: listening on URL`` and stops on SIGTERM or SIGINT.
 
     python benchmarks/_ceiling.py [--listen 127.0.0.1:0]
@@ -21,7 +21,8 @@ from _servers import serve_until_signalled
 from fastapi import FastAPI
 from starlette.responses import Response
 
-from foreman.api.schemas import JobAccepted, JobView, SubmitJob
+from foreman.api.schemas import JobAccepted, SubmitJob
+from foreman.views import JobView
 
 
 def create_app() -> FastAPI:

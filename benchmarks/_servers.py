@@ -32,7 +32,7 @@ from _report import ROOT, progress
 from fastapi import FastAPI
 
 from foreman.actors.http import serve_http
-from foreman.config import load_settings, parse_address
+from foreman.config import load_settings
 from foreman.events.log import Durability
 from foreman.simulator import SimulatorConfig, parse_models, serve_simulator
 from foreman.supervisor import Running, run_foreman
@@ -298,7 +298,5 @@ async def serve_until_signalled(name: str, app: FastAPI, listen: str) -> None:
                     return
 
             nursery.start_soon(stop_on_signal)
-            url = await nursery.start(
-                partial(serve_http, app, parse_address(listen), shutdown_trigger=stop.wait)
-            )
+            url = await nursery.start(partial(serve_http, app, listen, shutdown_trigger=stop.wait))
             print(f"{name}: listening on {url}", file=sys.stderr, flush=True)
