@@ -15,6 +15,7 @@ from foreman.artifacts import ArtifactStore
 from foreman.events.audit import verify
 from foreman.events.log import EventLog
 from foreman.events.reader import Reader
+from foreman.events.store import open_log
 from foreman.ids import new_ulid
 from tests import factories
 
@@ -83,7 +84,7 @@ async def test_finished_jobs_older_than_the_ttl_are_pruned_and_the_log_still_ver
 
     assert await rig.janitor().sweep() == 3
     assert remaining(rig.db_path) == {recent, waiting}
-    log = EventLog.open(rig.db_path, read_only=True)
+    log = open_log(rig.db_path, read_only=True)
     try:
         assert [log.read_stream(job_id)[-1].type for job_id in old] == ["JobPruned"] * 3
         assert verify(log) == []

@@ -14,7 +14,7 @@ import trio
 from ulid import ULID
 
 from foreman.events.audit import verify
-from foreman.events.log import EventLog
+from foreman.events.store import open_log
 from tests.running import ENDS, Foreman, counted, recorded, start_foreman, until
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "why is the sky blue?"}]}
@@ -315,7 +315,7 @@ async def test_a_pruned_job_is_gone_but_its_history_stays_and_verifies(
             assert history[-1]["type"] == "JobPruned"
             artifact = await http.get(f"/jobs/{job_id}/artifacts/content.txt")
             assert artifact.status_code == 410
-        log = EventLog.open(db_path, read_only=True)
+        log = open_log(db_path, read_only=True)
         try:
             assert verify(log) == []
         finally:

@@ -10,6 +10,7 @@ from foreman.events.audit import verify
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import ConcurrencyError, Durability, EventLog
 from foreman.events.projection import IllegalTransition
+from foreman.events.store import open_log
 from foreman.events.types import RecordedEvent
 from foreman.ids import new_ulid
 from tests.factories import started, submitted, succeeded
@@ -37,7 +38,7 @@ async def test_concurrent_writers_are_committed_together(
     # Every commit stamps its events with one recorded_at: fewer stamps than
     # appends means appends from different writers shared a transaction.
     assert len({e.recorded_at for e in committed}) < 150 / 2
-    log = EventLog.open(db_path, read_only=True)
+    log = open_log(db_path, read_only=True)
     assert verify(log) == []
     assert {job.state for job in JobsProjection().load_all(log.conn).values()} == {"succeeded"}
 

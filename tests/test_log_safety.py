@@ -282,7 +282,7 @@ async def test_after_hostile_bodies_the_log_verifies_and_replays(
         await http.post(path, content=body)
     ok = await http.post("/api/chat", json=CHAT)
     assert ok.status_code == 200
-    log = EventLog.open(db_path, read_only=True)
+    log = open_log(db_path, read_only=True)
     try:
         assert verify(log) == []
     finally:
@@ -375,7 +375,7 @@ async def test_a_log_with_unreadable_events_starts_and_quarantines_their_jobs(
                 events = (await http.get(f"/jobs/{job_id}/events")).json()["events"]
                 assert events[-1]["data"]["event_seq"] == seq
             assert (await http.post("/api/chat", json=CHAT)).status_code == 200
-    log = EventLog.open(db_path, read_only=True)
+    log = open_log(db_path, read_only=True)
     try:
         found = {problem.seq for problem in verify(log)}
     finally:

@@ -64,7 +64,7 @@ def opened_log(path: Path, *, read_only: bool = True) -> Iterator[EventLog]:
     if not path.is_file():
         raise click.ClickException(f"no such event log: {path}")
     try:
-        log = EventLog.open(path, read_only=True) if read_only else open_log(path)
+        log = open_log(path, read_only=read_only)
     except (LogError, sqlite3.Error) as error:
         raise click.ClickException(f"cannot open event log {path}: {error}") from error
     try:

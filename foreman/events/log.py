@@ -141,6 +141,20 @@ def utc_now() -> str:
     return format_timestamp(wall_clock())
 
 
+@contextlib.contextmanager
+def closed_unless_usable(path: str | Path, conn: sqlite3.Connection) -> Iterator[None]:
+    """Close ``conn`` if the block fails; a database error there means the file is
+    not a usable event log (:class:`LogError`)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise LogError(f"{path}: not a usable Foreman event log: {error}") from error
+    except BaseException:
+        conn.close()
+        raise
+
+
 class EventLog:
     def __init__(self, conn: sqlite3.Connection, projections: Sequence[Projection[Any]]) -> None:
         self.conn = conn
@@ -178,7 +192,7 @@ class EventLog:
             )
         else:
             conn = sqlite3.connect(path, isolation_level=None)
-        try:
+        with closed_unless_usable(path, conn):
             conn.execute("PRAGMA busy_timeout = 10000")
             log = cls(conn, projections)
             is_new = log._check_format(allow_empty=not read_only)
@@ -190,12 +204,6 @@ class EventLog:
             conn.execute(f"PRAGMA synchronous = {Durability(durability).value.upper()}")
             if is_new:
                 log._create_schema()
-        except sqlite3.DatabaseError as error:
-            conn.close()
-            raise LogError(f"{path}: not a usable Foreman event log: {error}") from error
-        except BaseException:
-            conn.close()
-            raise
         return log
 
     def close(self) -> None:

@@ -7,13 +7,12 @@ caught up on open with whatever was appended without them.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from foreman.events.deliveries import DeliveriesProjection
 from foreman.events.jobs import JobsProjection
-from foreman.events.log import Durability, EventLog, LogError
+from foreman.events.log import Durability, EventLog, closed_unless_usable
 from foreman.events.projection import Projection
 from foreman.events.replay import catch_up
 
@@ -23,16 +22,16 @@ def projections() -> list[Projection[Any]]:
     return [JobsProjection(), DeliveriesProjection()]
 
 
-def open_log(path: str | Path, *, durability: Durability = Durability.FULL) -> EventLog:
-    """Open (or create) the log at ``path`` with Foreman's projections, caught up."""
-    log = EventLog.open(path, durability=durability, projections=projections())
-    try:
-        for projection in log.projections:
-            catch_up(log, projection)
-    except sqlite3.DatabaseError as error:
-        log.close()
-        raise LogError(f"{path}: not a usable Foreman event log: {error}") from error
-    except BaseException:
-        log.close()
-        raise
+def open_log(
+    path: str | Path, *, durability: Durability = Durability.FULL, read_only: bool = False
+) -> EventLog:
+    """Open (or create) the log at ``path`` with Foreman's projections, caught up.
+
+    ``read_only`` (the audit tools): the log must exist, and is neither changed nor
+    caught up; its projections are known, so ``verify`` checks them."""
+    log = EventLog.open(path, durability=durability, projections=projections(), read_only=read_only)
+    if not read_only:
+        with closed_unless_usable(path, log.conn):
+            for projection in log.projections:
+                catch_up(log, projection)
     return log
