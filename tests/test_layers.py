@@ -52,6 +52,8 @@ def test_the_code_keeps_every_contract(tree: Path) -> None:
         ("events/log.py", "import foreman.events.jobs", "only through the Projection interface"),
         ("api/jobs.py", "import foreman.actors.scheduler", "public surface"),
         ("scheduling.py", "import httpx", "know nothing of HTTP"),
+        ("api/errors.py", "import foreman.api.jobs", "No cycles"),
+        ("api/jobs.py", "import foreman.actors._reply", "private module"),
     ],
 )
 def test_a_back_edge_breaks_a_contract(
