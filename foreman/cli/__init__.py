@@ -11,6 +11,8 @@ from foreman.cli.serve import serve
 from foreman.cli.simulate import simulate
 from foreman.cli.webhooks import webhooks
 
+__all__ = ["main"]
+
 
 @click.group(name="foreman")
 @click.version_option(__version__, prog_name="foreman")
