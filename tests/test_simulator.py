@@ -17,8 +17,10 @@ import httpx
 import ollama
 import pytest
 import trio
+import trio.testing
 
-from foreman.simulator import SimulatorConfig, serve_simulator
+from foreman.simulator import SimModel, SimulatorConfig, serve_simulator
+from foreman.simulator.backend import LoadKey, SimulatedGPU
 
 Start = Callable[..., Awaitable[str]]
 LOAD = 0.05
@@ -477,3 +479,25 @@ async def test_a_request_whose_client_hangs_up_while_waiting_for_the_gpu_is_drop
             second.cancel_scope.cancel()  # hangs up while waiting for the GPU
         await waiting(0)
     assert len((await stats(client))["generations"]) == 1  # the second never ran
+
+
+@pytest.mark.parametrize(("parallel", "expected"), [(1, [1, 3, 6]), (2, [1, 1, 4])])
+async def test_parallel_slots_share_the_resident_model_and_another_model_waits_for_idle(
+    autojump_clock: trio.testing.MockClock, parallel: int, expected: list[int]
+) -> None:
+    gpu = SimulatedGPU(SimulatorConfig(parallel=parallel, load_latency=1))
+    llama3, qwen2 = gpu.config.models[0], gpu.config.models[1]
+    started: dict[str, float] = {}
+
+    async def generate(name: str, model: SimModel) -> None:
+        async with gpu.session(model, LoadKey.of(model, {})):
+            started[name] = trio.current_time()
+            await trio.sleep(2)
+
+    async with trio.open_nursery() as nursery:
+        for name, model in (("a", llama3), ("b", llama3), ("c", qwen2)):
+            nursery.start_soon(generate, name, model)
+            await trio.testing.wait_all_tasks_blocked()
+    # a loads llama3 (1 s); b joins it when a slot is free; c's model waits for an idle GPU
+    assert [started[name] for name in "abc"] == expected
+    assert gpu.loads == 2

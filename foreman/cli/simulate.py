@@ -58,12 +58,20 @@ def _models(ctx: click.Context, param: click.Parameter, value: str) -> tuple[Sim
     show_default=True,
     help="Tokens per response.",
 )
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Generations of the resident model at once (OLLAMA_NUM_PARALLEL).",
+)
 def simulate(
     listen: str,
     models: tuple[SimModel, ...],
     load_latency: float,
     token_latency: float,
     tokens: int,
+    parallel: int,
 ) -> None:
     """Serve Ollama's API from a simulated GPU (one model resident at a time).
 
@@ -78,6 +86,7 @@ def simulate(
         load_latency=load_latency,
         token_latency=token_latency,
         tokens=tokens,
+        parallel=parallel,
     )
     try:
         trio.run(_run, config)

@@ -1,9 +1,11 @@
-"""The simulated GPU: one model resident at a time, one generation at a time.
+"""The simulated GPU: one model resident at a time, ``parallel`` generations of it at a time.
 
-A generation takes the GPU (a fair ``trio.Lock``, so waiting requests are
-served first in, first out, as Ollama serves its queue), loads its model if
-the resident one differs in name or in a load option (paying
-``load_latency``), then produces its tokens ``token_latency`` apart. Output is
+A generation waits its turn (a fair ``trio.Lock``, so waiting requests are
+served first in, first out, as Ollama serves its queue) for a free slot
+(``parallel``, Ollama's ``OLLAMA_NUM_PARALLEL``; a request for another model
+waits until the GPU is idle), loads its model if the resident one differs in
+name or in a load option (paying ``load_latency``), then produces its tokens
+``token_latency`` apart. Output is
 a pure function of the model and the prompt, so tests can predict it.
 """
 
@@ -128,7 +130,10 @@ class SimulatedGPU:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self.config = config
-        self._lock = trio.Lock()
+        self._turn = trio.Lock()
+        self._active = 0
+        """Generations holding a slot."""
+        self._freed = trio.Event()
         self.waiting = 0
         """Requests queued for the GPU behind the one holding it."""
         self._waiting_changed = trio.Event()
@@ -160,25 +165,41 @@ class SimulatedGPU:
         """Hold the GPU with ``key`` loaded; yields the seconds spent loading (0 if resident)."""
         self._add_waiting(1)
         try:
-            await self._lock.acquire()
+            async with self._turn:  # the first in line takes the next free slot
+                while self._active >= self.config.parallel or (
+                    self._active and (self.resident is None or self.resident.key != key)
+                ):
+                    await self._freed.wait()
+                self._active += 1
+                try:
+                    load_seconds = await self._load(model, key)
+                except BaseException:
+                    self._free()
+                    raise
         finally:
             self._add_waiting(-1)
         try:
-            load_seconds = 0.0
-            if self.resident is None or self.resident.key != key:
-                self.resident = None  # the old model is evicted as the load starts
-                started = time.perf_counter()
-                await trio.sleep(self.config.load_latency)
-                self.resident = Resident(model, key, time.time())
-                self.loads += 1
-                load_seconds = time.perf_counter() - started
-            try:
-                yield load_seconds
-            finally:
-                if self.resident is not None:
-                    self.resident.last_used = time.time()
+            yield load_seconds
         finally:
-            self._lock.release()
+            if self.resident is not None:
+                self.resident.last_used = time.time()
+            self._free()
+
+    async def _load(self, model: SimModel, key: LoadKey) -> float:
+        """Make ``key`` resident (the GPU is otherwise idle); the seconds it took."""
+        if self.resident is not None and self.resident.key == key:
+            return 0.0
+        self.resident = None  # the old model is evicted as the load starts
+        started = time.perf_counter()
+        await trio.sleep(self.config.load_latency)
+        self.resident = Resident(model, key, time.time())
+        self.loads += 1
+        return time.perf_counter() - started
+
+    def _free(self) -> None:
+        self._active -= 1
+        self._freed.set()
+        self._freed = trio.Event()
 
     async def generate(self, job: Job) -> AsyncGenerator[str | Finished, None]:
         """Yield the response's tokens, then :class:`Finished`; holds the GPU throughout.

@@ -107,6 +107,8 @@ class SimulatorConfig(BaseModel):
     """Seconds per generated token."""
     tokens: Annotated[int, Field(ge=1)] = 8
     """Tokens per response (fewer if the request's ``num_predict`` says so)."""
+    parallel: Annotated[int, Field(ge=1)] = 1
+    """Generations of the resident model at once (Ollama's ``OLLAMA_NUM_PARALLEL``)."""
     version: str = "0.12.0"
     """What ``/api/version`` reports."""
 
