@@ -7,6 +7,11 @@ The rule, applied by :meth:`JobQueue.pick`:
 2. Otherwise, among the jobs of the highest priority queued: the oldest job for
    the model the backend has loaded, if there is one; else the oldest job.
 
+With a fleet of hosts, :meth:`JobQueue.peek_for` applies the same rule to the
+jobs one host can run, and lets a host whose model has no jobs left take a model
+no other host drains, or share a backlog when that saves more than a load costs
+(:class:`Costs`; ADR-0035).
+
 "The model" is its :func:`model_key`: the model *and* the options that make
 Ollama load it again when they change. :meth:`JobQueue.position` tells how many
 jobs the rule would run before a given one if nothing new arrived and none
@@ -17,7 +22,8 @@ of ``(arrival, job_id)`` (ADR-0028), not scans.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -42,6 +48,11 @@ def model_key(model: str, options: Mapping[str, Any] | None = None) -> str:
     return name if not load else f"{name} {json.dumps(load, sort_keys=True)}"
 
 
+def model_of(key: str) -> str:
+    """The model name a :func:`model_key` is for (names hold no spaces)."""
+    return key.partition(" ")[0]
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedJob:
     job_id: str
@@ -53,12 +64,64 @@ class QueuedJob:
     """When it was submitted, on the clock ``pick`` is given; it must grow with
     ``arrival`` (a retried job keeps both, and so its place)."""
 
+    @property
+    def model(self) -> str:
+        """The model's canonical name, without the load options of its key."""
+        return model_of(self.model_key)
+
     @classmethod
     def of(cls, job_id: str, arrival: int, submitted: JobSubmitted, queued_at: float) -> QueuedJob:
         """The queue entry of a submitted job: its model key read from its request."""
         options = submitted.request.get("options")
         key = model_key(submitted.model, options if isinstance(options, dict) else None)
         return cls(job_id, arrival, submitted.priority, key, queued_at)
+
+
+@dataclass(frozen=True, slots=True)
+class HostView:
+    """One host of a fleet as :meth:`JobQueue.peek_for` sees it when it asks for work."""
+
+    loaded: str | None
+    """The model key it has loaded (or is loading)."""
+    can_run: Callable[[str], bool] = lambda _model: True
+    """Whether it can run a model (by name): installed there, and allowed."""
+    elsewhere: Mapping[str, int] = field(default_factory=dict)
+    """Model key -> how many other hosts have it loaded (they drain it)."""
+    worth_sharing: Callable[[str, int], bool] = lambda _key, _hosts: False
+    """Whether joining the ``hosts`` that drain a model's backlog shortens the makespan
+    by more than a load costs (:class:`Costs`)."""
+
+
+class Costs:
+    """Running estimates, in seconds, of a job's time at the backend per model key and
+    of a model load, from what the workers' calls take (exponentially weighted).
+
+    A call that needed no load measures its model's job time; one that swapped the
+    model measures the load, as what it took beyond that job time."""
+
+    def __init__(self, job: float = 1.0, load: float = 2.0, weight: float = 0.2) -> None:
+        self._default_job = job
+        self.load = load
+        self._weight = weight
+        self._jobs: dict[str, float] = {}
+
+    def job(self, key: str) -> float:
+        return self._jobs.get(key, self._default_job)
+
+    def observe(self, key: str, seconds: float, *, loaded: bool) -> None:
+        w = self._weight
+        if loaded:
+            self.load = (1 - w) * self.load + w * max(0.0, seconds - self.job(key))
+        else:
+            self._jobs[key] = (
+                seconds if key not in self._jobs else (1 - w) * self._jobs[key] + w * seconds
+            )
+
+    def worth_sharing(self, backlog: int, key: str, hosts: int) -> bool:
+        """Whether one more host on a backlog drained by ``hosts`` saves more than a
+        load: the work's time falls from W/h to W/(h+1), a saving of W/(h(h+1))."""
+        work = backlog * self.job(key)
+        return work / (hosts * (hosts + 1)) > self.load
 
 
 _Entries: TypeAlias = "SortedList[tuple[int, str]]"
@@ -85,6 +148,7 @@ class JobQueue:
         self._jobs: dict[str, QueuedJob] = {}
         self._all: _Entries = SortedList()  # the starvation check needs the oldest of all
         self._levels: SortedDict[int, _Level] = SortedDict()  # none empty
+        self._backlog: Counter[str] = Counter()  # queued jobs per model key
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -104,6 +168,7 @@ class JobQueue:
         level = self._levels.setdefault(job.priority, _Level())
         level.jobs.add(entry)
         level.groups.setdefault(job.model_key, SortedList()).add(entry)
+        self._backlog[job.model_key] += 1
 
     def remove(self, job_id: str) -> QueuedJob | None:
         """Take a job out (picked or cancelled), or None if it is not queued."""
@@ -120,7 +185,14 @@ class JobQueue:
         level.jobs.remove(entry)
         if not level.jobs:
             del self._levels[job.priority]
+        self._backlog[job.model_key] -= 1
+        if not self._backlog[job.model_key]:
+            del self._backlog[job.model_key]
         return job
+
+    def backlog(self, key: str) -> int:
+        """Jobs queued for this model key, whatever their priority."""
+        return self._backlog[key]
 
     def pick(self, loaded: str | None, now: float) -> QueuedJob | None:
         """Remove and return the job to run next (see the module's rule), or None."""
@@ -139,6 +211,40 @@ class JobQueue:
         level: _Level = self._levels.peekitem(-1)[1]
         same_model = level.groups.get(loaded) if loaded is not None else None
         return self._jobs[(same_model or level.jobs)[0][1]]
+
+    def peek_for(self, host: HostView, now: float) -> QueuedJob | None:
+        """The job for one host of a fleet (the fleet rule, ADR-0035), left in the queue.
+
+        Only jobs whose model the host can run count. A job that has waited
+        ``max_wait`` goes first. Otherwise, at the highest priority with a job the
+        host can run: its loaded model's oldest job; else the oldest job of a model
+        no other host has loaded; else the oldest job of a model whose backlog is
+        worth sharing (``host.worth_sharing``); else the same at the next priority
+        down. With no other host this is :meth:`peek`'s rule. O(priorities x models)."""
+        runnable = [
+            (priority, key, group)
+            for priority, level in self._levels.items()
+            for key, group in level.groups.items()
+            if host.can_run(model_of(key))
+        ]
+        if not runnable:
+            return None
+        oldest = min(group[0] for _, _, group in runnable)
+        if now - self._jobs[oldest[1]].queued_at >= self.max_wait:
+            return self._jobs[oldest[1]]
+        for priority in reversed(self._levels):
+            groups = {key: group for p, key, group in runnable if p == priority}
+            if host.loaded in groups:
+                return self._jobs[groups[host.loaded][0][1]]
+            unserved = [g[0] for key, g in groups.items() if not host.elsewhere.get(key)]
+            shared = [
+                g[0]
+                for key, g in groups.items()
+                if host.elsewhere.get(key) and host.worth_sharing(key, host.elsewhere[key])
+            ]
+            if unserved or shared:
+                return self._jobs[min(unserved or shared)[1]]
+        return None
 
     def position(self, job: QueuedJob, loaded: str | None) -> int:
         """How many queued jobs :meth:`pick` would take before ``job``, starting with

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foreman.scheduling import JobQueue, QueuedJob, model_key, model_name
+from foreman.scheduling import HostView, JobQueue, QueuedJob, model_key, model_name, model_of
 
 MAX_WAIT = 10.0
 MODELS = ["llama3:latest", "qwen2:latest", 'llama3:latest {"num_ctx": 8192}']
@@ -125,6 +125,71 @@ def test_position_is_the_index_in_the_naive_order(
     expected = naive_order({**reference, job.job_id: job}, loaded).index(job)
     assert queue.position(job, loaded) == expected
     assert len(queue) == len(reference)
+
+
+def naive_pick_for(
+    jobs: dict[str, QueuedJob], host: HostView, now: float, max_wait: float = MAX_WAIT
+) -> QueuedJob | None:
+    """The fleet rule, read straight off its statement (ADR-0035)."""
+    runnable = [j for j in jobs.values() if host.can_run(j.model)]
+    if not runnable:
+        return None
+    starving = [j for j in runnable if now - j.queued_at >= max_wait]
+    if starving:
+        return min(starving, key=lambda j: j.arrival)
+    for priority in sorted({j.priority for j in runnable}, reverse=True):
+        level = [j for j in runnable if j.priority == priority]
+        same_model = [j for j in level if j.model_key == host.loaded]
+        unserved = [j for j in level if not host.elsewhere.get(j.model_key)]
+        shared = [
+            j
+            for j in level
+            if host.elsewhere.get(j.model_key)
+            and host.worth_sharing(j.model_key, host.elsewhere[j.model_key])
+        ]
+        chosen = same_model or unserved or shared
+        if chosen:
+            return min(chosen, key=lambda j: j.arrival)
+    return None
+
+
+NAMES = [*sorted({model_of(key) for key in MODELS}), "mistral:latest"]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, len(MODELS) - 1), st.integers(0, 30))),
+    st.sampled_from(LOADED),
+    st.sets(st.sampled_from(NAMES)),
+    st.dictionaries(st.sampled_from(MODELS), st.integers(0, 2)),
+    st.sets(st.sampled_from(MODELS)),
+    st.integers(0, 60),
+)
+def test_a_fleet_host_picks_exactly_as_the_naive_fleet_rule(
+    pushes: list[tuple[int, int, int]],
+    loaded: str | None,
+    cannot_run: set[str],
+    elsewhere: dict[str, int],
+    worth_sharing: set[str],
+    now: int,
+) -> None:
+    queue = JobQueue(MAX_WAIT)
+    jobs: dict[str, QueuedJob] = {}
+    queued_at = 0.0  # grows with arrival, as QueuedJob requires
+    for arrival, (priority, model, tick) in enumerate(pushes):
+        queued_at += tick / 4
+        job = QueuedJob(f"job-{arrival}", arrival, priority, MODELS[model], queued_at)
+        queue.push(job)
+        jobs[job.job_id] = job
+    host = HostView(
+        loaded,
+        lambda model: model not in cannot_run,
+        elsewhere,
+        lambda key, _hosts: key in worth_sharing,
+    )
+    assert queue.peek_for(host, now) == naive_pick_for(jobs, host, now)
+    # A host alone, able to run everything, follows the one-host rule.
+    assert queue.peek_for(HostView(loaded), now) == queue.peek(loaded, now)
 
 
 def test_a_job_cannot_be_queued_twice() -> None:
