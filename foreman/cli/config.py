@@ -1,8 +1,10 @@
-"""``foreman config``: the effective settings and where each comes from (ADR-0022).
+"""``foreman config``: the effective settings, where each comes from, and the fleet of
+backends (ADR-0022).
 
-:func:`settings_options` adds ``--listen``, ``--backend`` and ``--db`` to a command
-and :func:`cli_settings` turns them into :class:`~foreman.config.Settings`, so that
-``foreman serve`` takes the same flags and ``foreman config`` can check its command line.
+:func:`settings_options` adds ``--listen``, ``--backend`` (repeatable), ``--db`` and
+``--config`` to a command and :func:`cli_settings` turns them into
+:class:`~foreman.config.Settings`, so that ``foreman serve`` takes the same flags and
+``foreman config`` can check its command line.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from foreman.cli.render import stdout_console
 from foreman.config import (
     DEFAULT_BACKEND,
     OLLAMA_HOST,
+    BackendSpec,
     ConfigError,
     Settings,
     env_name,
+    flag_name,
     load_settings,
     setting_sources,
 )
@@ -57,7 +61,8 @@ def _option(setting: str, help_: str, **kwargs: Any) -> Callable[[Command], Comm
     field = Settings.model_fields[setting]
     kwargs.setdefault("show_default", True)
     return click.option(
-        f"--{setting}",
+        flag_name(setting),
+        setting,
         envvar=env_name(setting),
         show_envvar=True,
         default=None if field.default_factory else field.default,
@@ -71,17 +76,25 @@ def _option(setting: str, help_: str, **kwargs: Any) -> Callable[[Command], Comm
 _OPTIONS = (
     _option("listen", "Address the HTTP server listens on, host:port."),
     _option(
-        "backend",
-        "The Ollama server (URL or host:port), or 'sim' for the built-in simulator.",
-        show_default=f"${OLLAMA_HOST}, else {DEFAULT_BACKEND}",
+        "backends",
+        "An Ollama host: URL or host:port, NAME=URL, 'sim' (the built-in simulator) or "
+        "'sim:N' (N of them). Repeat it, or separate entries with commas, for a fleet.",
+        multiple=True,
+        show_default=f"the config file's [[backends]], else ${OLLAMA_HOST}, else {DEFAULT_BACKEND}",
     ),
     _option("db", "The event log.", type=click.Path(dir_okay=False, path_type=Path)),
+    _option(
+        "config",
+        "A TOML file of settings by name, and the fleet as [[backends]] tables.",
+        type=click.Path(path_type=Path),
+        show_default=False,
+    ),
 )
 
 
 def settings_options(command: Command) -> Command:
-    """Add the settings that are flags (``--listen``, ``--backend``, ``--db``) to a
-    command; read them with :func:`cli_settings`."""
+    """Add the settings that are flags (``--listen``, ``--backend``, ``--db``,
+    ``--config``) to a command; read them with :func:`cli_settings`."""
     for option in reversed(_OPTIONS):
         command = option(command)
     return command
@@ -106,6 +119,8 @@ def _display(setting: str, value: object) -> str:
     (every float setting) like ``1h30m``."""
     if value is None:
         return "none"
+    if setting == "backends" and isinstance(value, tuple):
+        return ", ".join(spec.name for spec in value if isinstance(spec, BackendSpec))
     if setting == "max_body" and isinstance(value, int):
         return format_size(value)
     if isinstance(value, float):
@@ -118,7 +133,8 @@ def _display(setting: str, value: object) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Output JSON, for scripts.")
 @click.pass_context
 def config(ctx: click.Context, as_json: bool) -> None:
-    """Print the effective settings and where each comes from (flag, env or default)."""
+    """Print the effective settings and where each comes from (flag, env, file or
+    default), then the backends."""
     settings = cli_settings(ctx)
     sources = setting_sources(**flag_overrides(ctx))
     if as_json:
@@ -128,4 +144,12 @@ def config(ctx: click.Context, as_json: bool) -> None:
     for setting, value in settings:
         cells = env_name(setting), _display(setting, value), sources[setting]
         rows.add_row(*map(Text, cells))
-    stdout_console().print(rows)
+    fleet = Table("backend", "url", "slots", "models", box=box.SIMPLE_HEAD, show_edge=False)
+    fleet.columns[2].justify = "right"
+    for spec in settings.backends:
+        models = "any" if spec.models is None else ", ".join(sorted(spec.models))
+        fleet.add_row(*map(Text, (spec.name, spec.url, str(spec.slots), models)))
+    console = stdout_console()
+    console.print(rows)
+    console.print()
+    console.print(fleet)
