@@ -169,10 +169,13 @@ async def _wait_for_url(process: trio.Process, log_path: trio.Path, ready: str) 
 
 
 @asynccontextmanager
-async def simulator(mode: str, config: SimulatorConfig) -> AsyncIterator[str]:
-    """A running simulator's URL."""
+async def simulator(
+    mode: str, config: SimulatorConfig, *, name: str = "simulator"
+) -> AsyncIterator[str]:
+    """A running simulator's URL; ``name`` names its output file (``.work/NAME.log``),
+    so that several can run at once."""
     if mode == "subprocess":
-        async with _process("simulator", _sim_args(config), {}, "Ollama simulator on") as url:
+        async with _process(name, _sim_args(config), {}, "Ollama simulator on") as url:
             yield url
         return
     async with trio.open_nursery() as nursery:
