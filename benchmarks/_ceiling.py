@@ -54,6 +54,7 @@ def create_app() -> FastAPI:
             created_at="2026-11-28T09:30:00.123456Z",
             started_at=None,
             finished_at=None,
+            backend=None,
             error=None,
             metadata=None,
             queue_position=0,

@@ -30,8 +30,9 @@ ERROR_BODY_LIMIT = 64 * 1024
 CONNECT_SECONDS = 10.0
 PROBE_SECONDS = 2.0
 """The longest a probe (``/healthz``, the loaded model at start) waits for anything."""
-JOB_CONNECTIONS = 4
-"""The worker has two calls at the backend at most (ADR-0026); room to spare."""
+JOB_CONNECTIONS = 2
+"""Per slot: each slot's worker has two calls at the backend at most (ADR-0026)."""
+SPARE_JOB_CONNECTIONS = 2
 PROBE_CONNECTIONS = 2
 IDLE_PASSTHROUGH_CONNECTIONS = 16
 
@@ -54,7 +55,8 @@ class BackendError(Exception):
 class Backend:
     """An HTTP client for one Ollama backend (or the simulator)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, slots: int = 1) -> None:
+        """``slots``: the jobs the host runs at once (a worker each)."""
         self.base_url = base_url
         tls = httpx.create_ssl_context()  # httpx's default, built once: ~30 ms each
         # No read timeout: a generation takes as long as it takes (FOREMAN_JOB_TIMEOUT
@@ -62,7 +64,7 @@ class Backend:
         self._jobs = httpx.AsyncClient(
             base_url=base_url,
             timeout=httpx.Timeout(None, connect=CONNECT_SECONDS),
-            limits=httpx.Limits(max_connections=JOB_CONNECTIONS),
+            limits=httpx.Limits(max_connections=JOB_CONNECTIONS * slots + SPARE_JOB_CONNECTIONS),
             verify=tls,
         )
         # Unbounded pool: the routes bound how many calls are in flight, and a call
@@ -81,6 +83,9 @@ class Backend:
             limits=httpx.Limits(max_connections=PROBE_CONNECTIONS),
             verify=tls,
         )
+
+    def __str__(self) -> str:
+        return self.base_url
 
     async def aclose(self) -> None:
         for client in (self._jobs, self._passthrough, self._probe):

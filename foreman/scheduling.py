@@ -94,28 +94,30 @@ class HostView:
 
 class Costs:
     """Running estimates, in seconds, of a job's time at the backend per model key and
-    of a model load, from what the workers' calls take (exponentially weighted).
-
-    A call that needed no load measures its model's job time; one that swapped the
-    model measures the load, as what it took beyond that job time."""
+    of a model load (exponentially weighted; the first measurement replaces the
+    default). Ollama reports both in its answer (``prompt_eval_duration`` plus
+    ``eval_duration``, and ``load_duration``); without them, a call's wall time
+    measures its job time when it needed no load."""
 
     def __init__(self, job: float = 1.0, load: float = 2.0, weight: float = 0.2) -> None:
         self._default_job = job
         self.load = load
         self._weight = weight
+        self._loads_seen = False
         self._jobs: dict[str, float] = {}
 
     def job(self, key: str) -> float:
         return self._jobs.get(key, self._default_job)
 
-    def observe(self, key: str, seconds: float, *, loaded: bool) -> None:
-        w = self._weight
-        if loaded:
-            self.load = (1 - w) * self.load + w * max(0.0, seconds - self.job(key))
-        else:
-            self._jobs[key] = (
-                seconds if key not in self._jobs else (1 - w) * self._jobs[key] + w * seconds
-            )
+    def observe(self, key: str, run: float, load: float | None = None) -> None:
+        """A call for ``key`` ran ``run`` seconds, after a ``load`` (None: none)."""
+        self._jobs[key] = self._blend(self._jobs.get(key), run)
+        if load is not None:
+            self.load = self._blend(self.load if self._loads_seen else None, load)
+            self._loads_seen = True
+
+    def _blend(self, before: float | None, seen: float) -> float:
+        return seen if before is None else (1 - self._weight) * before + self._weight * seen
 
     def worth_sharing(self, backlog: int, key: str, hosts: int) -> bool:
         """Whether one more host on a backlog drained by ``hosts`` saves more than a

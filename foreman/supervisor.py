@@ -14,7 +14,6 @@ every commit already sent to the journal completes.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -26,18 +25,18 @@ from foreman.actors import (
     Janitor,
     Journal,
     JournalClient,
+    Prober,
     Scheduler,
     Worker,
     serve_http,
 )
 from foreman.api import Bound, JobsApi, OllamaApi, create_app
 from foreman.artifacts import ArtifactStore
-from foreman.backend import Backend, BackendUnreachable
+from foreman.backend import Backend
 from foreman.config import SIM, Settings
 from foreman.events import Reader
 from foreman.logs import log_transitions
 from foreman.recovery import recover
-from foreman.scheduling import model_key
 from foreman.simulator import SimulatorConfig, serve_simulator
 from foreman.units import format_duration
 from foreman.webhooks import RetryPolicy, Sender
@@ -70,17 +69,17 @@ async def run_foreman(
 ) -> None:
     """Run Foreman until ``stop`` is set; reports :class:`Running` once ready."""
     async with trio.open_nursery() as nursery:
-        backend = settings.backend
-        if backend == SIM:
-            backend = await nursery.start(serve_simulator, simulator)
-            logger.info("simulator: listening on %s", backend)
+        backends = await _start_backends(nursery, settings, simulator)
         journal = await nursery.start(Journal(settings.db, durability=settings.durability).run)
         logger.info("journal: started on %s", settings.db)
         nursery.start_soon(log_transitions, await journal.subscribe())
+        hosts = {spec.name: spec.models for spec in settings.backends}
         scheduler = await nursery.start(
-            Scheduler(journal.clone(), settings.max_wait, settings.max_queue).run
+            Scheduler(journal.clone(), settings.max_wait, settings.max_queue, hosts).run
         )
         logger.info("scheduler: started")
+        await nursery.start(Prober(backends, scheduler.clone()).run)
+        logger.info("prober: started, %d backend hosts", len(backends))
         reader = await nursery.start(Reader(settings.db).run)
         store = ArtifactStore(settings.artifact_root)
         janitor = Janitor(
@@ -96,23 +95,26 @@ async def run_foreman(
         )
         requeued = await recover(reader, journal, scheduler, max_attempts=settings.max_attempts)
         logger.info("recovery: %d unfinished jobs queued again", requeued)
-        client = Backend(backend)
-        worker = Worker(
-            client,
-            journal.clone(),
-            scheduler.clone(),
-            store,
-            max_attempts=settings.max_attempts,
-            job_timeout=settings.job_timeout,
-            stream_stall=settings.stream_stall,
-            loaded=await _loaded_model(client),
-        )
-        worker_scope, worker_done = trio.CancelScope(), trio.Event()
-        nursery.start_soon(_run_worker, worker, worker_scope, worker_done)
-        logger.info("worker: started, backend %s", backend)
+        workers = [
+            Worker(
+                backends[spec.name],
+                journal.clone(),
+                scheduler.clone(),
+                store,
+                host=spec.name,
+                max_attempts=settings.max_attempts,
+                job_timeout=settings.job_timeout,
+                stream_stall=settings.stream_stall,
+            )
+            for spec in settings.backends
+            for _slot in range(spec.slots)
+        ]
+        workers_scope, workers_done = trio.CancelScope(), trio.Event()
+        nursery.start_soon(_run_workers, workers, workers_scope, workers_done)
+        logger.info("workers: %d started, one per backend slot", len(workers))
         ollama = OllamaApi(
             scheduler,
-            client,
+            backends,
             passthrough=Bound(settings.max_passthrough),
             passthrough_timeout=settings.passthrough_timeout,
         )
@@ -169,35 +171,41 @@ async def run_foreman(
         task_status.started(Running(url, journal))
 
         await stop.wait()
-        logger.info(
-            "stopping: no new requests; the running job has %.1f s", settings.shutdown_grace
-        )
+        logger.info("stopping: no new requests; running jobs have %.1f s", settings.shutdown_grace)
         stop_accepting.set()
-        worker.drain()
+        for worker in workers:
+            worker.drain()
         with trio.move_on_after(settings.shutdown_grace):
-            await worker_done.wait()
-        # Past the grace the running job is requeued, while the journal still takes it.
-        worker_scope.cancel()
-        await worker_done.wait()
+            await workers_done.wait()
+        # Past the grace running jobs are requeued, while the journal still takes it.
+        workers_scope.cancel()
+        await workers_done.wait()
         nursery.cancel_scope.cancel()
-    await client.aclose()
+    for backend in backends.values():
+        await backend.aclose()
     await sender.aclose()
     logger.info("stopped")
 
 
-async def _run_worker(worker: Worker, scope: trio.CancelScope, done: trio.Event) -> None:
+async def _start_backends(
+    nursery: trio.Nursery, settings: Settings, simulator: SimulatorConfig
+) -> dict[str, Backend]:
+    """A client for each backend host, by name; a simulator started for each ``sim``."""
+    backends: dict[str, Backend] = {}
+    for spec in settings.backends:
+        url = spec.url
+        if url == SIM:
+            url = await nursery.start(serve_simulator, simulator)
+        backends[spec.name] = Backend(url, slots=spec.slots)
+        logger.info("backend %s: %s, %d slot(s)", spec.name, url, spec.slots)
+    return backends
+
+
+async def _run_workers(workers: list[Worker], scope: trio.CancelScope, done: trio.Event) -> None:
     try:
         with scope:
-            await worker.run()
+            async with trio.open_nursery() as nursery:
+                for worker in workers:
+                    nursery.start_soon(worker.run)
     finally:
         done.set()
-
-
-async def _loaded_model(backend: Backend) -> str | None:
-    """The model the backend has loaded now (``/api/ps``), so the first pick can use it."""
-    try:
-        status, content, _ = await backend.probe("/api/ps")
-    except BackendUnreachable:
-        return None
-    models = json.loads(content).get("models") if status == 200 else None
-    return model_key(models[0]["name"]) if models else None

@@ -51,6 +51,7 @@ class JobSummary(_View):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    backend: str | None = Field(description="The backend host of its latest attempt.")
     error: JobErrorView | None
     metadata: dict[str, Any] | None
 
@@ -111,6 +112,7 @@ def job_summary(job: Job) -> JobSummary:
         created_at=job.created_at,
         started_at=job.started_at,
         finished_at=job.finished_at,
+        backend=job.backend,
         error=None if job.error is None else JobErrorView(**job.error._asdict()),
         metadata=None if job.metadata is None else json.loads(job.metadata),
     )

@@ -54,7 +54,9 @@ async def start_foreman(
     """Foreman until the test is done with it; then it stops as on SIGTERM, and the
     test's teardown waits for that (jobs still finishing record their outcome).
     ``simulator``: its backend's settings (its address is chosen here)."""
-    config = load_settings(listen="127.0.0.1:0", backend="sim", db=db_path, **settings)
+    if "backend" not in settings and "config" not in settings:
+        settings["backend"] = "sim"
+    config = load_settings(listen="127.0.0.1:0", db=db_path, **settings)
     stop, stopped = trio.Event(), trio.Event()
 
     async def run(task_status: trio.TaskStatus[Running]) -> None:

@@ -52,7 +52,7 @@ def test_a_bound_refuses_beyond_its_limit_and_frees_its_places() -> None:
 async def sim_fault(foreman: Foreman, **fault: Any) -> str:
     """Arm a fault on the simulator behind ``foreman``; its URL."""
     async with httpx.AsyncClient(base_url=foreman.url) as client:
-        simulator = str((await client.get("/healthz")).json()["backend"]["url"])
+        simulator = str((await client.get("/healthz")).json()["backends"][0]["url"])
         (await client.post(f"{simulator}/_sim/faults", json=fault)).raise_for_status()
     return simulator
 
@@ -94,7 +94,7 @@ async def test_a_pass_through_call_beyond_the_bound_is_refused_at_once_until_its
         assert "error" in refused.json()
         # Jobs and health have connections of their own.
         assert (await client.post("/api/chat", json={**CHAT, "stream": False})).status_code == 200
-        assert (await client.get("/healthz")).json()["backend"]["reachable"] is True
+        assert (await client.get("/healthz")).json()["backends"][0]["reachable"] is True
 
         waiting.cancel()  # the caller hangs up: its call stops and frees its place
         with trio.fail_after(2):

@@ -154,7 +154,7 @@ async def send_big(
 
 async def stall_backend(http: httpx.AsyncClient, calls: int) -> None:
     """The simulator's next ``calls`` hang (for longer than the test lasts)."""
-    sim = str((await http.get("/healthz")).json()["backend"]["url"])
+    sim = str((await http.get("/healthz")).json()["backends"][0]["url"])
     fault = {"kind": "stall", "seconds": 30, "times": calls}
     await http.post(f"{sim}/_sim/faults", json=fault)
 
@@ -502,7 +502,7 @@ async def test_cancelling_a_job_whose_answer_came_while_it_waited_answers_200_ca
     """The job behind the running one has its whole answer already (the backend ran it
     beside the stalled one); cancelled before its turn, it never starts."""
     committed = await foreman.running.journal.subscribe()
-    sim = str((await http.get("/healthz")).json()["backend"]["url"])
+    sim = str((await http.get("/healthz")).json()["backends"][0]["url"])
     stall = {"kind": "stall", "seconds": 30, "times": 1}  # before the simulator's GPU
     await http.post(f"{sim}/_sim/faults", json=stall)
     running_job = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()

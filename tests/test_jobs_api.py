@@ -35,7 +35,7 @@ def chat_job(**extra: Any) -> dict[str, Any]:
 
 
 async def stall_backend(http: httpx.AsyncClient, seconds: float = 30) -> str:
-    sim = str((await http.get("/healthz")).json()["backend"]["url"])
+    sim = str((await http.get("/healthz")).json()["backends"][0]["url"])
     await http.post(f"{sim}/_sim/faults", json={"kind": "stall", "seconds": seconds, "times": 1})
     return sim
 
@@ -339,3 +339,13 @@ async def test_openapi_describes_the_job_api_and_docs_need_no_internet(
     for asset in assets:
         if asset.endswith((".js", ".css")):
             assert (await http.get(asset)).status_code == 200, asset
+
+
+async def test_a_job_for_a_model_no_backend_has_is_404_and_never_reaches_the_log(
+    foreman: Foreman, http: httpx.AsyncClient
+) -> None:
+    body = {"kind": "chat", "request": {"model": "no-such-model", "messages": []}}
+    answer = await http.post("/jobs", json=body)
+    assert answer.status_code == 404
+    assert answer.json()["error"] == "no backend has the model 'no-such-model:latest'"
+    assert foreman.job_events() == {}

@@ -255,7 +255,7 @@ async def test_pass_through_bodies_are_held_to_the_same_limits(
 async def test_a_backend_error_that_is_not_json_is_answered_as_json(
     http: httpx.AsyncClient,
 ) -> None:
-    sim = str((await http.get("/healthz")).json()["backend"]["url"])
+    sim = str((await http.get("/healthz")).json()["backends"][0]["url"])
     fault = {"kind": "answer", "status": 500, "body": "Internal Server Error"}
     await http.post(f"{sim}/_sim/faults", json=fault | {"content_type": "text/plain"})
     answer = await http.get("/api/tags")
@@ -301,7 +301,7 @@ async def test_after_hostile_bodies_the_log_verifies_and_replays(
 async def test_a_backend_answer_the_log_cannot_hold_fails_the_job_not_foreman(
     foreman: Foreman, http: httpx.AsyncClient, answer: dict[str, Any]
 ) -> None:
-    sim = str((await http.get("/healthz")).json()["backend"]["url"])
+    sim = str((await http.get("/healthz")).json()["backends"][0]["url"])
     fault = {"kind": "answer", "body": json.dumps(answer), "path": "/api/chat"}
     (await http.post(f"{sim}/_sim/faults", json=fault)).raise_for_status()
     committed = await foreman.running.journal.subscribe()

@@ -52,12 +52,13 @@ class Rig:
             waited=0,
         )
 
-    def ready(self, loaded: str | None = None) -> trio.MemoryReceiveChannel[Work]:
-        """A worker asks for its next job, which comes on the channel returned."""
+    def ready(self, host: str = "gpu") -> trio.MemoryReceiveChannel[Work]:
+        """A worker of ``host`` asks for its next job, which comes on the channel
+        returned."""
         send, handed = trio.open_memory_channel[Work](1)
 
         async def ask() -> None:
-            await send.send(await self.scheduler.next_job(loaded, self.stops))
+            await send.send(await self.scheduler.next_job(host, self.stops))
 
         self.nursery.start_soon(ask)
         return handed

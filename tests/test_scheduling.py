@@ -8,7 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from foreman.scheduling import HostView, JobQueue, QueuedJob, model_key, model_name, model_of
+from foreman.actors.worker import Took
+from foreman.scheduling import (
+    Costs,
+    HostView,
+    JobQueue,
+    QueuedJob,
+    model_key,
+    model_name,
+    model_of,
+)
 
 MAX_WAIT = 10.0
 MODELS = ["llama3:latest", "qwen2:latest", 'llama3:latest {"num_ctx": 8192}']
@@ -209,3 +218,23 @@ def test_model_keys_follow_what_makes_ollama_reload() -> None:
     assert model_key("llama3", {"num_ctx": 4096, "seed": 1}) == model_key(
         "llama3:latest", {"num_ctx": 4096}
     )
+
+
+def test_sharing_a_backlog_is_worth_it_when_it_saves_more_than_a_load() -> None:
+    costs = Costs()
+    costs.observe("m", run=0.5, load=0.2)  # the first measurements replace the defaults
+    assert (costs.job("m"), costs.load) == (0.5, 0.2)
+    # 10 jobs of 0.5 s on 1 host: a second host saves 5/(1*2) = 2.5 s > 0.2 s
+    assert costs.worth_sharing(10, "m", hosts=1)
+    # 1 job on 1 host: 0.5/2 = 0.25 s > 0.2 s; on 2 hosts: 0.5/6 < 0.2 s
+    assert costs.worth_sharing(1, "m", hosts=1)
+    assert not costs.worth_sharing(1, "m", hosts=2)
+    costs.observe("m", run=1.5)  # then a running average
+    assert costs.job("m") == 0.8 * 0.5 + 0.2 * 1.5
+
+
+def test_a_calls_time_is_read_from_ollamas_durations() -> None:
+    answer = {"eval_duration": 400_000_000, "prompt_eval_duration": 100_000_000}
+    assert Took.of(answer | {"load_duration": 0}) == Took(0.5, None)
+    assert Took.of(answer | {"load_duration": 2_000_000_000}) == Took(0.5, 2.0)
+    assert Took.of({"embeddings": [[0.1]]}) is None

@@ -220,7 +220,7 @@ def test_kill_9_with_jobs_queued_and_running_loses_none_and_ends_each_once(
             assert requeued.seq > kill.head
             assert requeued.event == JobRequeued(reason="interrupted"), (number, job)
             assert restarted.event == JobStarted(
-                attempt=interrupted.attempt + 1, backend=simulator.url
+                attempt=interrupted.attempt + 1, backend=simulator.url.removeprefix("http://")
             )
         for job in kill.jobs_in("JobSubmitted", "JobRequeued"):
             (following, *_) = final[job][len(kill.streams[job]) :]
@@ -273,9 +273,9 @@ def test_sigterm_requeues_the_job_still_running_after_the_grace(
         events = settle(db, foreman)[job]
         assert foreman.terminate(timeout=10) == 0, foreman.text()
     assert [event.event for event in events[1:]] == [
-        JobStarted(attempt=1, backend=simulator.url),
+        JobStarted(attempt=1, backend=simulator.url.removeprefix("http://")),
         JobRequeued(reason="interrupted"),
-        JobStarted(attempt=2, backend=simulator.url),
+        JobStarted(attempt=2, backend=simulator.url.removeprefix("http://")),
         events[-1].event,
     ]
     assert events[-1].type == "JobSucceeded"

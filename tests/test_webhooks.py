@@ -396,7 +396,7 @@ async def test_a_job_carried_over_a_restart_keeps_notifying_in_order(
         # The job is running, held by the backend, when Foreman stops: it is requeued.
         async for foreman in start_foreman(nursery, db_path, shutdown_grace="0"):
             committed = await foreman.running.journal.subscribe()
-            sim = str((await client.get(f"{foreman.url}/healthz")).json()["backend"]["url"])
+            sim = str((await client.get(f"{foreman.url}/healthz")).json()["backends"][0]["url"])
             stall = {"kind": "stall", "seconds": 30, "times": 1}
             await client.post(f"{sim}/_sim/faults", json=stall)
             job_id = await submit(client, foreman, receiver.url)

@@ -6,7 +6,16 @@ from foreman.actors.dispatcher import Dispatcher
 from foreman.actors.http import serve_http
 from foreman.actors.janitor import Janitor
 from foreman.actors.journal import Journal, JournalClient, JournalFailed
-from foreman.actors.scheduler import CancelOutcome, Queued, QueueFull, Scheduler, SchedulerClient
+from foreman.actors.prober import Prober
+from foreman.actors.scheduler import (
+    CancelOutcome,
+    HostStatus,
+    ModelNotFound,
+    Queued,
+    QueueFull,
+    Scheduler,
+    SchedulerClient,
+)
 from foreman.actors.worker import Answer, AnswerError, AnswerLine, Worker
 
 __all__ = [
@@ -15,10 +24,13 @@ __all__ = [
     "AnswerLine",
     "CancelOutcome",
     "Dispatcher",
+    "HostStatus",
     "Janitor",
     "Journal",
     "JournalClient",
     "JournalFailed",
+    "ModelNotFound",
+    "Prober",
     "QueueFull",
     "Queued",
     "Scheduler",

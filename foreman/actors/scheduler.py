@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,10 +35,10 @@ import trio
 
 from foreman.actors._reply import Reply
 from foreman.actors.journal import JournalClient
-from foreman.actors.worker import Answer, Stop, Work
+from foreman.actors.worker import Answer, Stop, Took, Work
 from foreman.events.types import JobCancelled, JobSubmitted
 from foreman.ids import new_ulid
-from foreman.scheduling import JobQueue, QueuedJob
+from foreman.scheduling import Costs, HostView, JobQueue, QueuedJob, model_name
 
 INBOX = 1024
 """Requests the scheduler's inbox holds before its clients wait."""
@@ -49,6 +50,38 @@ is at the backend and its worker stops it; ``not_found``: neither (finished)."""
 
 class QueueFull(Exception):
     """FOREMAN_MAX_QUEUE jobs wait already: the job was not submitted."""
+
+
+class ModelNotFound(Exception):
+    """No backend host has the job's model (as far as the probes know), nor may get it
+    by configuration: the job was not submitted."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    """One backend host as the scheduler knows it."""
+
+    name: str
+    loaded: str | None
+    """The model key it has loaded, or is loading for the job it was given."""
+    installed: frozenset[str] | None
+    """The models it has (``/api/tags``), None until known."""
+    allowed: frozenset[str] | None
+    """The models it may run (configured), None: any it has."""
+    running: int
+    """Jobs at its backend now."""
+    done: int
+    """Jobs it finished since Foreman started."""
+    loads: int
+    """Jobs it was given that needed another model loaded, since Foreman started."""
+
+    def can_run(self, model: str) -> bool:
+        """Whether a job for ``model`` (a canonical name) may go to this host."""
+        return _can_run(model, self.allowed, self.installed)
+
+
+def _can_run(model: str, allowed: frozenset[str] | None, installed: frozenset[str] | None) -> bool:
+    return (allowed is None or model in allowed) and (installed is None or model in installed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +113,13 @@ class SchedulerClient:
         body: bytes | None = None,
         answers: trio.MemorySendChannel[Answer] | None = None,
     ) -> Queued:
-        """Admit a new job (raises :class:`QueueFull` beyond ``max_queue``), commit its
+        """Admit a new job (raises :class:`QueueFull` beyond ``max_queue``,
+        :class:`ModelNotFound` when no host has its model), commit its
         ``JobSubmitted``, and queue it. ``body``: the backend request as the caller
         sent it (default: the request, encoded); ``answers``: where a waiting caller
         takes the answer."""
         admitted: Reply[bool] = Reply()
-        await self._requests.send(_Admit(admitted))
+        await self._requests.send(_Admit(model_name(submitted.model), admitted))
         if not await admitted.wait():
             raise QueueFull
         job_id = new_ulid()
@@ -126,16 +160,31 @@ class SchedulerClient:
         await self._requests.send(_Position(job_id, reply))
         return await reply.wait()
 
-    async def next_job(self, loaded: str | None, stops: trio.MemorySendChannel[Stop]) -> Work:
-        """A worker's next job, for a backend that has ``loaded``; waits until there
-        is one. Stops for the jobs it is given come on ``stops``."""
+    async def next_job(self, host: str, stops: trio.MemorySendChannel[Stop]) -> Work:
+        """The next job for a worker of ``host``; waits until there is one. Stops for
+        the jobs it is given come on ``stops``."""
         reply: Reply[Work] = Reply()
-        await self._requests.send(_Ready(loaded, reply, stops))
+        await self._requests.send(_Ready(host, reply, stops))
         return await reply.wait()
 
-    async def done(self, job_id: str) -> None:
-        """The worker's backend call for this job ended: the job left the GPU."""
-        await self._requests.send(_Done(job_id))
+    async def host_seen(
+        self, host: str, *, loaded: str | None, installed: frozenset[str] | None
+    ) -> None:
+        """What a host has loaded (a model key, from ``/api/ps``) and installed (model
+        names, ``/api/tags``), as a probe found it. While the host runs jobs, the
+        scheduler knows better what it has loaded, and keeps its own."""
+        await self._requests.send(_HostSeen(host, loaded, installed))
+
+    async def hosts(self) -> list[HostStatus]:
+        """Every host, in the order they were made known."""
+        reply: Reply[list[HostStatus]] = Reply()
+        await self._requests.send(_Hosts(reply))
+        return await reply.wait()
+
+    async def done(self, job_id: str, took: Took | None = None) -> None:
+        """The worker's backend call for this job ended: the job left the GPU, after
+        ``took`` at the backend (as the backend reports it, if it does)."""
+        await self._requests.send(_Done(job_id, took))
 
     async def retry(self, work: Work, delay: float) -> None:
         """Queue a job again after a failed attempt, to run ``delay`` seconds from now.
@@ -171,24 +220,38 @@ class _Position:
 
 @dataclass(frozen=True, slots=True)
 class _Ready:
-    """A worker asks for its next job."""
+    """A worker of ``host`` asks for its next job."""
 
-    loaded: str | None
-    """The model key the backend has loaded, as far as the worker knows."""
+    host: str
     reply: Reply[Work]
     stops: trio.MemorySendChannel[Stop]
 
 
 @dataclass(frozen=True, slots=True)
+class _HostSeen:
+    host: str
+    loaded: str | None
+    installed: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Hosts:
+    reply: Reply[list[HostStatus]]
+
+
+@dataclass(frozen=True, slots=True)
 class _Done:
     job_id: str
+    took: Took | None
 
 
 @dataclass(frozen=True, slots=True)
 class _Admit:
-    """May one more job queue? True reserves its place (``max_queue``) until its
-    :class:`_Queue` comes, or a :class:`_Release` gives the place back."""
+    """May one more job for ``model`` queue? True reserves its place (``max_queue``)
+    until its :class:`_Queue` comes, or a :class:`_Release` gives the place back;
+    :class:`ModelNotFound` when no host has the model."""
 
+    model: str
     reply: Reply[bool]
 
 
@@ -197,22 +260,52 @@ class _Release:
     """An admitted job will not come after all."""
 
 
-_Message = _Queue | _Ready | _Done | _Cancel | _Position | _Admit | _Release
+_Message = _Queue | _Ready | _Done | _Cancel | _Position | _Admit | _Release | _HostSeen | _Hosts
 
 
 @dataclass(frozen=True, slots=True)
 class _AtBackend:
-    """A job a worker has sent to the backend."""
+    """A job a worker has sent to its host's backend."""
 
     stops: trio.MemorySendChannel[Stop]
     model_key: str
+    host: str
+    sent_at: float
+    """Trio time it was handed to the worker."""
+    swapped: bool
+    """It needed its host to load another model."""
+
+
+@dataclass(slots=True)
+class _Host:
+    name: str
+    allowed: frozenset[str] | None = None
+    installed: frozenset[str] | None = None
+    loaded: str | None = None
+    done: int = 0
+    loads: int = 0
+    last_done: float = -math.inf
+    """Trio time its last call ended: a call sent behind it starts then."""
+
+    def can_run(self, model: str) -> bool:
+        return _can_run(model, self.allowed, self.installed)
 
 
 class Scheduler:
-    def __init__(self, journal: JournalClient, max_wait: float, max_queue: int) -> None:
+    def __init__(
+        self,
+        journal: JournalClient,
+        max_wait: float,
+        max_queue: int,
+        hosts: dict[str, frozenset[str] | None] | None = None,
+    ) -> None:
+        """``hosts``: each host's name and the models it may run (None: any it has);
+        a host not named here is added, allowed anything, when its first worker asks."""
         self._journal = journal
         self.max_queue = max_queue
         self._queue = JobQueue(max_wait)
+        self._hosts = {name: _Host(name, allowed) for name, allowed in (hosts or {}).items()}
+        self._costs = Costs()
         self._work: dict[str, Work] = {}
         self._delayed: dict[str, Work] = {}
         self._due: list[tuple[float, str]] = []  # heap of (not_before, job) for _delayed
@@ -255,21 +348,52 @@ class Scheduler:
                 if message.position is not None:
                     message.position.put(self._position(job_id))
             case _Ready():
-                self._loaded = self._loaded if message.loaded is None else message.loaded
+                self._host(message.host)
                 self._ready.append(message)
             case _Done():
-                del self._at_backend[message.job_id]
+                self._done(self._at_backend.pop(message.job_id), message.took)
+            case _HostSeen():
+                host = self._host(message.host)
+                host.installed = message.installed
+                if not any(job.host == host.name for job in self._at_backend.values()):
+                    host.loaded = message.loaded  # idle: someone may have used it directly
+            case _Hosts():
+                message.reply.put([self._status(host) for host in self._hosts.values()])
             case _Cancel():
                 await self._cancel(message)
             case _Position():
                 message.reply.put(self._position(message.job_id))
             case _Admit():
+                if self._hosts and not any(h.can_run(message.model) for h in self._hosts.values()):
+                    message.reply.put(ModelNotFound(message.model))
+                    return
                 admitted = self._queued() + self._reserved < self.max_queue
                 if admitted:
                     self._reserved += 1
                 message.reply.put(admitted)
             case _Release():
                 self._reserved -= 1
+
+    def _host(self, name: str) -> _Host:
+        return self._hosts.setdefault(name, _Host(name))
+
+    def _status(self, host: _Host) -> HostStatus:
+        running = sum(job.host == host.name for job in self._at_backend.values())
+        return HostStatus(
+            host.name, host.loaded, host.installed, host.allowed, running, host.done, host.loads
+        )
+
+    def _done(self, job: _AtBackend, took: Took | None) -> None:
+        """A call ended: count it, and learn how long jobs and loads take."""
+        host = self._hosts[job.host]
+        now = trio.current_time()
+        started = max(job.sent_at, host.last_done)  # it waited behind the one before
+        host.last_done = now
+        host.done += 1
+        if took is not None:
+            self._costs.observe(job.model_key, took.run, took.load)
+        elif not job.swapped:  # its wall time is the job's alone
+            self._costs.observe(job.model_key, now - started)
 
     def _enqueue(self, work: Work) -> None:
         self._queue.push(work.job)
@@ -293,8 +417,13 @@ class Scheduler:
                 waiting.append(ready)
                 continue
             self._queue.remove(job.job_id)
-            self._at_backend[job.job_id] = _AtBackend(ready.stops, job.model_key)
-            self._loaded = job.model_key
+            host = self._hosts[ready.host]
+            swapped = host.loaded != job.model_key
+            host.loads += swapped
+            self._at_backend[job.job_id] = _AtBackend(
+                ready.stops, job.model_key, host.name, now, swapped
+            )
+            host.loaded = self._loaded = job.model_key
             ready.reply.put(self._work.pop(job.job_id))
         self._ready = waiting
 
@@ -304,13 +433,25 @@ class Scheduler:
         return len(self._queue) + len(self._delayed) + len(self._at_backend) - workers_busy
 
     def _next_for(self, ready: _Ready, now: float) -> QueuedJob | None:
-        """The job for this worker now: the rule's pick, unless the worker's
-        backend is busy and the pick would swap its model."""
-        busy = [a.model_key for a in self._at_backend.values() if a.stops is ready.stops]
-        if not busy:
-            return self._queue.peek(ready.loaded, now)
-        job = self._queue.peek(busy[-1], now)
-        return job if job is not None and job.model_key == busy[-1] else None
+        """The job for this worker now: the fleet rule's pick for its host, unless the
+        host is busy and the pick would swap its model (a host's other slots, and a
+        job sent behind the running one, only run the model it has loaded)."""
+        host = self._hosts[ready.host]
+        busy = [a.model_key for a in self._at_backend.values() if a.host == host.name]
+        loaded = busy[-1] if busy else host.loaded
+        elsewhere = Counter(
+            other.loaded
+            for other in self._hosts.values()
+            if other is not host and other.loaded is not None
+        )
+        view = HostView(loaded, host.can_run, elsewhere, self._worth_sharing)
+        job = self._queue.peek_for(view, now)
+        if busy and job is not None and job.model_key != loaded:
+            return None
+        return job
+
+    def _worth_sharing(self, key: str, hosts: int) -> bool:
+        return self._costs.worth_sharing(self._queue.backlog(key), key, hosts)
 
     def _position(self, job_id: str) -> int | None:
         """Jobs that run before ``job_id``: those at the backend, then the queue's order."""

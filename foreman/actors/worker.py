@@ -96,16 +96,39 @@ class Stop:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Took:
+    """What a call took at the backend, as Ollama reports it in its answer."""
+
+    run: float
+    """Seconds evaluating the prompt and generating."""
+    load: float | None
+    """Seconds loading the model; None when it was loaded already."""
+
+    @classmethod
+    def of(cls, answer: object) -> Took | None:
+        """From an answer's ``*_duration`` fields (nanoseconds), when it has them."""
+        if not isinstance(answer, dict):
+            return None
+        evaluation, prompt, load = (
+            answer.get(name) for name in ("eval_duration", "prompt_eval_duration", "load_duration")
+        )
+        if not isinstance(evaluation, int):
+            return None
+        run = (evaluation + (prompt if isinstance(prompt, int) else 0)) / 1e9
+        return cls(run, load / 1e9 if isinstance(load, int) and load > 0 else None)
+
+
 class JobSource(Protocol):
     """Where a worker gets its jobs: the scheduler's client
     (:class:`~foreman.actors.scheduler.SchedulerClient`)."""
 
-    async def next_job(self, loaded: str | None, stops: trio.MemorySendChannel[Stop]) -> Work:
-        """The next job for a backend that has ``loaded``; stops for it come on ``stops``."""
+    async def next_job(self, host: str, stops: trio.MemorySendChannel[Stop]) -> Work:
+        """The next job for a worker of ``host``; stops for it come on ``stops``."""
         ...
 
-    async def done(self, job_id: str) -> None:
-        """The job's backend call ended: it left the GPU."""
+    async def done(self, job_id: str, took: Took | None = None) -> None:
+        """The job's backend call ended: it left the GPU, after ``took`` (if known)."""
         ...
 
     async def retry(self, work: Work, delay: float) -> None:
@@ -136,12 +159,14 @@ class Worker:
         scheduler: JobSource,
         store: ArtifactStore,
         *,
+        host: str = "default",
         max_attempts: int,
         backoff: Callable[[int], float] = exponential_backoff,
         job_timeout: float | None = None,
         stream_stall: float | None = None,
-        loaded: str | None = None,
     ) -> None:
+        self.host = host
+        """The name of the backend host it runs jobs on (one worker per slot)."""
         self._backend = backend
         self._journal = journal
         self._scheduler = scheduler
@@ -152,8 +177,6 @@ class Worker:
         """Seconds one attempt may take once started; None: no limit."""
         self.stream_stall = stream_stall
         """Seconds a caller may take to accept one line of its answer; None: no limit."""
-        self.loaded = loaded
-        """The model key the backend has loaded, or will once its queue is through."""
         self._draining = trio.Event()
         self._waiting: trio.CancelScope | None = None
         self._calls: dict[str, _Call] = {}
@@ -171,7 +194,6 @@ class Worker:
             task_status.started()
             last: trio.Event | None = None  # set when the newest call has ended
             while (work := await self._next(stops_send)) is not None:
-                self.loaded = work.job.model_key
                 ended = trio.Event()
                 calls.start_soon(self._attempt, work, last, ended, finishing)
                 before, last = last, ended
@@ -192,7 +214,7 @@ class Worker:
         if self._draining.is_set():
             return None
         with trio.CancelScope() as self._waiting:
-            return await self._scheduler.next_job(self.loaded, stops)
+            return await self._scheduler.next_job(self.host, stops)
         return None
 
     async def _route(self, stops: trio.MemoryReceiveChannel[Stop]) -> None:
@@ -228,7 +250,7 @@ class Worker:
             raise
         finally:
             del self._calls[job_id]
-        await self._scheduler.done(job_id)
+        await self._scheduler.done(job_id, Took.of(outcome))
         ended.set()
         attempt = work.attempts + 1
         events: list[Event]
@@ -258,7 +280,7 @@ class Worker:
         if before is not None:
             await before.wait()
         call.start(self.job_timeout)
-        started = JobStarted(attempt=call.work.attempts + 1, backend=self._backend.base_url)
+        started = JobStarted(attempt=call.work.attempts + 1, backend=self.host)
         with trio.CancelScope(shield=True):  # the job has started: that is recorded
             await self._journal.append(call.work.job.job_id, [started])
 

@@ -14,7 +14,7 @@ from foreman.api.errors import install_error_handlers
 from foreman.api.guard import RequestGuard
 from foreman.api.jobs import JobsApi, job_routes
 from foreman.api.ollama import OllamaApi, ollama_routes
-from foreman.backend import BackendUnreachable
+from foreman.backend import Backend, BackendUnreachable
 from foreman.ollama_protocol import OllamaJSON
 from foreman.views import WebhookPayload
 
@@ -46,19 +46,18 @@ def create_app(ollama: OllamaApi, jobs: JobsApi, *, max_body: int, body_timeout:
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
-        """Ready: every actor runs (one that fails stops Foreman); the backend's state."""
-        backend: dict[str, object] = {"url": ollama.backend.base_url, "reachable": False}
-        with trio.move_on_after(HEALTH_PROBE_SECONDS):
-            try:
-                status, content, _ = await ollama.backend.probe("/api/version")
-                backend["reachable"] = status == 200
-                backend["version"] = json.loads(content).get("version")
-            except (BackendUnreachable, ValueError, AttributeError) as error:
-                backend["error"] = str(error)
+        """Ready: every actor runs (one that fails stops Foreman); each backend's state."""
+        backends: list[dict[str, object]] = [
+            {"name": name, "url": str(backend)} for name, backend in ollama.backends.items()
+        ]
+        async with trio.open_nursery() as nursery:
+            for entry, backend in zip(backends, ollama.backends.values(), strict=True):
+                nursery.start_soon(_health, entry, backend)
         actors = dict.fromkeys(
-            ("journal", "scheduler", "worker", "janitor", "http", "dispatcher"), "running"
+            ("journal", "scheduler", "prober", "workers", "janitor", "http", "dispatcher"),
+            "running",
         )
-        return OllamaJSON({"status": "ok", "actors": actors, "backend": backend})
+        return OllamaJSON({"status": "ok", "actors": actors, "backends": backends})
 
     @app.webhooks.post("job-state", tags=["webhooks"])
     def job_state(payload: WebhookPayload) -> None:
@@ -70,3 +69,15 @@ def create_app(ollama: OllamaApi, jobs: JobsApi, *, max_body: int, body_timeout:
 
     install_error_handlers(app)
     return app
+
+
+async def _health(entry: dict[str, object], backend: Backend) -> None:
+    """Whether ``backend`` answers, and its version, into ``entry``."""
+    entry["reachable"] = False
+    with trio.move_on_after(HEALTH_PROBE_SECONDS):
+        try:
+            status, content, _ = await backend.probe("/api/version")
+            entry["reachable"] = status == 200
+            entry["version"] = json.loads(content).get("version")
+        except (BackendUnreachable, ValueError, AttributeError) as error:
+            entry["error"] = str(error)

@@ -21,7 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 from starlette.responses import FileResponse, Response
 
-from foreman.actors import JournalClient, QueueFull, SchedulerClient
+from foreman.actors import JournalClient, ModelNotFound, QueueFull, SchedulerClient
 from foreman.api.bound import Bound, Busy
 from foreman.api.errors import ApiProblem
 from foreman.api.schemas import (
@@ -79,7 +79,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ApiError, "description": description}
     for status, description in {
         400: "The body is not JSON.",
-        404: "No such job (or artifact).",
+        404: "No such job (or artifact); on submission: no backend has the model.",
         409: "In conflict with the job's state, or with an earlier use of the Idempotency-Key.",
         410: "The job finished long ago and was pruned (FOREMAN_JOB_TTL).",
         413: "The body is over FOREMAN_MAX_BODY.",
@@ -147,6 +147,7 @@ def job_routes(api: JobsApi) -> APIRouter:
         response_model=JobAccepted,
         responses=responses(
             400,
+            404,
             409,
             413,
             422,
@@ -391,6 +392,8 @@ async def _submit(api: JobsApi, body: SubmitJob, key: str | None) -> Response:
         queued = await api.scheduler.submit(_as_submitted(body, key))
     except QueueFull:
         raise ApiProblem(503, BUSY, headers={"Retry-After": "1"}) from None
+    except ModelNotFound as missing:
+        raise ApiProblem(404, f"no backend has the model {missing.args[0]!r}") from None
     accepted = JobAccepted(
         job_id=queued.job_id,
         state="queued",

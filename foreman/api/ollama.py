@@ -21,8 +21,16 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.responses import Response
 
-from foreman.actors import Answer, AnswerError, AnswerLine, QueueFull, SchedulerClient
+from foreman.actors import (
+    Answer,
+    AnswerError,
+    AnswerLine,
+    ModelNotFound,
+    QueueFull,
+    SchedulerClient,
+)
 from foreman.api.bound import Bound, Busy
+from foreman.api.fleet import host_for, merged
 from foreman.backend import Backend, BackendUnreachable
 from foreman.events.types import JobKind, JobSubmitted
 from foreman.events.values import storable_object
@@ -45,14 +53,17 @@ ANSWER_BUFFER = 64
 BUSY = "server busy, please try again.  maximum pending requests exceeded"
 """Ollama's own answer when its queue is full (FOREMAN_MAX_QUEUE here)."""
 RETRY_AFTER_SECONDS = 1
+FLEET_WIDE = frozenset({"/api/tags", "/api/ps"})
+"""Paths answered for the whole fleet, from every host's answer."""
 
 
 @dataclass(frozen=True, slots=True)
 class OllamaApi:
-    """What the front door's routes talk to: the scheduler and the backend."""
+    """What the front door's routes talk to: the scheduler and the backend hosts."""
 
     scheduler: SchedulerClient
-    backend: Backend
+    backends: dict[str, Backend]
+    """Each host's client, by name, in the order configured."""
     passthrough: Bound
     """FOREMAN_MAX_PASSTHROUGH: pass-through calls in flight at once."""
     passthrough_timeout: float
@@ -86,6 +97,8 @@ async def _run_job(api: OllamaApi, kind: JobKind, request: Request) -> Response:
         job_id = (await api.scheduler.submit(submitted, body=raw, answers=send)).job_id
     except QueueFull:
         return _busy()
+    except ModelNotFound:  # as Ollama answers it
+        return OllamaJSON({"error": f"model '{submitted.model}' not found"}, status_code=404)
     first = await _first_answer(api, job_id, answers, request)
     if isinstance(first, AnswerError):
         return OllamaJSON({"error": first.message}, status_code=first.status)
@@ -194,11 +207,11 @@ def _busy() -> Response:
 
 
 async def _pass_through(api: OllamaApi, method: str, path: str, request: Request) -> Response:
-    body = _checked(await request.body()) if method == "POST" else None
+    body, model = _checked(await request.body()) if method == "POST" else (None, None)
     try:
         with trio.fail_after(api.passthrough_timeout):
             answer = await _unless_disconnected(
-                request, lambda: api.backend.forward(method, path, body)
+                request, lambda: _forward_to_fleet(api, method, path, body, model)
             )
     except trio.TooSlowError:
         limit = api.passthrough_timeout
@@ -216,9 +229,38 @@ async def _pass_through(api: OllamaApi, method: str, path: str, request: Request
     return Response(content, status_code=status, media_type=media_type)
 
 
-def _checked(raw: bytes) -> bytes:
+async def _forward_to_fleet(
+    api: OllamaApi, method: str, path: str, body: bytes | None, model: str | None
+) -> tuple[int, bytes, str | None]:
+    """A direct call to the host it is for (:mod:`foreman.api.fleet`); ``/api/tags``
+    and ``/api/ps`` to every host at once, their answers merged."""
+    if path not in FLEET_WIDE:
+        host = host_for(await api.scheduler.hosts(), model)
+        return await api.backends[host].forward(method, path, body)
+    answers: dict[str, tuple[int, bytes, str | None] | BackendUnreachable] = {}
+
+    async def ask(name: str, backend: Backend) -> None:
+        try:
+            answers[name] = await backend.forward(method, path, body)
+        except BackendUnreachable as error:
+            answers[name] = error
+
+    async with trio.open_nursery() as nursery:
+        for name, backend in api.backends.items():
+            nursery.start_soon(ask, name, backend)
+    ok = {name: a[1] for name, a in answers.items() if not isinstance(a, Exception) and a[0] == 200}
+    if ok:
+        return 200, merged(ok, where=path == "/api/ps"), JSON_TYPE
+    first = answers[next(iter(api.backends))]
+    if isinstance(first, BackendUnreachable):
+        raise first
+    return first
+
+
+def _checked(raw: bytes) -> tuple[bytes, str | None]:
     """A pass-through body, held to the limits a job's request is held to (ADR-0032),
-    so a value is refused alike on ``/api/embed`` and in ``POST /jobs``; sent on as is."""
+    so a value is refused alike on ``/api/embed`` and in ``POST /jobs``; sent on as is,
+    with the model it names, if any."""
     body = decode_json(raw)
     if not isinstance(body, dict):
         raise OllamaError(400, "the request body must be a JSON object")
@@ -226,7 +268,8 @@ def _checked(raw: bytes) -> bytes:
         storable_object(body)
     except ValueError as error:
         raise OllamaError(400, str(error)) from None
-    return raw
+    model = body.get("model") or body.get("name")  # /api/show takes either
+    return raw, model if isinstance(model, str) and model else None
 
 
 async def _unless_disconnected(request: Request, call: Callable[[], Awaitable[T]]) -> T | None:

@@ -76,6 +76,8 @@ class Job(NamedTuple):
     """The submitter's metadata as JSON text: stored and echoed back, never read here."""
     unreadable: int | None = None
     """The ``seq`` of the job's first event that cannot be read back: it is quarantined."""
+    backend: str | None = None
+    """The backend host of its latest attempt (``JobStarted.backend``)."""
 
 
 def _require(job: Job | None, recorded: RecordedEvent, *states: str) -> Job:
@@ -113,7 +115,8 @@ def _submitted(job: Job | None, recorded: RecordedEvent) -> Job:
 
 def _started(job: Job | None, recorded: RecordedEvent) -> Job:
     job = _require(job, recorded, "queued")
-    attempt = cast(JobStarted, recorded.event).attempt
+    started = cast(JobStarted, recorded.event)
+    attempt = started.attempt
     if attempt != job.attempts + 1:
         raise _refuse(
             job,
@@ -122,7 +125,12 @@ def _started(job: Job | None, recorded: RecordedEvent) -> Job:
         )
     at = recorded.recorded_at
     return job._replace(
-        state="running", attempts=attempt, started_at=at, version=recorded.version, updated_at=at
+        state="running",
+        attempts=attempt,
+        started_at=at,
+        backend=started.backend,
+        version=recorded.version,
+        updated_at=at,
     )
 
 
@@ -299,7 +307,7 @@ class JobsProjection:
     """Stores :class:`Job` rows in the ``jobs`` table."""
 
     name: ClassVar[str] = "jobs"
-    version: ClassVar[int] = 4
+    version: ClassVar[int] = 5
 
     def create(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -322,7 +330,8 @@ class JobsProjection:
                 result_seq INTEGER,
                 cancel_reason TEXT,
                 metadata TEXT,
-                unreadable INTEGER
+                unreadable INTEGER,
+                backend TEXT
             ) WITHOUT ROWID"""
         )
         # By state, newest first within one: recovery finds the unfinished jobs, and

@@ -1,0 +1,74 @@
+"""The prober: what each backend host has loaded and installed, told to the scheduler.
+
+At start, before any worker asks for a job, and then every ``interval`` seconds
+(people also use the hosts directly), it asks each host ``/api/ps`` (the model
+loaded: its first) and ``/api/tags`` (the models it has), all hosts at once, on
+the backend clients' probe connections. A host that does not answer is left as
+the scheduler last knew it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import trio
+
+from foreman.actors.scheduler import SchedulerClient
+from foreman.backend import Backend, BackendUnreachable
+from foreman.scheduling import model_key, model_name
+
+logger = logging.getLogger(__name__)
+
+PROBE_INTERVAL = 30.0
+"""Seconds between two probes of the fleet."""
+
+
+class Prober:
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        scheduler: SchedulerClient,
+        *,
+        interval: float = PROBE_INTERVAL,
+    ) -> None:
+        self._backends = backends
+        self._scheduler = scheduler
+        self.interval = interval
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Probe every host, report ready, then probe again every ``interval``."""
+        await self.probe()
+        task_status.started()
+        while True:
+            await trio.sleep(self.interval)
+            await self.probe()
+
+    async def probe(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for name, backend in self._backends.items():
+                nursery.start_soon(self._probe, name, backend)
+
+    async def _probe(self, name: str, backend: Backend) -> None:
+        try:
+            running = _models(*await backend.probe("/api/ps"))
+            installed = _models(*await backend.probe("/api/tags"))
+        except (BackendUnreachable, ValueError, TypeError) as error:
+            logger.warning("backend %s (%s) did not answer a probe: %s", name, backend, error)
+            return
+        loaded = model_key(running[0]) if running else None
+        await self._scheduler.host_seen(
+            name, loaded=loaded, installed=frozenset(map(model_name, installed))
+        )
+
+
+def _models(status: int, content: bytes, _media_type: str | None) -> list[str]:
+    """The model names an Ollama ``/api/ps`` or ``/api/tags`` answer lists."""
+    if status != 200:
+        raise ValueError(f"HTTP {status}")
+    answer: Any = json.loads(content)
+    models = answer.get("models") if isinstance(answer, dict) else None
+    if not isinstance(models, list):
+        raise TypeError("no model list in the answer")
+    return [str(model["name"]) for model in models if isinstance(model, dict) and "name" in model]
