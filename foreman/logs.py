@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import trio
 
-from foreman.events.types import DELIVERY_STREAM_PREFIX, RecordedEvent
+from foreman.events.types import BACKEND_STREAM_PREFIX, DELIVERY_STREAM_PREFIX, RecordedEvent
 
 logger = logging.getLogger("foreman.transitions")
 """The transition lines' own logger, so an operator can raise its level alone."""
@@ -62,5 +62,17 @@ async def log_transitions(committed: trio.MemoryReceiveChannel[list[RecordedEven
             for event in events:
                 if event.type == "JobPruned":
                     continue
-                what = "delivery" if event.stream.startswith(DELIVERY_STREAM_PREFIX) else "job"
-                logger.info("%s %s %s", what, event.stream, event.type, extra={"job_event": event})
+                logger.info(
+                    "%s %s %s",
+                    _kind(event.stream),
+                    event.stream,
+                    event.type,
+                    extra={"job_event": event},
+                )
+
+
+def _kind(stream: str) -> str:
+    """What a stream is about: a webhook delivery, a backend host, or a job."""
+    if stream.startswith(DELIVERY_STREAM_PREFIX):
+        return "delivery"
+    return "backend" if stream.startswith(BACKEND_STREAM_PREFIX) else "job"

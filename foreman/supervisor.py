@@ -1,14 +1,15 @@
 """The supervisor: one Trio nursery hosting Foreman's actors, wired by memory channels.
 
-Start order: the simulator (with ``--backend sim``), the journal (it opens the
-log and catches the projections up), the scheduler, the Reader, the janitor,
-crash recovery, the worker, the HTTP actor (nothing is accepted before it can be
-kept), and the webhook dispatcher, whose links need the URL the HTTP actor got;
+Start order: the simulators (``sim`` backends), the journal (it opens the log
+and catches the projections up), the Reader, the scheduler, the prober (every
+host probed before any worker asks for a job), the janitor, crash recovery, the
+workers (one per host slot), the HTTP actor (nothing is accepted before it can
+be kept), and the webhook dispatcher, whose links need the URL the HTTP actor got;
 it delivers whatever became pending before it started.
 An actor that fails cancels the nursery: Foreman stops loudly, never half-alive.
 
-Stopping (SIGINT/SIGTERM): stop accepting, let the running job finish within
-``shutdown_grace`` (else it is requeued as interrupted), then stop the rest;
+Stopping (SIGINT/SIGTERM): stop accepting, let the running jobs finish within
+``shutdown_grace`` (else they are requeued as interrupted), then stop the rest;
 every commit already sent to the journal completes.
 """
 
@@ -35,6 +36,7 @@ from foreman.artifacts import ArtifactStore
 from foreman.backend import Backend
 from foreman.config import SIM, Settings
 from foreman.events import Reader
+from foreman.events.queries import drained_backends
 from foreman.logs import log_transitions
 from foreman.recovery import recover
 from foreman.simulator import SimulatorConfig, serve_simulator
@@ -73,14 +75,17 @@ async def run_foreman(
         journal = await nursery.start(Journal(settings.db, durability=settings.durability).run)
         logger.info("journal: started on %s", settings.db)
         nursery.start_soon(log_transitions, await journal.subscribe())
+        reader = await nursery.start(Reader(settings.db).run)
         hosts = {spec.name: spec.models for spec in settings.backends}
+        drained = await reader.read(drained_backends, list(hosts))
         scheduler = await nursery.start(
-            Scheduler(journal.clone(), settings.max_wait, settings.max_queue, hosts).run
+            Scheduler(journal.clone(), settings.max_wait, settings.max_queue, hosts, drained).run
         )
-        logger.info("scheduler: started")
+        logger.info(
+            "scheduler: started; drained backends: %s", ", ".join(sorted(drained)) or "none"
+        )
         await nursery.start(Prober(backends, scheduler.clone()).run)
         logger.info("prober: started, %d backend hosts", len(backends))
-        reader = await nursery.start(Reader(settings.db).run)
         store = ArtifactStore(settings.artifact_root)
         janitor = Janitor(
             journal.clone(),

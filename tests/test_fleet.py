@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Iterator
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +15,12 @@ import httpx
 import ollama
 import pytest
 import trio
+from click.testing import CliRunner, Result
 
-from tests.processes import Process, running, start_simulator
-from tests.running import Foreman, counted, of_type, start_foreman, until
+from foreman.cli import main
+from foreman.events.log import EventLog
+from tests.processes import Process, running, start_foreman_process, start_simulator
+from tests.running import Foreman, counted, event_types, of_type, start_foreman, until
 
 pytestmark = pytest.mark.slow  # simulator processes
 
@@ -165,3 +171,79 @@ async def test_extra_slots_run_the_loaded_model_at_once(
     )
     assert any(end > start for (_, end), (start, _) in itertools.pairwise(llama3))  # overlap
     assert ran["loads"] == 2
+
+
+async def cli(*args: str) -> Result:
+    """``foreman ARGS`` on a thread: it talks HTTP to the Foreman in this loop."""
+    return await trio.to_thread.run_sync(partial(CliRunner().invoke, main, list(args)))
+
+
+async def test_a_drained_host_takes_nothing_more_until_resumed_even_across_a_restart(
+    tmp_path: Path, db_path: Path, nursery: trio.Nursery
+) -> None:
+    with hosts(tmp_path, "llama3", "llama3") as simulators:
+        async for foreman in start_foreman(nursery, db_path, backend=fleet(simulators)):
+            async with httpx.AsyncClient(base_url=foreman.url) as http:
+                drained = (await http.post("/backends/gpu-0/drain")).json()
+                assert drained["state"] == "draining"
+                missing = await http.post("/backends/gpu-9/drain")
+                assert missing.status_code == 404
+            jobs = await run_jobs(foreman, [chat("llama3", f"q{i}") for i in range(4)])
+            assert {job["backend"] for job in jobs} == {"gpu-1"}
+        async for foreman in start_foreman(nursery, db_path, backend=fleet(simulators)):
+            listed = await cli("backends", "list", "--url", foreman.url, "--json")
+            assert [host["state"] for host in json.loads(listed.output)] == ["draining", "up"]
+            resumed = await cli("backends", "resume", "gpu-0", "--url", foreman.url)
+            assert resumed.exit_code == 0, resumed.output
+            assert "gpu-0" in resumed.output and "up" in resumed.output
+            unknown = await cli("backends", "drain", "gpu-9", "--url", foreman.url)
+            assert unknown.exit_code == 1
+            assert "no backend named 'gpu-9'" in unknown.output
+        events = foreman.job_events()
+    assert events["backends/gpu-0"] == ["BackendDrained", "BackendResumed"]
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Until ``condition()``: another process writes what it looks at."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_kill_9_with_jobs_running_on_several_hosts_ends_each_job_once(
+    tmp_path: Path, db_path: Path
+) -> None:
+    slow = ("--token-latency", "0.05")
+    with hosts(tmp_path, "llama3,qwen2", "llama3,qwen2", args=slow) as simulators:
+        backend = ",".join(fleet(simulators))
+        with running(start_foreman_process(tmp_path / "first.log", backend, db_path)) as first:
+            ids = [
+                httpx.post(f"{first.url}/jobs", json=chat(model, f"q{i}")).json()["job_id"]
+                for i, model in enumerate(["llama3", "qwen2"] * 5)
+            ]
+
+            def on_both_hosts() -> bool:
+                running_now = httpx.get(f"{first.url}/jobs", params={"state": "running"})
+                return {job["backend"] for job in running_now.json()["jobs"]} == {"gpu-0", "gpu-1"}
+
+            wait_for(on_both_hosts)
+            first.kill()
+        with running(start_foreman_process(tmp_path / "second.log", backend, db_path)) as second:
+
+            def all_succeeded() -> bool:
+                states = [httpx.get(f"{second.url}/jobs/{job}").json()["state"] for job in ids]
+                return states == ["succeeded"] * len(ids)
+
+            wait_for(all_succeeded)
+            assert second.terminate(timeout=10) == 0
+    log = EventLog.open(db_path, read_only=True)
+    try:
+        for job in ids:
+            types = [event.type for event in log.read_stream(job)]
+            assert sum(type_ in ENDS for type_ in types) == 1, (job, types)
+            assert types[-1] == "JobSucceeded", (job, types)
+        interrupted = [job for job in ids if "JobRequeued" in event_types(db_path, job)]
+        assert len(interrupted) >= 2  # the jobs running on both hosts at the kill
+    finally:
+        log.close()

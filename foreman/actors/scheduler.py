@@ -36,7 +36,13 @@ import trio
 from foreman.actors._reply import Reply
 from foreman.actors.journal import JournalClient
 from foreman.actors.worker import Answer, Stop, Took, Work
-from foreman.events.types import JobCancelled, JobSubmitted
+from foreman.events.types import (
+    BackendDrained,
+    BackendResumed,
+    JobCancelled,
+    JobSubmitted,
+    backend_stream,
+)
 from foreman.ids import new_ulid
 from foreman.scheduling import Costs, HostView, JobQueue, QueuedJob, model_name
 
@@ -74,6 +80,8 @@ class HostStatus:
     """Jobs it finished since Foreman started."""
     loads: int
     """Jobs it was given that needed another model loaded, since Foreman started."""
+    draining: bool
+    """An operator drained it: it finishes what it runs and takes nothing more."""
 
     def can_run(self, model: str) -> bool:
         """Whether a job for ``model`` (a canonical name) may go to this host."""
@@ -175,6 +183,20 @@ class SchedulerClient:
         scheduler knows better what it has loaded, and keeps its own."""
         await self._requests.send(_HostSeen(host, loaded, installed))
 
+    async def drain(self, host: str) -> HostStatus:
+        """Let ``host`` finish the jobs it runs and give it no more (``BackendDrained``);
+        raises LookupError for a host not in the fleet."""
+        return await self._set_draining(host, draining=True)
+
+    async def resume(self, host: str) -> HostStatus:
+        """Give ``host`` work again (``BackendResumed``)."""
+        return await self._set_draining(host, draining=False)
+
+    async def _set_draining(self, host: str, *, draining: bool) -> HostStatus:
+        reply: Reply[HostStatus] = Reply()
+        await self._requests.send(_Drain(host, draining, reply))
+        return await reply.wait()
+
     async def hosts(self) -> list[HostStatus]:
         """Every host, in the order they were made known."""
         reply: Reply[list[HostStatus]] = Reply()
@@ -240,6 +262,13 @@ class _Hosts:
 
 
 @dataclass(frozen=True, slots=True)
+class _Drain:
+    host: str
+    draining: bool
+    reply: Reply[HostStatus]
+
+
+@dataclass(frozen=True, slots=True)
 class _Done:
     job_id: str
     took: Took | None
@@ -260,7 +289,9 @@ class _Release:
     """An admitted job will not come after all."""
 
 
-_Message = _Queue | _Ready | _Done | _Cancel | _Position | _Admit | _Release | _HostSeen | _Hosts
+_Message = (
+    _Queue | _Ready | _Done | _Cancel | _Position | _Admit | _Release | _HostSeen | _Hosts | _Drain
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +315,7 @@ class _Host:
     loaded: str | None = None
     done: int = 0
     loads: int = 0
+    draining: bool = False
     last_done: float = -math.inf
     """Trio time its last call ended: a call sent behind it starts then."""
 
@@ -298,13 +330,18 @@ class Scheduler:
         max_wait: float,
         max_queue: int,
         hosts: dict[str, frozenset[str] | None] | None = None,
+        drained: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         """``hosts``: each host's name and the models it may run (None: any it has);
-        a host not named here is added, allowed anything, when its first worker asks."""
+        a host not named here is added, allowed anything, when its first worker asks.
+        ``drained``: hosts an operator drained (the log says so), which take no work."""
         self._journal = journal
         self.max_queue = max_queue
         self._queue = JobQueue(max_wait)
-        self._hosts = {name: _Host(name, allowed) for name, allowed in (hosts or {}).items()}
+        self._hosts = {
+            name: _Host(name, allowed, draining=name in drained)
+            for name, allowed in (hosts or {}).items()
+        }
         self._costs = Costs()
         self._work: dict[str, Work] = {}
         self._delayed: dict[str, Work] = {}
@@ -359,6 +396,8 @@ class Scheduler:
                     host.loaded = message.loaded  # idle: someone may have used it directly
             case _Hosts():
                 message.reply.put([self._status(host) for host in self._hosts.values()])
+            case _Drain():
+                await self._drain(message)
             case _Cancel():
                 await self._cancel(message)
             case _Position():
@@ -380,8 +419,27 @@ class Scheduler:
     def _status(self, host: _Host) -> HostStatus:
         running = sum(job.host == host.name for job in self._at_backend.values())
         return HostStatus(
-            host.name, host.loaded, host.installed, host.allowed, running, host.done, host.loads
+            host.name,
+            host.loaded,
+            host.installed,
+            host.allowed,
+            running,
+            host.done,
+            host.loads,
+            host.draining,
         )
+
+    async def _drain(self, drain: _Drain) -> None:
+        """Drain or resume a host, recorded first; a change that is no change is not."""
+        host = self._hosts.get(drain.host)
+        if host is None:
+            drain.reply.put(LookupError(drain.host))
+            return
+        if host.draining != drain.draining:
+            change = BackendDrained() if drain.draining else BackendResumed()
+            await self._journal.append(backend_stream(host.name), [change])
+            host.draining = drain.draining
+        drain.reply.put(self._status(host))
 
     def _done(self, job: _AtBackend, took: Took | None) -> None:
         """A call ended: count it, and learn how long jobs and loads take."""
@@ -437,12 +495,14 @@ class Scheduler:
         host is busy and the pick would swap its model (a host's other slots, and a
         job sent behind the running one, only run the model it has loaded)."""
         host = self._hosts[ready.host]
+        if host.draining:
+            return None
         busy = [a.model_key for a in self._at_backend.values() if a.host == host.name]
         loaded = busy[-1] if busy else host.loaded
         elsewhere = Counter(
             other.loaded
             for other in self._hosts.values()
-            if other is not host and other.loaded is not None
+            if other is not host and other.loaded is not None and not other.draining
         )
         view = HostView(loaded, host.can_run, elsewhere, self._worth_sharing)
         job = self._queue.peek_for(view, now)

@@ -10,6 +10,7 @@ from fastapi_offline import FastAPIOffline
 from starlette.responses import Response
 
 from foreman import __version__
+from foreman.api.backends import BackendsApi, backend_routes
 from foreman.api.errors import install_error_handlers
 from foreman.api.guard import RequestGuard
 from foreman.api.jobs import JobsApi, job_routes
@@ -43,6 +44,8 @@ def create_app(ollama: OllamaApi, jobs: JobsApi, *, max_body: int, body_timeout:
     app.add_middleware(RequestGuard, max_body=max_body, body_timeout=body_timeout)
     app.include_router(ollama_routes(ollama), include_in_schema=False)
     app.include_router(job_routes(jobs))
+    urls = {name: str(backend) for name, backend in ollama.backends.items()}
+    app.include_router(backend_routes(BackendsApi(ollama.scheduler, urls)))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:

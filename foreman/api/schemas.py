@@ -3,7 +3,7 @@ the source of ``/openapi.json`` (the job's own views are :mod:`foreman.views`)."
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
@@ -124,3 +124,22 @@ class ApiError(_Model):
 
     error: str
     detail: list[FieldProblem] | None = None
+
+
+class BackendView(_Model):
+    """One backend host of the fleet."""
+
+    name: str
+    url: str
+    state: Literal["up", "draining"] = Field(
+        description="draining: it finishes what it runs and takes nothing more."
+    )
+    loaded: list[str] = Field(description="The models it has loaded, as far as Foreman knows.")
+    installed: list[str] | None = Field(description="Its models (/api/tags); null until known.")
+    running: int = Field(description="Jobs at it now.")
+    done: int = Field(description="Jobs it finished since Foreman started.")
+    loads: int = Field(description="Jobs it was given that needed a model loaded, since start.")
+
+
+class BackendList(_Model):
+    backends: list[BackendView]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from foreman import __version__
+from foreman.cli.backends import backends
 from foreman.cli.config import config
 from foreman.cli.events import events
 from foreman.cli.serve import serve
@@ -25,3 +26,4 @@ main.add_command(events)
 main.add_command(simulate)
 main.add_command(config)
 main.add_command(webhooks)
+main.add_command(backends)

@@ -3,25 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 
 import click
-import httpx
 
-from foreman.config import Address, Settings, env_name, parse_address
-
-
-def _local_url() -> str:
-    """Where a Foreman on this machine answers: by ``FOREMAN_LISTEN`` (a wildcard
-    address is reached on loopback), else the default address."""
-    listen = os.environ.get(env_name("listen")) or Settings.model_fields["listen"].default
-    try:
-        host, port = parse_address(listen)
-    except ValueError:
-        return f"http://{listen}"
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://{Address(host, port)}"
+from foreman.cli.remote import call, json_option, url_option
 
 
 @click.group()
@@ -38,31 +23,13 @@ def webhooks() -> None:
     help="A notification (webhook-id) to send again; repeat for more. "
     "Default: every abandoned one.",
 )
-@click.option(
-    "--url",
-    default=_local_url,
-    show_default="$FOREMAN_LISTEN, else http://127.0.0.1:11435",
-    envvar="FOREMAN_URL",
-    show_envvar=True,
-    help="Where the running Foreman answers.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Output JSON, for scripts.")
+@url_option
+@json_option
 def redeliver(job_id: str, ids: tuple[str, ...], url: str, as_json: bool) -> None:
     """Send JOB_ID's abandoned notifications (or those given by --id) again, with
     fresh tries; each keeps its webhook-id, so receivers can deduplicate."""
     body = {"ids": list(ids)} if ids else None
-    endpoint = f"{url.rstrip('/')}/jobs/{job_id}/webhooks/redeliver"
-    try:
-        response = httpx.post(endpoint, json=body, timeout=30)
-    except httpx.HTTPError as error:
-        message = f"no answer from Foreman at {url} ({error}): is it running?"
-        raise click.ClickException(message) from None
-    try:
-        answer = response.json()
-    except ValueError:
-        answer = {"error": response.text}
-    if response.status_code != 202:
-        raise click.ClickException(str(answer.get("error", answer)))
+    answer = call("POST", url, f"/jobs/{job_id}/webhooks/redeliver", ok=202, body=body)
     if as_json:
         click.echo(json.dumps(answer))
         return

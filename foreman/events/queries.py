@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 from foreman.events.jobs import SELECT_JOBS, Job, JobState, job_from_row
 from foreman.events.log import EventLog
-from foreman.events.types import JobSubmitted, JobSucceeded, RecordedEvent, UnreadableEvent
+from foreman.events.types import (
+    JobSubmitted,
+    JobSucceeded,
+    RecordedEvent,
+    UnreadableEvent,
+    backend_stream,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,3 +100,14 @@ def list_jobs(
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     rows = log.conn.execute(f"{SELECT_JOBS}{clause} ORDER BY id DESC LIMIT ?", (*args, limit))
     return [job_from_row(row) for row in rows]
+
+
+def drained_backends(log: EventLog, names: list[str]) -> set[str]:
+    """The hosts among ``names`` whose last drain or resume was a drain: a drain for
+    maintenance holds across a restart."""
+    drained = set()
+    for name in names:
+        changes = [e.type for e in log.read_stream(backend_stream(name))]
+        if changes and changes[-1] == "BackendDrained":
+            drained.add(name)
+    return drained

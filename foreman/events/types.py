@@ -157,6 +157,26 @@ def delivery_stream(job_id: str) -> str:
     return f"{DELIVERY_STREAM_PREFIX}{job_id}"
 
 
+BACKEND_STREAM_PREFIX = "backends/"
+
+
+def backend_stream(name: str) -> str:
+    """The stream of a backend host's state changes."""
+    return f"{BACKEND_STREAM_PREFIX}{name}"
+
+
+class BackendDrained(Event):
+    """An operator drained the host: it finishes the jobs it runs and takes no more."""
+
+    type: Literal["BackendDrained"] = "BackendDrained"
+
+
+class BackendResumed(Event):
+    """The host takes work again after a drain."""
+
+    type: Literal["BackendResumed"] = "BackendResumed"
+
+
 class WebhookAttemptFailed(Event):
     """An attempt to deliver a notification failed; the next is due at ``retry_at``."""
 
@@ -208,7 +228,9 @@ AnyEvent = Annotated[
     | WebhookAttemptFailed
     | WebhookDelivered
     | WebhookAbandoned
-    | WebhookRedeliveryRequested,
+    | WebhookRedeliveryRequested
+    | BackendDrained
+    | BackendResumed,
     Field(discriminator="type"),
 ]
 
@@ -228,6 +250,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         WebhookDelivered,
         WebhookAbandoned,
         WebhookRedeliveryRequested,
+        BackendDrained,
+        BackendResumed,
     )
 }
 

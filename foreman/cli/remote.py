@@ -1,0 +1,54 @@
+"""Commands that act on a running Foreman over its HTTP API: where it answers, and
+one call to it."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+import httpx
+
+from foreman.config import Address, Settings, env_name, parse_address
+
+
+def local_url() -> str:
+    """Where a Foreman on this machine answers: by ``FOREMAN_LISTEN`` (a wildcard
+    address is reached on loopback), else the default address."""
+    listen = os.environ.get(env_name("listen")) or Settings.model_fields["listen"].default
+    try:
+        host, port = parse_address(listen)
+    except ValueError:
+        return f"http://{listen}"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{Address(host, port)}"
+
+
+url_option = click.option(
+    "--url",
+    default=local_url,
+    show_default="$FOREMAN_LISTEN, else http://127.0.0.1:11435",
+    envvar="FOREMAN_URL",
+    show_envvar=True,
+    help="Where the running Foreman answers.",
+)
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON, for scripts.")
+
+
+def call(method: str, url: str, path: str, *, ok: int, body: Any = None) -> Any:
+    """``method path`` on the Foreman at ``url``: its JSON answer, or a clean error
+    (exit 1) with Foreman's message when the status is not ``ok``."""
+    try:
+        response = httpx.request(method, f"{url.rstrip('/')}{path}", json=body, timeout=30)
+    except httpx.HTTPError as error:
+        message = f"no answer from Foreman at {url} ({error}): is it running?"
+        raise click.ClickException(message) from None
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {"error": response.text}
+    if response.status_code != ok:
+        raise click.ClickException(str(answer.get("error", answer)))
+    return answer
