@@ -25,7 +25,7 @@ def submitted(model: str = "llama3", priority: int = 0) -> JobSubmitted:
 
 
 def started(attempt: int = 1) -> JobStarted:
-    return JobStarted(attempt=attempt, backend="http://127.0.0.1:11434")
+    return JobStarted(attempt=attempt, backend="gpu-0")
 
 
 def succeeded(text: str = "hello") -> JobSucceeded:

@@ -272,10 +272,10 @@ def test_show_prints_the_timeline_and_the_state(history: History) -> None:
     timeline = table_rows(out)
     assert [row[0] for row in timeline] == ["4", "5", "6", "7", "8", "9"]
     for summary in [
-        "attempt 1 on http://127.0.0.1:11434",
+        "attempt 1 on gpu-0",
         "attempt 1 failed: connection refused (retryable)",
         "requeued: retry",
-        "attempt 2 on http://127.0.0.1:11434",
+        "attempt 2 on gpu-0",
         "failed: backend said no (status 500)",
     ]:
         assert summary in out
@@ -402,7 +402,7 @@ UNLOCK = (
     ("tampering", "first_bad"),
     [
         pytest.param(
-            "UPDATE events SET data = replace(data, '11434', '11435') WHERE seq = 5",
+            "UPDATE events SET data = replace(data, 'gpu-0', 'gpu-1') WHERE seq = 5",
             5,
             id="altered",
         ),
@@ -521,7 +521,7 @@ def test_replay_until_seq_shows_the_jobs_as_they_stood(history: History) -> None
 def test_replay_until_prints_a_table_and_stops_at_the_head(history: History) -> None:
     out = ok("replay", "--db", history.path, "--until", "999")
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(" 01")}
-    assert rows[history.flaky][1:6] == ["chat", "mistral", "failed", "2", "5"]
+    assert rows[history.flaky][1:7] == ["chat", "mistral", "failed", "gpu-0", "2", "5"]
     assert "4 jobs as they stood after seq 12" in out
 
 

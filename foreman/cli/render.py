@@ -131,7 +131,17 @@ def events_table(
     return table
 
 
-JOB_COLUMNS = ("id", "kind", "model", "state", "attempts", "priority", "created_at", "updated_at")
+JOB_COLUMNS = (
+    "id",
+    "kind",
+    "model",
+    "state",
+    "backend",
+    "attempts",
+    "priority",
+    "created_at",
+    "updated_at",
+)
 
 
 def jobs_table(jobs: Iterable[Job]) -> Table:
@@ -152,6 +162,7 @@ def job_grid(job: Job) -> Table:
         ("priority", job.priority),
         ("origin", job.origin),
         ("attempts", job.attempts),
+        ("backend", job.backend),
         ("version", job.version),
         ("created", job.created_at),
         ("started", job.started_at),
