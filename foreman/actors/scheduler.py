@@ -8,7 +8,12 @@ The messages behind those calls are private to this module.
 
 It answers a worker only when it has a job, and picks that job at that
 moment, so the drain-by-model choice always sees the current queue and the
-model loaded now (:mod:`foreman.scheduling`).
+model loaded now (:mod:`foreman.scheduling`). Each worker runs one slot of a
+backend host; the scheduler knows every host (what it may run and has
+installed, what it has loaded, whether an operator drained it: the prober and
+the operator tell it) and picks for the asking worker's host by the fleet rule
+(``JobQueue.peek_for``, ADR-0035), learning how long jobs and loads take from
+what the workers report.
 
 A worker keeps one job waiting at the backend behind the one running, so the
 GPU goes from one to the next without waiting for Foreman (ADR-0026). While a
