@@ -52,6 +52,13 @@ class BackendError(Exception):
         self.status = status
 
 
+class BackendLost(BackendError):
+    """The connection broke off in the middle of the answer: the host went away."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, None)
+
+
 class Backend:
     """An HTTP client for one Ollama backend (or the simulator)."""
 
@@ -109,7 +116,7 @@ class Backend:
                 raise await _error_answer(response)
             return await _relay_answer(response, relay)
         except httpx.HTTPError as error:
-            raise BackendError(f"the backend's answer broke off: {error!r}", None) from error
+            raise BackendLost(f"the backend's answer broke off: {error!r}") from error
         finally:
             await response.aclose()
 

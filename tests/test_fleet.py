@@ -10,6 +10,7 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import ollama
@@ -20,7 +21,15 @@ from click.testing import CliRunner, Result
 from foreman.cli import main
 from foreman.events.log import EventLog
 from tests.processes import Process, running, start_foreman_process, start_simulator
-from tests.running import Foreman, counted, event_types, of_type, start_foreman, until
+from tests.running import (
+    Foreman,
+    counted,
+    event_types,
+    of_type,
+    recorded,
+    start_foreman,
+    until,
+)
 
 pytestmark = pytest.mark.slow  # simulator processes
 
@@ -247,3 +256,35 @@ def test_kill_9_with_jobs_running_on_several_hosts_ends_each_job_once(
         assert len(interrupted) >= 2  # the jobs running on both hosts at the kill
     finally:
         log.close()
+
+
+async def test_a_host_killed_mid_job_loses_nothing_and_takes_work_again_once_back(
+    tmp_path: Path, db_path: Path, nursery: trio.Nursery
+) -> None:
+    slow = ("--token-latency", "0.1")  # a job takes 0.8 s
+    with hosts(tmp_path, "llama3", "llama3", args=slow) as simulators:
+        async for foreman in start_foreman(nursery, db_path, backend=fleet(simulators)):
+            committed = await foreman.running.journal.subscribe()
+            async with httpx.AsyncClient(base_url=foreman.url, timeout=30) as http:
+                bodies = [chat("llama3", f"q{i}") for i in range(4)]
+                ids = [(await http.post("/jobs", json=body)).json()["job_id"] for body in bodies]
+                lost = await until(
+                    committed,
+                    lambda e: e.type == "JobStarted" and e.event.backend == "gpu-0",  # type: ignore[attr-defined]
+                )
+                simulators[0].kill()  # the process, mid-job
+                await until(committed, recorded(lost.stream, "JobSucceeded"), within=30)
+                assert (await http.get("/backends")).json()["backends"][0]["state"] == "down"
+                # Back on the same address: a probe finds it, and it takes work again.
+                port = str(urlsplit(simulators[0].url).port)
+                log = tmp_path / "gpu-0-again.log"
+                with running(start_simulator(log, *slow, "--listen", f"127.0.0.1:{port}")):
+                    await until(committed, recorded("backends/gpu-0", "BackendUp"), within=40)
+                    await http.post("/backends/gpu-1/drain")
+                    (again,) = await run_jobs(foreman, [chat("llama3", "back")])  # after the rest
+    events = foreman.job_events()
+    assert [events[job][-1] for job in ids] == ["JobSucceeded"] * len(ids)  # nothing lost
+    assert events[lost.stream][-1] == "JobSucceeded"
+    assert "JobRequeued" in events[lost.stream]  # its attempt on gpu-0 was lost, not failed
+    assert events["backends/gpu-0"][:2] == ["BackendDown", "BackendUp"]
+    assert (again["state"], again["backend"]) == ("succeeded", "gpu-0")

@@ -10,7 +10,7 @@ from foreman.api.fleet import host_for, merged
 
 def host(name: str, loaded: str | None = None, *, running: int = 0, has: str = "") -> HostStatus:
     installed = frozenset(has.split(",")) if has else None
-    return HostStatus(name, loaded, installed, None, running, 0, 0, draining=False)
+    return HostStatus(name, loaded, installed, None, running, 0, 0, draining=False, up=True)
 
 
 def test_a_call_goes_to_a_host_with_its_model_loaded_else_the_least_busy_that_has_it() -> None:

@@ -132,3 +132,27 @@ async def test_queue_positions_count_the_jobs_at_the_backend_and_the_rule(rig: R
     assert await rig.position(second.job.job_id) == 1
     assert await rig.position(other_model.job.job_id) == 2
     assert await rig.position(new_ulid()) is None
+
+
+async def test_a_host_down_is_passed_over_and_says_whether_another_can_run_the_job(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    journal = await nursery.start(Journal(db_path).run)
+    hosts = {"a": None, "b": frozenset({"llama3:latest"})}
+    scheduler = await nursery.start(Scheduler(journal, 600, 512, hosts).run)
+    assert await scheduler.host_down("a", "refused", model="llama3:latest")  # b has it
+    assert not await scheduler.host_down("a", "refused", model="qwen2:latest")  # b may not
+    status = {host.name: host.up for host in await scheduler.hosts()}
+    assert status == {"a": False, "b": True}
+    await scheduler.host_up("a")
+    assert event_types(db_path, "backends/a") == ["BackendDown", "BackendUp"]  # once each
+
+
+async def test_a_fleet_of_one_host_is_never_marked_down(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    journal = await nursery.start(Journal(db_path).run)
+    scheduler = await nursery.start(Scheduler(journal, 600, 512, {"only": None}).run)
+    assert not await scheduler.host_down("only", "refused", model="llama3:latest")
+    assert [host.up for host in await scheduler.hosts()] == [True]
+    assert event_types(db_path, "backends/only") == []

@@ -42,8 +42,10 @@ from foreman.actors._reply import Reply
 from foreman.actors.journal import JournalClient
 from foreman.actors.worker import Answer, Stop, Took, Work
 from foreman.events.types import (
+    BackendDown,
     BackendDrained,
     BackendResumed,
+    BackendUp,
     JobCancelled,
     JobSubmitted,
     backend_stream,
@@ -87,6 +89,8 @@ class HostStatus:
     """Jobs it was given that needed another model loaded, since Foreman started."""
     draining: bool
     """An operator drained it: it finishes what it runs and takes nothing more."""
+    up: bool
+    """It answers; a down host is given nothing until a probe finds it answering."""
 
     def can_run(self, model: str) -> bool:
         """Whether a job for ``model`` (a canonical name) may go to this host."""
@@ -188,6 +192,20 @@ class SchedulerClient:
         scheduler knows better what it has loaded, and keeps its own."""
         await self._requests.send(_HostSeen(host, loaded, installed))
 
+    async def host_down(self, host: str, reason: str, *, model: str | None = None) -> bool:
+        """``host`` stopped answering: record ``BackendDown`` (once) and give it no
+        work. True when another host that is up can run ``model``: a job of it that
+        the host lost runs there, without counting the attempt."""
+        reply: Reply[bool] = Reply()
+        await self._requests.send(_Health(host, False, reason, model, reply))
+        return await reply.wait()
+
+    async def host_up(self, host: str) -> None:
+        """A probe found ``host`` answering: record ``BackendUp`` if it was down."""
+        reply: Reply[bool] = Reply()
+        await self._requests.send(_Health(host, True, "", None, reply))
+        await reply.wait()
+
     async def drain(self, host: str) -> HostStatus:
         """Let ``host`` finish the jobs it runs and give it no more (``BackendDrained``);
         raises LookupError for a host not in the fleet."""
@@ -267,6 +285,15 @@ class _Hosts:
 
 
 @dataclass(frozen=True, slots=True)
+class _Health:
+    host: str
+    up: bool
+    reason: str
+    model: str | None
+    reply: Reply[bool]
+
+
+@dataclass(frozen=True, slots=True)
 class _Drain:
     host: str
     draining: bool
@@ -295,7 +322,17 @@ class _Release:
 
 
 _Message = (
-    _Queue | _Ready | _Done | _Cancel | _Position | _Admit | _Release | _HostSeen | _Hosts | _Drain
+    _Queue
+    | _Ready
+    | _Done
+    | _Cancel
+    | _Position
+    | _Admit
+    | _Release
+    | _HostSeen
+    | _Hosts
+    | _Drain
+    | _Health
 )
 
 
@@ -321,11 +358,16 @@ class _Host:
     done: int = 0
     loads: int = 0
     draining: bool = False
+    up: bool = True
     last_done: float = -math.inf
     """Trio time its last call ended: a call sent behind it starts then."""
 
     def can_run(self, model: str) -> bool:
         return _can_run(model, self.allowed, self.installed)
+
+    @property
+    def takes_work(self) -> bool:
+        return self.up and not self.draining
 
 
 class Scheduler:
@@ -403,6 +445,8 @@ class Scheduler:
                 message.reply.put([self._status(host) for host in self._hosts.values()])
             case _Drain():
                 await self._drain(message)
+            case _Health():
+                await self._health(message)
             case _Cancel():
                 await self._cancel(message)
             case _Position():
@@ -432,6 +476,24 @@ class Scheduler:
             host.done,
             host.loads,
             host.draining,
+            host.up,
+        )
+
+    async def _health(self, health: _Health) -> None:
+        """A host went down or came back: recorded first, once per change."""
+        host = self._host(health.host)
+        if len(self._hosts) > 1 and host.up != health.up:  # alone, it is never passed over
+            change = BackendUp() if health.up else BackendDown(reason=health.reason)
+            await self._journal.append(backend_stream(host.name), [change])
+            host.up = health.up
+        model = health.model
+        health.reply.put(
+            model is not None
+            and any(
+                other.takes_work and other.can_run(model)
+                for other in self._hosts.values()
+                if other is not host
+            )
         )
 
     async def _drain(self, drain: _Drain) -> None:
@@ -500,14 +562,14 @@ class Scheduler:
         host is busy and the pick would swap its model (a host's other slots, and a
         job sent behind the running one, only run the model it has loaded)."""
         host = self._hosts[ready.host]
-        if host.draining:
+        if not host.takes_work:
             return None
         busy = [a.model_key for a in self._at_backend.values() if a.host == host.name]
         loaded = busy[-1] if busy else host.loaded
         elsewhere = Counter(
             other.loaded
             for other in self._hosts.values()
-            if other is not host and other.loaded is not None and not other.draining
+            if other is not host and other.loaded is not None and other.takes_work
         )
         view = HostView(loaded, host.can_run, elsewhere, self._worth_sharing)
         job = self._queue.peek_for(view, now)

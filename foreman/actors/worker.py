@@ -39,7 +39,7 @@ from pydantic import ValidationError
 
 from foreman.actors.journal import JournalClient
 from foreman.artifacts import ArtifactStore, outputs
-from foreman.backend import Backend, BackendError, BackendUnreachable
+from foreman.backend import Backend, BackendError, BackendLost, BackendUnreachable
 from foreman.events.types import (
     ArtifactRef,
     Event,
@@ -86,6 +86,8 @@ class Work:
     """Attempts made so far."""
     answers: trio.MemorySendChannel[Answer] | None = None
     """Where a synchronous caller waits for the answer; None for async jobs."""
+    spared: int = 0
+    """Attempts lost to a host going down, which do not count against max_attempts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +135,11 @@ class JobSource(Protocol):
 
     async def retry(self, work: Work, delay: float) -> None:
         """Queue the job again, to run no sooner than ``delay`` seconds from now."""
+        ...
+
+    async def host_down(self, host: str, reason: str, *, model: str | None = None) -> bool:
+        """``host`` stopped answering; True when another host that is up can run
+        ``model``."""
         ...
 
 
@@ -255,9 +262,15 @@ class Worker:
         attempt = work.attempts + 1
         events: list[Event]
         failed: AnswerError | None = None
+        if await self._elsewhere(work, outcome):  # the host went down; another runs it
+            failure = JobAttemptFailed(attempt=attempt, error=str(outcome), retryable=True)
+            spared = dataclasses.replace(work, attempts=attempt, spared=work.spared + 1)
+            events = [failure, JobRequeued(reason="backend_down")]
+            finishing.start_soon(self._retry, spared, events, 0.0)
+            return
         if isinstance(outcome, BackendUnreachable):
             failure = JobAttemptFailed(attempt=attempt, error=str(outcome), retryable=True)
-            if attempt < self.max_attempts:
+            if attempt - work.spared < self.max_attempts:
                 retried = dataclasses.replace(work, attempts=attempt)
                 events = [failure, JobRequeued(reason="retry")]
                 finishing.start_soon(self._retry, retried, events, self._backoff(attempt))
@@ -274,6 +287,21 @@ class Worker:
             finishing.start_soon(self._succeed, work, outcome)
             return
         finishing.start_soon(self._finish, work, events, failed)
+
+    async def _elsewhere(self, work: Work, outcome: Outcome) -> bool:
+        """Whether a call failed because its host went away (unreachable, or its
+        connection broke off), which the scheduler then marks down, and another host
+        that is up can run the job: then it runs there, the attempt not counted (up to
+        ``max_attempts`` such attempts: hosts that keep dropping it cannot bounce a job
+        for ever). A waiting caller whose answer had begun cannot be given another:
+        its job fails."""
+        lost = isinstance(outcome, BackendLost)
+        if not (isinstance(outcome, BackendUnreachable) or lost):
+            return False
+        model = work.job.model
+        elsewhere = await self._scheduler.host_down(self.host, str(outcome), model=model)
+        spare = work.spared < self.max_attempts and not (lost and work.answers is not None)
+        return elsewhere and spare
 
     async def _take_turn(self, call: _Call, before: trio.Event | None) -> None:
         """Once the job ahead has ended, this one has the GPU: it has started."""

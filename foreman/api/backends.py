@@ -68,7 +68,7 @@ def _view(api: BackendsApi, host: HostStatus) -> BackendView:
     return BackendView(
         name=host.name,
         url=api.urls.get(host.name, ""),
-        state="draining" if host.draining else "up",
+        state="down" if not host.up else "draining" if host.draining else "up",
         loaded=[] if host.loaded is None else [model_of(host.loaded)],
         installed=None if host.installed is None else sorted(host.installed),
         running=host.running,

@@ -131,8 +131,9 @@ class BackendView(_Model):
 
     name: str
     url: str
-    state: Literal["up", "draining"] = Field(
-        description="draining: it finishes what it runs and takes nothing more."
+    state: Literal["up", "down", "draining"] = Field(
+        description="down: it stopped answering and is probed until it does; draining: "
+        "it finishes what it runs and takes nothing more."
     )
     loaded: list[str] = Field(description="The models it has loaded, as far as Foreman knows.")
     installed: list[str] | None = Field(description="Its models (/api/tags); null until known.")

@@ -21,7 +21,7 @@ from foreman.events.values import STORED, JsonObject, Metadata, ReadableText, Te
 
 JobKind = Literal["chat", "generate", "embed"]
 Origin = Literal["sync", "async"]
-RequeueReason = Literal["retry", "interrupted"]
+RequeueReason = Literal["retry", "interrupted", "backend_down"]
 
 
 class UnreadableEvent(ValueError):
@@ -165,6 +165,20 @@ def backend_stream(name: str) -> str:
     return f"{BACKEND_STREAM_PREFIX}{name}"
 
 
+class BackendDown(Event):
+    """The host stopped answering (refused, timed out, or dropped a call): it is given
+    no work until a probe finds it answering again."""
+
+    type: Literal["BackendDown"] = "BackendDown"
+    reason: ReadableText
+
+
+class BackendUp(Event):
+    """A probe found the down host answering: it takes work again."""
+
+    type: Literal["BackendUp"] = "BackendUp"
+
+
 class BackendDrained(Event):
     """An operator drained the host: it finishes the jobs it runs and takes no more."""
 
@@ -229,6 +243,8 @@ AnyEvent = Annotated[
     | WebhookDelivered
     | WebhookAbandoned
     | WebhookRedeliveryRequested
+    | BackendDown
+    | BackendUp
     | BackendDrained
     | BackendResumed,
     Field(discriminator="type"),
@@ -250,6 +266,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         WebhookDelivered,
         WebhookAbandoned,
         WebhookRedeliveryRequested,
+        BackendDown,
+        BackendUp,
         BackendDrained,
         BackendResumed,
     )
