@@ -122,6 +122,7 @@ async def run_foreman(
             backends,
             passthrough=Bound(settings.max_passthrough),
             passthrough_timeout=settings.passthrough_timeout,
+            max_wait=settings.max_wait,
         )
         jobs = JobsApi(
             journal,

@@ -288,3 +288,23 @@ async def test_a_host_killed_mid_job_loses_nothing_and_takes_work_again_once_bac
     assert "JobRequeued" in events[lost.stream]  # its attempt on gpu-0 was lost, not failed
     assert events["backends/gpu-0"][:2] == ["BackendDown", "BackendUp"]
     assert (again["state"], again["backend"]) == ("succeeded", "gpu-0")
+
+
+async def test_a_waiting_caller_gets_503_when_no_host_up_has_its_model(
+    tmp_path: Path, db_path: Path, nursery: trio.Nursery
+) -> None:
+    with hosts(tmp_path, "llama3", "qwen2") as simulators:
+        simulators[0].kill()  # the only host with llama3, before anyone knows
+        async for foreman in start_foreman(
+            nursery, db_path, backend=fleet(simulators), max_wait="1s"
+        ):
+            async with httpx.AsyncClient(base_url=foreman.url, timeout=30) as http:
+                body = {"model": "llama3", "messages": [], "stream": False}
+                answer = await http.post("/api/chat", json=body)
+                state = (await http.get("/backends")).json()["backends"][0]["state"]
+    assert answer.status_code == 503
+    assert answer.headers["retry-after"] == "1"
+    assert "no backend that has model 'llama3' is up" in answer.json()["error"]
+    assert state == "down"
+    (job,) = [events for stream, events in foreman.job_events().items() if "/" not in stream]
+    assert job[-1] == "JobCancelled"

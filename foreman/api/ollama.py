@@ -43,6 +43,7 @@ from foreman.ollama_protocol import (
     decode_json,
     first_problem,
 )
+from foreman.scheduling import model_name
 
 T = TypeVar("T")
 
@@ -68,6 +69,13 @@ class OllamaApi:
     """FOREMAN_MAX_PASSTHROUGH: pass-through calls in flight at once."""
     passthrough_timeout: float
     """FOREMAN_PASSTHROUGH_TIMEOUT: the longest one pass-through call may take."""
+    max_wait: float = 60.0
+    """FOREMAN_MAX_WAIT: how long a waiting caller's job may wait for a host that can
+    run it before the caller is told 503."""
+
+
+class NoBackendUp(Exception):
+    """No host that is up can run the job's model: its waiting caller gets 503."""
 
 
 def ollama_routes(api: OllamaApi) -> APIRouter:
@@ -99,7 +107,12 @@ async def _run_job(api: OllamaApi, kind: JobKind, request: Request) -> Response:
         return _busy()
     except ModelNotFound:  # as Ollama answers it
         return OllamaJSON({"error": f"model '{submitted.model}' not found"}, status_code=404)
-    first = await _first_answer(api, job_id, answers, request)
+    try:
+        first = await _first_answer(api, job_id, submitted.model, answers, request)
+    except NoBackendUp:
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        message = f"no backend that has model '{submitted.model}' is up: try again shortly"
+        return OllamaJSON({"error": message}, status_code=503, headers=headers)
     if isinstance(first, AnswerError):
         return OllamaJSON({"error": first.message}, status_code=first.status)
     if first is None:  # cancelled: Ollama's answer to a request it gave up on
@@ -128,18 +141,35 @@ def _submission(kind: JobKind, body: object) -> JobSubmitted:
 async def _first_answer(
     api: OllamaApi,
     job_id: str,
+    model: str,
     answers: trio.MemoryReceiveChannel[Answer],
     request: Request,
 ) -> Answer | None:
     """The job's first answer; None when it ended without one, or when the caller hung
-    up (then the job is cancelled, and nobody reads the answer)."""
-    first = await _unless_disconnected(request, partial(_next_answer, answers))
+    up (then the job is cancelled, and nobody reads the answer). Raises NoBackendUp
+    when, FOREMAN_MAX_WAIT after it was queued (and each one after), no host that is
+    up can run the job: the job is cancelled (``no_backend_up``)."""
+    first = await _unless_disconnected(
+        request, partial(_first_while_a_host_can, api, job_id, model_name(model), answers)
+    )
     if isinstance(first, trio.EndOfChannel):
         return None
     if first is None:  # the caller hung up first: its job must not run, or must stop
         await answers.aclose()
         await api.scheduler.cancel_soon(job_id, "client_disconnected")
     return first
+
+
+async def _first_while_a_host_can(
+    api: OllamaApi, job_id: str, model: str, answers: trio.MemoryReceiveChannel[Answer]
+) -> Answer | trio.EndOfChannel:
+    while True:
+        with trio.move_on_after(api.max_wait):
+            return await _next_answer(answers)
+        hosts = await api.scheduler.hosts()
+        able = any(h.up and not h.draining and h.can_run(model) for h in hosts)
+        if not able and await api.scheduler.cancel(job_id, "no_backend_up") == "cancelled":
+            raise NoBackendUp
 
 
 async def _next_answer(
