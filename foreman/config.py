@@ -466,6 +466,11 @@ class Settings(BaseSettings):
         60.0, gt=0, description="a duration > 0 (seconds, or such as 30s, 5m)"
     )
     """How often the janitor looks for work."""
+    probe_interval: Duration = Field(
+        30.0, gt=0, description="a duration > 0 (seconds, or such as 30s, 5m)"
+    )
+    """How often every backend host is asked what it has loaded and installed (hosts
+    are also used directly); a host found not answering is marked down."""
     public_url: Annotated[str | None, BeforeValidator(_base_url)] = Field(
         None, description="an http(s) URL such as https://foreman.example:11435"
     )

@@ -84,7 +84,8 @@ async def run_foreman(
         logger.info(
             "scheduler: started; drained backends: %s", ", ".join(sorted(drained)) or "none"
         )
-        await nursery.start(Prober(backends, scheduler.clone()).run)
+        prober = Prober(backends, scheduler.clone(), interval=settings.probe_interval)
+        await nursery.start(prober.run)
         logger.info("prober: started, %d backend hosts", len(backends))
         store = ArtifactStore(settings.artifact_root)
         janitor = Janitor(

@@ -44,6 +44,7 @@ DEFAULTS = {
     "artifact_inline_max": 256 * 1024,
     "job_ttl": 7 * 24 * 3600.0,
     "janitor_interval": 60.0,
+    "probe_interval": 30.0,
     "public_url": None,
     "webhook_secret": None,
     "webhook_timeout": 10.0,
@@ -115,6 +116,7 @@ def test_defaults() -> None:
         ("FOREMAN_JOB_TTL", "168h", "job_ttl", 7 * 86400.0),
         ("FOREMAN_JOB_TTL", "36h", "job_ttl", 36 * 3600.0),
         ("FOREMAN_JANITOR_INTERVAL", "5m", "janitor_interval", 300.0),
+        ("FOREMAN_PROBE_INTERVAL", "10s", "probe_interval", 10.0),
         (
             "FOREMAN_PUBLIC_URL",
             "https://gpu.example:8443/",

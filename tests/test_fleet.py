@@ -304,7 +304,7 @@ async def test_a_waiting_caller_gets_503_when_no_host_up_has_its_model(
                 state = (await http.get("/backends")).json()["backends"][0]["state"]
     assert answer.status_code == 503
     assert answer.headers["retry-after"] == "1"
-    assert "no backend that has model 'llama3' is up" in answer.json()["error"]
+    assert answer.json()["error"] == "no backend that has model 'llama3' is up: try again"
     assert state == "down"
     (job,) = [events for stream, events in foreman.job_events().items() if "/" not in stream]
     assert job[-1] == "JobCancelled"

@@ -2,12 +2,12 @@
 answers, told to the scheduler.
 
 At start, before any worker asks for a job, and then every ``interval`` seconds
-(people also use the hosts directly), it asks each host ``/api/ps`` (the model
-loaded: its first) and ``/api/tags`` (the models it has), all hosts at once, on
-the backend clients' probe connections. A host that does not answer is marked
-down (a worker whose call it dropped marks it down too); a down host is probed
-again after 0.5 s, then twice as long each time up to 30 s, and takes work again
-once it answers.
+(FOREMAN_PROBE_INTERVAL: people also use the hosts directly), it asks each host
+``/api/ps`` (the model loaded: its first) and ``/api/tags`` (the models it has),
+all hosts at once, on the backend clients' probe connections. A host that does
+not answer is marked down (a worker whose call it dropped marks it down too); a
+down host is probed again after 0.5 s, then twice as long each time up to 30 s,
+and takes work again once it answers.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ from foreman.scheduling import model_key, model_name
 
 logger = logging.getLogger(__name__)
 
-PROBE_INTERVAL = 30.0
-"""Seconds between two probes of the fleet."""
 FIRST_REVIVAL = 0.5
 LONGEST_REVIVAL = 30.0
 """A down host is probed after FIRST_REVIVAL seconds, then twice as long each time."""
@@ -37,7 +35,7 @@ class Prober:
         backends: dict[str, Backend],
         scheduler: SchedulerClient,
         *,
-        interval: float = PROBE_INTERVAL,
+        interval: float,
     ) -> None:
         self._backends = backends
         self._scheduler = scheduler

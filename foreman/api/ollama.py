@@ -110,9 +110,7 @@ async def _run_job(api: OllamaApi, kind: JobKind, request: Request) -> Response:
     try:
         first = await _first_answer(api, job_id, submitted.model, answers, request)
     except NoBackendUp:
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-        message = f"no backend that has model '{submitted.model}' is up: try again shortly"
-        return OllamaJSON({"error": message}, status_code=503, headers=headers)
+        return _unavailable(f"no backend that has model '{submitted.model}' is up: try again")
     if isinstance(first, AnswerError):
         return OllamaJSON({"error": first.message}, status_code=first.status)
     if first is None:  # cancelled: Ollama's answer to a request it gave up on
@@ -231,9 +229,14 @@ def _forward(api: OllamaApi, method: str, path: str) -> Callable[[Request], Awai
 
 
 def _busy() -> Response:
-    """Ollama's 503 for a full queue, with when to try again."""
+    """Ollama's 503 for a full queue."""
+    return _unavailable(BUSY)
+
+
+def _unavailable(message: str) -> Response:
+    """503, with when to try again."""
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    return OllamaJSON({"error": BUSY}, status_code=503, headers=headers)
+    return OllamaJSON({"error": message}, status_code=503, headers=headers)
 
 
 async def _pass_through(api: OllamaApi, method: str, path: str, request: Request) -> Response:
