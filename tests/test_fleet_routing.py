@@ -8,9 +8,11 @@ from foreman.actors import HostStatus
 from foreman.api.fleet import host_for, merged
 
 
-def host(name: str, loaded: str | None = None, *, running: int = 0, has: str = "") -> HostStatus:
+def host(
+    name: str, loaded: str | None = None, *, running: int = 0, has: str = "", up: bool = True
+) -> HostStatus:
     installed = frozenset(has.split(",")) if has else None
-    return HostStatus(name, loaded, installed, None, running, 0, 0, draining=False, up=True)
+    return HostStatus(name, loaded, installed, None, running, 0, 0, draining=False, up=up)
 
 
 def test_a_call_goes_to_a_host_with_its_model_loaded_else_the_least_busy_that_has_it() -> None:
@@ -23,6 +25,10 @@ def test_a_call_goes_to_a_host_with_its_model_loaded_else_the_least_busy_that_ha
     assert host_for(fleet[::2], "nomic-embed-text") == "a"  # the least busy that has it
     assert host_for(fleet, "qwen2") == "a"  # nobody has it: the least busy answers 404
     assert host_for(fleet, None) == "a"
+    # A host that is down is passed over, even with the model loaded; alone, it is asked.
+    fleet[1] = host("b", "nomic-embed-text:latest", has="nomic-embed-text:latest", up=False)
+    assert host_for(fleet, "nomic-embed-text") == "a"  # the least busy that is up
+    assert host_for(fleet[1:2], "nomic-embed-text") == "b"
 
 
 def test_the_fleets_lists_name_each_model_once_and_ps_says_where() -> None:

@@ -96,6 +96,11 @@ class HostStatus:
         """Whether a job for ``model`` (a canonical name) may go to this host."""
         return _can_run(model, self.allowed, self.installed)
 
+    @property
+    def takes_work(self) -> bool:
+        """Up, and not drained."""
+        return self.up and not self.draining
+
 
 def _can_run(model: str, allowed: frozenset[str] | None, installed: frozenset[str] | None) -> bool:
     return (allowed is None or model in allowed) and (installed is None or model in installed)

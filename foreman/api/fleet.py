@@ -2,7 +2,8 @@
 ``/api/tags`` and ``/api/ps``.
 
 A call that names a model (``/api/embed``, ``/api/embeddings``, ``/api/show``)
-goes to a host that has it loaded, else to the least busy host that may run it
+goes to a host that has it loaded, else to the least busy host that may run it,
+passing over hosts that are down or drained
 (ADR-0013: embeddings go straight to a backend, not through the queue). The
 fleet's ``/api/tags`` lists each model once; its ``/api/ps`` lists each loaded
 model once, with ``backends``: the hosts it is loaded on.
@@ -18,7 +19,9 @@ from foreman.scheduling import model_name, model_of
 
 
 def host_for(hosts: list[HostStatus], model: str | None) -> str:
-    """The host a direct call for ``model`` goes to (the first host without one)."""
+    """The host a direct call for ``model`` goes to (the first host without one), among
+    those that take work (up, not drained) while any does."""
+    hosts = [h for h in hosts if h.takes_work] or hosts
     if model is None:
         return hosts[0].name
     wanted = model_name(model)

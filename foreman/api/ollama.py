@@ -165,7 +165,7 @@ async def _first_while_a_host_can(
         with trio.move_on_after(api.max_wait):
             return await _next_answer(answers)
         hosts = await api.scheduler.hosts()
-        able = any(h.up and not h.draining and h.can_run(model) for h in hosts)
+        able = any(h.takes_work and h.can_run(model) for h in hosts)
         if not able and await api.scheduler.cancel(job_id, "no_backend_up") == "cancelled":
             raise NoBackendUp
 
