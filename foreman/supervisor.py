@@ -31,7 +31,7 @@ from foreman.actors import (
     Worker,
     serve_http,
 )
-from foreman.api import Bound, JobsApi, OllamaApi, create_app
+from foreman.api import Bound, FrontDoor, JobsApi, create_app
 from foreman.artifacts import ArtifactStore
 from foreman.backend import Backend
 from foreman.config import SIM, Settings
@@ -118,7 +118,7 @@ async def run_foreman(
         workers_scope, workers_done = trio.CancelScope(), trio.Event()
         nursery.start_soon(_run_workers, workers, workers_scope, workers_done)
         logger.info("workers: %d started, one per backend slot", len(workers))
-        ollama = OllamaApi(
+        ollama = FrontDoor(
             scheduler,
             backends,
             passthrough=Bound(settings.max_passthrough),

@@ -3,7 +3,7 @@ in one FastAPI app (:func:`create_app`) that the HTTP actor serves."""
 
 from foreman.api.app import create_app
 from foreman.api.bound import Bound
+from foreman.api.front_door import FrontDoor
 from foreman.api.jobs import JobsApi
-from foreman.api.ollama import OllamaApi
 
-__all__ = ["Bound", "JobsApi", "OllamaApi", "create_app"]
+__all__ = ["Bound", "FrontDoor", "JobsApi", "create_app"]

@@ -12,9 +12,10 @@ from starlette.responses import Response
 from foreman import __version__
 from foreman.api.backends import BackendsApi, backend_routes
 from foreman.api.errors import install_error_handlers
+from foreman.api.front_door import FrontDoor
 from foreman.api.guard import RequestGuard
 from foreman.api.jobs import JobsApi, job_routes
-from foreman.api.ollama import OllamaApi, ollama_routes
+from foreman.api.ollama import ollama_routes
 from foreman.backend import Backend, BackendUnreachable
 from foreman.ollama_protocol import OllamaJSON
 from foreman.views import WebhookPayload
@@ -29,7 +30,7 @@ The async job API is described here. The Ollama-compatible endpoints
 not repeated: point an Ollama client at Foreman."""
 
 
-def create_app(ollama: OllamaApi, jobs: JobsApi, *, max_body: int, body_timeout: float) -> FastAPI:
+def create_app(ollama: FrontDoor, jobs: JobsApi, *, max_body: int, body_timeout: float) -> FastAPI:
     """The app; ``/docs`` serves its own Swagger UI assets (no CDN, no internet).
     Every request's body must be at most ``max_body`` bytes and arrive within
     ``body_timeout`` seconds
