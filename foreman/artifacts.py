@@ -24,10 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foreman.events.types import ArtifactRef
+from foreman.events.types import FILE_ID_PREFIX, ArtifactRef
+from foreman.ids import new_ulid
 
 ARTIFACT_NAME = re.compile(r"(?!\.)(?!.*\.\.)[A-Za-z0-9._-]{1,128}")
 """Artifact names are safe as a URL segment and a file name: no separators, no dot-dot."""
+
+
+def new_file_id() -> str:
+    return f"{FILE_ID_PREFIX}{new_ulid()}"
+
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _JOB_ID = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
@@ -101,6 +107,14 @@ class ArtifactStore:
                 os.unlink(tmp)
             raise
         _fsync_dir(final.parent)
+
+    def file_path(self, file_id: str, sha256: str) -> Path:
+        """Where a stored file's bytes are: files live beside the jobs' outputs, under
+        the ULID of their id (``file-<ULID>``), and are pruned alike."""
+        return self.path(file_id.removeprefix(FILE_ID_PREFIX), sha256)
+
+    def put_file(self, file_id: str, name: str, media_type: str, data: bytes) -> ArtifactRef:
+        return self.put(file_id.removeprefix(FILE_ID_PREFIX), name, media_type, data)
 
     def remove(self, job_id: str) -> bool:
         """Delete a job's outputs; False if it had none."""

@@ -7,6 +7,10 @@ The rule, applied by :meth:`JobQueue.pick`:
 2. Otherwise, among the jobs of the highest priority queued: the oldest job for
    the model the backend has loaded, if there is one; else the oldest job.
 
+A batch's lines (:data:`BATCH_PRIORITY`) are below every other priority and
+outside rule 1: a batch has its completion window, not ``max_wait``, and a line
+that waited long must not jump ahead of a person waiting for an answer.
+
 With a fleet of hosts, :meth:`JobQueue.peek_for` applies the same rule to the
 jobs one host can run, and lets a host whose model has no jobs left take a model
 no other host drains, or share a backlog when that saves more than a load costs
@@ -33,6 +37,11 @@ from foreman.events.types import JobSubmitted
 
 LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 """Options whose change makes Ollama reload a model; sampling options do not."""
+
+
+BATCH_PRIORITY = -(2**31)
+"""The priority of a batch's lines: below any ``POST /jobs`` accepts (within a million
+either side of 0)."""
 
 
 def model_name(name: str) -> str:
@@ -69,12 +78,18 @@ class QueuedJob:
         """The model's canonical name, without the load options of its key."""
         return model_of(self.model_key)
 
+    @property
+    def batch(self) -> bool:
+        """A batch's line: it runs when no other job can."""
+        return self.priority == BATCH_PRIORITY
+
     @classmethod
     def of(cls, job_id: str, arrival: int, submitted: JobSubmitted, queued_at: float) -> QueuedJob:
         """The queue entry of a submitted job: its model key read from its request."""
         options = submitted.request.get("options")
         key = model_key(submitted.model, options if isinstance(options, dict) else None)
-        return cls(job_id, arrival, submitted.priority, key, queued_at)
+        priority = BATCH_PRIORITY if submitted.batch is not None else submitted.priority
+        return cls(job_id, arrival, priority, key, queued_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +163,17 @@ class JobQueue:
     def __init__(self, max_wait: float) -> None:
         self.max_wait = max_wait
         self._jobs: dict[str, QueuedJob] = {}
-        self._all: _Entries = SortedList()  # the starvation check needs the oldest of all
+        self._all: _Entries = SortedList()  # the starvation check: the oldest (not batch)
         self._levels: SortedDict[int, _Level] = SortedDict()  # none empty
         self._backlog: Counter[str] = Counter()  # queued jobs per model key
 
     def __len__(self) -> int:
         return len(self._jobs)
+
+    @property
+    def interactive(self) -> int:
+        """Jobs queued that are not a batch's lines (those count against max_queue)."""
+        return len(self._all)
 
     def __contains__(self, job_id: object) -> bool:
         return job_id in self._jobs
@@ -166,7 +186,8 @@ class JobQueue:
             raise ValueError(f"job {job.job_id} is already queued")
         self._jobs[job.job_id] = job
         entry = (job.arrival, job.job_id)
-        self._all.add(entry)
+        if not job.batch:
+            self._all.add(entry)
         level = self._levels.setdefault(job.priority, _Level())
         level.jobs.add(entry)
         level.groups.setdefault(job.model_key, SortedList()).add(entry)
@@ -178,7 +199,8 @@ class JobQueue:
         if job is None:
             return None
         entry = (job.arrival, job.job_id)
-        self._all.remove(entry)
+        if not job.batch:
+            self._all.remove(entry)
         level: _Level = self._levels[job.priority]
         group = level.groups[job.model_key]
         group.remove(entry)
@@ -205,11 +227,12 @@ class JobQueue:
 
     def peek(self, loaded: str | None, now: float) -> QueuedJob | None:
         """The job :meth:`pick` would take, left in the queue."""
-        if not self._all:
+        if not self._jobs:
             return None
-        oldest = self._jobs[self._all[0][1]]
-        if now - oldest.queued_at >= self.max_wait:
-            return oldest
+        if self._all:
+            oldest = self._jobs[self._all[0][1]]
+            if now - oldest.queued_at >= self.max_wait:
+                return oldest
         level: _Level = self._levels.peekitem(-1)[1]
         same_model = level.groups.get(loaded) if loaded is not None else None
         return self._jobs[(same_model or level.jobs)[0][1]]
@@ -231,9 +254,9 @@ class JobQueue:
         ]
         if not runnable:
             return None
-        oldest = min(group[0] for _, _, group in runnable)
-        if now - self._jobs[oldest[1]].queued_at >= self.max_wait:
-            return self._jobs[oldest[1]]
+        waiting = [group[0] for priority, _, group in runnable if priority != BATCH_PRIORITY]
+        if waiting and now - self._jobs[min(waiting)[1]].queued_at >= self.max_wait:
+            return self._jobs[min(waiting)[1]]
         for priority in reversed(self._levels):
             groups = {key: group for p, key, group in runnable if p == priority}
             if host.loaded in groups:

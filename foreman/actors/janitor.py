@@ -2,7 +2,9 @@
 
 Every ``interval`` seconds it prunes the jobs that finished more than ``ttl``
 seconds ago: a ``JobPruned`` for each removes its projection row (the API
-answers 410 for it afterwards), then its stored outputs are removed. Its
+answers 410 for it afterwards), then its stored outputs are removed. Files (the
+Batch API's inputs and outputs) stored more than ``ttl`` ago go the same way
+(``FileDeleted``, ``expired``), except the input of a batch still running. Its
 events stay: the log is append-only, and ``foreman events verify`` still
 passes. Jobs are pruned ``batch`` at a time, each batch's appends
 group-committed by the journal, and after each batch the janitor rests as
@@ -21,11 +23,12 @@ import trio
 
 from foreman.actors.journal import JournalClient
 from foreman.artifacts import ArtifactStore
+from foreman.events.files import existing_files, files_stored_before
 from foreman.events.jobs import existing_jobs, finished_before
 from foreman.events.log import format_timestamp, wall_clock
 from foreman.events.projection import IllegalTransition
 from foreman.events.reader import Reader
-from foreman.events.types import JobPruned
+from foreman.events.types import FILE_ID_PREFIX, FileDeleted, JobPruned, file_stream
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +59,9 @@ class Janitor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Collect what a crash left behind, then sweep every ``interval``."""
         stored = await trio.to_thread.run_sync(self._store.jobs)
-        orphans = sorted(set(stored) - await self._reader.read(existing_jobs, stored))
+        kept = await self._reader.read(existing_jobs, stored)
+        kept |= await self._reader.read(existing_files, stored)
+        orphans = sorted(set(stored) - kept)
         await trio.to_thread.run_sync(self._remove_outputs, orphans)
         if orphans:
             logger.info(
@@ -68,8 +73,10 @@ class Janitor:
             await self.sweep()
 
     async def sweep(self) -> int:
-        """Prune every job that finished before now - ttl; returns how many."""
+        """Prune every job that finished, and every file stored, before now - ttl;
+        returns how many jobs."""
         cutoff = format_timestamp(self._clock() - timedelta(seconds=self.ttl))
+        await self._prune_files(cutoff)
         pruned = 0
         while expired := await self._reader.read(finished_before, cutoff, self.batch):
             started = trio.current_time()
@@ -87,6 +94,18 @@ class Janitor:
         if pruned:
             logger.info("janitor: pruned %d jobs finished before %s", pruned, cutoff)
         return pruned
+
+    async def _prune_files(self, cutoff: str) -> None:
+        while expired := await self._reader.read(files_stored_before, cutoff, self.batch):
+            deleted = [FileDeleted(reason="expired")]
+            for committed in [
+                await self._journal.enqueue(file_stream(file.id), deleted) for file in expired
+            ]:
+                await committed.wait()
+            await trio.to_thread.run_sync(
+                self._remove_outputs, [file.id.removeprefix(FILE_ID_PREFIX) for file in expired]
+            )
+            logger.info("janitor: pruned %d files stored before %s", len(expired), cutoff)
 
     async def _prune(self, job_id: str, done: list[str]) -> None:
         try:

@@ -33,6 +33,7 @@ import heapq
 import json
 import math
 from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -158,6 +159,34 @@ class SchedulerClient:
             await self._requests.send(_Queue(work, admitted=True, position=position))
         return Queued(job_id, event.recorded_at, await position.wait())
 
+    async def submit_lines(self, lines: Sequence[JobSubmitted]) -> list[str]:
+        """Commit and queue a batch's lines; their ids, in order. Lines are outside
+        ``max_queue`` (a batch input's own limits bound them) and their appends are
+        handed to the journal together, so they are committed a few thousand at a time."""
+        ids = [new_ulid() for _ in lines]
+        replies = [
+            await self._journal.enqueue(job_id, [line], expected_version=0)
+            for job_id, line in zip(ids, lines, strict=True)
+        ]
+        for job_id, line, reply in zip(ids, lines, replies, strict=True):
+            (event,) = await reply.wait()
+            queued = QueuedJob.of(job_id, event.seq, line, trio.current_time())
+            body = json.dumps(line.request).encode()
+            await self._requests.send(_Queue(Work(queued, line.kind, body, attempts=0)))
+        return ids
+
+    async def withdraw(self, job_ids: Collection[str], reason: str) -> int:
+        """Cancel those of ``job_ids`` that wait in the queue (``JobCancelled``, committed
+        together); the ones at a backend run on. Returns how many were cancelled."""
+        reply: Reply[list[str]] = Reply()
+        await self._requests.send(_Withdraw(frozenset(job_ids), reply))
+        withdrawn = await reply.wait()
+        cancelled = [JobCancelled(reason=reason)]
+        replies = [await self._journal.enqueue(job_id, cancelled) for job_id in withdrawn]
+        for committed in replies:
+            await committed.wait()
+        return len(withdrawn)
+
     async def requeue(
         self, job_id: str, submitted: JobSubmitted, *, arrival: int, attempts: int, waited: float
     ) -> None:
@@ -263,6 +292,15 @@ class _Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class _Withdraw:
+    """Take these jobs out of the queue if they wait there; the reply names those taken
+    (their ``JobCancelled`` is the caller's to record)."""
+
+    job_ids: frozenset[str]
+    reply: Reply[list[str]]
+
+
+@dataclass(frozen=True, slots=True)
 class _Position:
     job_id: str
     reply: Reply[int | None]
@@ -331,6 +369,7 @@ _Message = (
     | _Ready
     | _Done
     | _Cancel
+    | _Withdraw
     | _Position
     | _Admit
     | _Release
@@ -454,6 +493,8 @@ class Scheduler:
                 await self._health(message)
             case _Cancel():
                 await self._cancel(message)
+            case _Withdraw():
+                message.reply.put(self._withdraw(message.job_ids))
             case _Position():
                 message.reply.put(self._position(message.job_id))
             case _Admit():
@@ -560,12 +601,15 @@ class Scheduler:
     def _queued(self) -> int:
         """Jobs not started yet: in the queue, or waiting behind another at the backend."""
         workers_busy = len({id(job.stops) for job in self._at_backend.values()})
-        return len(self._queue) + len(self._delayed) + len(self._at_backend) - workers_busy
+        return self._queue.interactive + len(self._delayed) + len(self._at_backend) - workers_busy
 
     def _next_for(self, ready: _Ready, now: float) -> QueuedJob | None:
         """The job for this worker now: the fleet rule's pick for its host, unless the
         host is busy and the pick would swap its model (a host's other slots, and a
-        job sent behind the running one, only run the model it has loaded)."""
+        job sent behind the running one, only run the model it has loaded), or the
+        pick is a batch's line and the worker has a call in flight: a line is never
+        sent to wait behind another, so a job arriving meanwhile waits for one
+        running job at most."""
         host = self._hosts[ready.host]
         if not host.takes_work:
             return None
@@ -579,6 +623,10 @@ class Scheduler:
         view = HostView(loaded, host.can_run, elsewhere, self._worth_sharing)
         job = self._queue.peek_for(view, now)
         if busy and job is not None and job.model_key != loaded:
+            return None
+        if job is not None and job.batch and any(
+            at.stops is ready.stops for at in self._at_backend.values()
+        ):
             return None
         return job
 
@@ -607,6 +655,16 @@ class Scheduler:
             outcome = "stopping"
         if cancel.outcome is not None:
             cancel.outcome.put(outcome)
+
+    def _withdraw(self, job_ids: frozenset[str]) -> list[str]:
+        withdrawn = []
+        for job_id in job_ids:
+            if self._queue.remove(job_id) is not None:
+                del self._work[job_id]
+            elif self._delayed.pop(job_id, None) is None:
+                continue
+            withdrawn.append(job_id)
+        return withdrawn
 
     async def _cancel_queued(self, work: Work, reason: str) -> None:
         await self._journal.append(work.job.job_id, [JobCancelled(reason=reason)])

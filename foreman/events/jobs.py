@@ -78,6 +78,10 @@ class Job(NamedTuple):
     """The ``seq`` of the job's first event that cannot be read back: it is quarantined."""
     backend: str | None = None
     """The backend host of its latest attempt (``JobStarted.backend``)."""
+    batch_id: str | None = None
+    """The batch it is a line of, if any."""
+    batch_line: int | None = None
+    """Its line number in that batch's input file."""
 
 
 def _require(job: Job | None, recorded: RecordedEvent, *states: str) -> Job:
@@ -110,6 +114,8 @@ def _submitted(job: Job | None, recorded: RecordedEvent) -> Job:
         state_webhook_url=event.state_webhook_url,
         idempotency_key=event.idempotency_key,
         metadata=None if event.metadata is None else json.dumps(event.metadata),
+        batch_id=event.batch.batch_id if event.batch else None,
+        batch_line=event.batch.line if event.batch else None,
     )
 
 
@@ -268,7 +274,7 @@ def _from_unreadable_submission(recorded: RecordedEvent) -> Job:
         model=model if isinstance(model, str) and model and model.isprintable() else "(unreadable)",
         state="queued",
         priority=0,
-        origin=origin if origin in ("sync", "async") else "async",
+        origin=origin if origin in ("sync", "async", "batch") else "async",
         attempts=0,
         version=recorded.version,
         created_at=at,
@@ -307,7 +313,7 @@ class JobsProjection:
     """Stores :class:`Job` rows in the ``jobs`` table."""
 
     name: ClassVar[str] = "jobs"
-    version: ClassVar[int] = 5
+    version: ClassVar[int] = 6
 
     def create(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -331,7 +337,9 @@ class JobsProjection:
                 cancel_reason TEXT,
                 metadata TEXT,
                 unreadable INTEGER,
-                backend TEXT
+                backend TEXT,
+                batch_id TEXT,
+                batch_line INTEGER
             ) WITHOUT ROWID"""
         )
         # By state, newest first within one: recovery finds the unfinished jobs, and
@@ -346,6 +354,11 @@ class JobsProjection:
         conn.execute(
             "CREATE INDEX IF NOT EXISTS jobs_unreadable ON jobs (unreadable) "
             "WHERE unreadable IS NOT NULL"
+        )
+        # A batch's lines by state: its request counts, and what is left to run.
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS jobs_by_batch ON jobs (batch_id, state) "
+            "WHERE batch_id IS NOT NULL"
         )
         # Finished jobs by when they finished: the janitor's pruning order.
         conn.execute(
@@ -385,11 +398,14 @@ class JobsProjection:
 def finished_before(log: EventLog, cutoff: str, limit: int) -> list[str]:
     """Up to ``limit`` finished jobs whose ``finished_at`` is before ``cutoff``, the
     longest finished first (by the ``jobs_finished`` index, not a scan), leaving out
-    those whose webhook deliveries are still pending (they are owed first)."""
+    those whose webhook deliveries are still pending (they are owed first) and the
+    lines of a batch that has not ended (its output is made from them)."""
     rows = log.conn.execute(
         "SELECT id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
         "AND NOT EXISTS (SELECT 1 FROM deliveries "
         "WHERE deliveries.job_id = jobs.id AND state = 'pending') "
+        "AND NOT EXISTS (SELECT 1 FROM batches "
+        "WHERE batches.id = jobs.batch_id AND batches.ended_at IS NULL) "
         "ORDER BY finished_at LIMIT ?",
         (cutoff, limit),
     )

@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from foreman.events.batches import BatchesProjection
 from foreman.events.deliveries import DeliveriesProjection
+from foreman.events.files import FilesProjection
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import Durability, EventLog, closed_unless_usable
 from foreman.events.projection import Projection
@@ -18,8 +20,9 @@ from foreman.events.replay import catch_up
 
 
 def projections() -> list[Projection[Any]]:
-    """The projections Foreman keeps: the jobs, and the webhook outbox."""
-    return [JobsProjection(), DeliveriesProjection()]
+    """The projections Foreman keeps: the jobs, the webhook outbox, the files and the
+    batches."""
+    return [JobsProjection(), DeliveriesProjection(), FilesProjection(), BatchesProjection()]
 
 
 def open_log(

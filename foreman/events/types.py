@@ -13,14 +13,14 @@ the story of the job.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, ClassVar, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from foreman.events.values import STORED, JsonObject, Metadata, ReadableText, Text
 
 JobKind = Literal["chat", "generate", "embed"]
-Origin = Literal["sync", "async"]
+Origin = Literal["sync", "async", "batch"]
 RequeueReason = Literal["retry", "interrupted", "backend_down"]
 
 
@@ -66,6 +66,17 @@ class Event(BaseModel):
         )
 
 
+class BatchLine(BaseModel):
+    """Where a batch's job comes from: its batch and its line in the input file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_id: Annotated[str, Field(min_length=1, max_length=64)]
+    line: Annotated[int, Field(ge=1)]
+    """Its line number in the input file, from 1."""
+    custom_id: Annotated[Text, Field(min_length=1)]
+
+
 class JobSubmitted(Event):
     type: Literal["JobSubmitted"] = "JobSubmitted"
     kind: JobKind
@@ -78,11 +89,15 @@ class JobSubmitted(Event):
     idempotency_key: Text | None = None
     metadata: Metadata = None
     """The submitter's own data, echoed back with the job (async jobs)."""
+    batch: BatchLine | None = None
+    """The batch line it runs (origin ``batch``): it waits below every other job."""
 
     @model_validator(mode="after")
     def _webhooks_only_for_async_jobs(self) -> JobSubmitted:
         if self.state_webhook_url is not None and self.origin != "async":
             raise ValueError("state_webhook_url is honoured only on POST /jobs (ADR-0014)")
+        if (self.batch is not None) != (self.origin == "batch"):
+            raise ValueError("a batch's lines, and only they, have origin 'batch'")
         return self
 
 
@@ -191,6 +206,109 @@ class BackendResumed(Event):
     type: Literal["BackendResumed"] = "BackendResumed"
 
 
+FILE_STREAM_PREFIX = "files/"
+FILE_ID_PREFIX = "file-"
+"""A file's id is ``file-<ULID>``; a batch's, ``batch_<ULID>`` (OpenAI's forms)."""
+BATCH_ID_PREFIX = "batch_"
+BATCH_STREAM_PREFIX = "batches/"
+FilePurpose = Literal["batch", "batch_output"]
+BatchEndpoint = Literal["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+BATCH_ENDPOINTS: tuple[str, ...] = get_args(BatchEndpoint)
+BatchEnd = Literal["completed", "expired", "cancelled", "failed"]
+
+
+def file_stream(file_id: str) -> str:
+    """The stream of a stored file (``file-<ULID>``): stored, then deleted."""
+    return f"{FILE_STREAM_PREFIX}{file_id}"
+
+
+def batch_stream(batch_id: str) -> str:
+    """The stream of a batch (``batch_<ULID>``): created, started, ended."""
+    return f"{BATCH_STREAM_PREFIX}{batch_id}"
+
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class FileStored(Event):
+    """A file was stored with the artifacts (an upload, or a batch's output)."""
+
+    type: Literal["FileStored"] = "FileStored"
+    filename: Annotated[ReadableText, Field(min_length=1, max_length=255)]
+    purpose: FilePurpose
+    bytes: Annotated[int, Field(ge=0)]
+    sha256: Sha256
+    requests: Annotated[int, Field(ge=0)] | None = None
+    """A batch input's lines (requests)."""
+    endpoint: BatchEndpoint | None = None
+    """The ``url`` every line of a batch input names."""
+
+
+class FileDeleted(Event):
+    """Deleted by its owner, or pruned FOREMAN_JOB_TTL after it was stored."""
+
+    type: Literal["FileDeleted"] = "FileDeleted"
+    reason: Literal["deleted", "expired"]
+
+
+class BatchProblem(BaseModel):
+    """Why a batch could not start (OpenAI's ``errors.data`` item)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str
+    message: ReadableText
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchCreated(Event):
+    """A batch was accepted: its lines are about to become jobs (``validating``)."""
+
+    type: Literal["BatchCreated"] = "BatchCreated"
+    input_file_id: Annotated[str, Field(min_length=1, max_length=64)]
+    endpoint: BatchEndpoint
+    completion_window: Annotated[str, Field(min_length=1, max_length=16)]
+    window: Annotated[float, Field(gt=0)]
+    """The completion window in seconds: the batch expires that long after it was made."""
+    requests: Annotated[int, Field(ge=0)]
+    metadata: (
+        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
+    ) = None
+
+
+class BatchStarted(Event):
+    """Every line is a queued job (``in_progress``)."""
+
+    type: Literal["BatchStarted"] = "BatchStarted"
+
+
+class BatchCancelling(Event):
+    """Cancel asked: its queued lines are withdrawn; the running ones finish."""
+
+    type: Literal["BatchCancelling"] = "BatchCancelling"
+
+
+class BatchFinalizing(Event):
+    """No line is left to run (all ended, or the window passed): its output is written."""
+
+    type: Literal["BatchFinalizing"] = "BatchFinalizing"
+    end: BatchEnd
+
+
+class BatchEnded(Event):
+    """The batch's outcome, its output and error files, and its final counts."""
+
+    type: Literal["BatchEnded"] = "BatchEnded"
+    status: BatchEnd
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    completed: Annotated[int, Field(ge=0)] = 0
+    failed: Annotated[int, Field(ge=0)] = 0
+    errors: tuple[BatchProblem, ...] = ()
+    """Why it failed (``failed`` only)."""
+
+
 class WebhookAttemptFailed(Event):
     """An attempt to deliver a notification failed; the next is due at ``retry_at``."""
 
@@ -246,7 +364,14 @@ AnyEvent = Annotated[
     | BackendDown
     | BackendUp
     | BackendDrained
-    | BackendResumed,
+    | BackendResumed
+    | FileStored
+    | FileDeleted
+    | BatchCreated
+    | BatchStarted
+    | BatchCancelling
+    | BatchFinalizing
+    | BatchEnded,
     Field(discriminator="type"),
 ]
 
@@ -270,6 +395,13 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BackendUp,
         BackendDrained,
         BackendResumed,
+        FileStored,
+        FileDeleted,
+        BatchCreated,
+        BatchStarted,
+        BatchCancelling,
+        BatchFinalizing,
+        BatchEnded,
     )
 }
 

@@ -1,0 +1,111 @@
+"""The files projection: the files Foreman keeps (batch inputs and outputs).
+
+A file's bytes live with the artifacts (:mod:`foreman.artifacts`, under the
+ULID of its id); its record is folded from its stream::
+
+    (none) --FileStored--> stored --FileDeleted--> (row removed)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, cast
+
+from foreman.events.rows import RowsProjection, Transition, refuse
+from foreman.events.types import FILE_ID_PREFIX, FILE_STREAM_PREFIX, FileStored, RecordedEvent
+
+if TYPE_CHECKING:
+    from foreman.events.log import EventLog
+
+
+class StoredFile(NamedTuple):
+    id: str
+    filename: str
+    purpose: str
+    bytes: int
+    sha256: str
+    requests: int | None
+    endpoint: str | None
+    created_at: str
+    version: int
+
+
+def _stored(file: StoredFile | None, recorded: RecordedEvent) -> StoredFile:
+    if file is not None or recorded.version != 1:
+        raise refuse(file, recorded, "a file is stored once: its stream starts with it")
+    event = cast(FileStored, recorded.event)
+    return StoredFile(
+        id=recorded.stream.removeprefix(FILE_STREAM_PREFIX),
+        filename=event.filename,
+        purpose=event.purpose,
+        bytes=event.bytes,
+        sha256=event.sha256,
+        requests=event.requests,
+        endpoint=event.endpoint,
+        created_at=recorded.recorded_at,
+        version=recorded.version,
+    )
+
+
+def _deleted(file: StoredFile | None, recorded: RecordedEvent) -> None:
+    if file is None:
+        raise refuse(file, recorded, "no such file is stored")
+
+
+class FilesProjection(RowsProjection[StoredFile]):
+    name: ClassVar[str] = "files"
+    version: ClassVar[int] = 1
+    prefix: ClassVar[str] = FILE_STREAM_PREFIX
+    row = StoredFile
+    columns: ClassVar[str] = (
+        "id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, "
+        "bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, requests INTEGER, endpoint TEXT, "
+        "created_at TEXT NOT NULL, version INTEGER NOT NULL"
+    )
+    indexes: ClassVar[tuple[str, ...]] = (
+        "CREATE INDEX IF NOT EXISTS files_by_created_at ON files (created_at)",
+    )
+    transitions: ClassVar[dict[str, Transition]] = {
+        "FileStored": _stored,
+        "FileDeleted": _deleted,
+    }
+
+
+def stored_file(log: EventLog, file_id: str) -> StoredFile | None:
+    return FilesProjection().get(log.conn, file_id)
+
+
+def list_files(
+    log: EventLog, *, purpose: str | None, after: str | None, limit: int, newest_first: bool
+) -> list[StoredFile]:
+    """Files by id (ids are ULIDs: time order), from after ``after``."""
+    where, args = [], []
+    if purpose is not None:
+        where.append("purpose = ?")
+        args.append(purpose)
+    if after is not None:
+        where.append("id < ?" if newest_first else "id > ?")
+        args.append(after)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    order = "DESC" if newest_first else "ASC"
+    rows = log.conn.execute(
+        f"{FilesProjection().select()}{clause} ORDER BY id {order} LIMIT ?", (*args, limit)
+    )
+    return [StoredFile._make(row) for row in rows]
+
+
+def files_stored_before(log: EventLog, cutoff: str, limit: int) -> list[StoredFile]:
+    """Files stored before ``cutoff`` (FOREMAN_JOB_TTL), leaving out the inputs of
+    batches not ended yet: they are still being read."""
+    rows = log.conn.execute(
+        f"{FilesProjection().select()} WHERE created_at < ? AND NOT EXISTS "
+        "(SELECT 1 FROM batches WHERE batches.input_file_id = files.id "
+        "AND batches.ended_at IS NULL) ORDER BY created_at LIMIT ?",
+        (cutoff, limit),
+    )
+    return [StoredFile._make(row) for row in rows]
+
+
+def existing_files(log: EventLog, ulids: list[str]) -> set[str]:
+    """Which of these ULIDs are the ids of stored files (``file-<ULID>``)."""
+    found = FilesProjection().load(log.conn, [f"{FILE_ID_PREFIX}{ulid}" for ulid in ulids])
+    return {file_id.removeprefix(FILE_ID_PREFIX) for file_id in found}
