@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 
 import trio
+from fastapi import FastAPI
 
 from foreman.actors import (
+    Batcher,
     Dispatcher,
     Janitor,
     Journal,
@@ -31,7 +32,7 @@ from foreman.actors import (
     Worker,
     serve_http,
 )
-from foreman.api import Bound, FrontDoor, JobsApi, create_app
+from foreman.api import BatchesApi, Bound, FrontDoor, JobsApi, create_app
 from foreman.artifacts import ArtifactStore
 from foreman.backend import Backend
 from foreman.config import SIM, Settings
@@ -101,6 +102,7 @@ async def run_foreman(
         )
         requeued = await recover(reader, journal, scheduler, max_attempts=settings.max_attempts)
         logger.info("recovery: %d unfinished jobs queued again", requeued)
+        batcher = await nursery.start(Batcher(journal.clone(), reader, scheduler, store).run)
         workers = [
             Worker(
                 backends[spec.name],
@@ -118,7 +120,7 @@ async def run_foreman(
         workers_scope, workers_done = trio.CancelScope(), trio.Event()
         nursery.start_soon(_run_workers, workers, workers_scope, workers_done)
         logger.info("workers: %d started, one per backend slot", len(workers))
-        ollama = FrontDoor(
+        door = FrontDoor(
             scheduler,
             backends,
             passthrough=Bound(settings.max_passthrough),
@@ -136,19 +138,14 @@ async def run_foreman(
             allowed_hosts=settings.allowed_hosts,
         )
         app = create_app(
-            ollama, jobs, max_body=settings.max_body, body_timeout=settings.body_timeout
+            door,
+            jobs,
+            BatchesApi(journal, reader, store, batcher),
+            max_body=settings.max_body,
+            body_timeout=settings.body_timeout,
         )
         stop_accepting = trio.Event()
-        url = await nursery.start(
-            partial(
-                serve_http,
-                app,
-                str(settings.address),
-                send_timeout=STALLED_CONNECTION_CUT * settings.stream_stall,
-                header_timeout=settings.header_timeout,
-                shutdown_trigger=stop_accepting.wait,
-            )
-        )
+        url = await nursery.start(_serve, app, settings, stop_accepting)
         logger.info("http: listening on %s", url)
         sender = Sender(
             key=settings.webhook_key,
@@ -192,6 +189,24 @@ async def run_foreman(
         await backend.aclose()
     await sender.aclose()
     logger.info("stopped")
+
+
+async def _serve(
+    app: FastAPI,
+    settings: Settings,
+    stop_accepting: trio.Event,
+    *,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """The HTTP actor, until ``stop_accepting`` is set; reports its URL."""
+    await serve_http(
+        app,
+        str(settings.address),
+        send_timeout=STALLED_CONNECTION_CUT * settings.stream_stall,
+        header_timeout=settings.header_timeout,
+        shutdown_trigger=stop_accepting.wait,
+        task_status=task_status,
+    )
 
 
 async def _start_backends(

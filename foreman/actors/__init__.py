@@ -2,6 +2,7 @@
 channels. Each reports a client (or is handed its collaborators) when started by
 the supervisor; nothing outside this package builds an actor's messages."""
 
+from foreman.actors.batcher import Batcher, BatcherClient, BatchNotFound, CannotCancel
 from foreman.actors.dispatcher import Dispatcher
 from foreman.actors.http import serve_http
 from foreman.actors.janitor import Janitor
@@ -22,7 +23,11 @@ __all__ = [
     "Answer",
     "AnswerError",
     "AnswerLine",
+    "BatchNotFound",
+    "Batcher",
+    "BatcherClient",
     "CancelOutcome",
+    "CannotCancel",
     "Dispatcher",
     "HostStatus",
     "Janitor",

@@ -624,8 +624,10 @@ class Scheduler:
         job = self._queue.peek_for(view, now)
         if busy and job is not None and job.model_key != loaded:
             return None
-        if job is not None and job.batch and any(
-            at.stops is ready.stops for at in self._at_backend.values()
+        if (
+            job is not None
+            and job.batch
+            and any(at.stops is ready.stops for at in self._at_backend.values())
         ):
             return None
         return job

@@ -11,11 +11,13 @@ from starlette.responses import Response
 
 from foreman import __version__
 from foreman.api.backends import BackendsApi, backend_routes
+from foreman.api.batches import MAX_UPLOAD, BatchesApi, batch_routes
 from foreman.api.errors import install_error_handlers
 from foreman.api.front_door import FrontDoor
 from foreman.api.guard import RequestGuard
 from foreman.api.jobs import JobsApi, job_routes
 from foreman.api.ollama import ollama_routes
+from foreman.api.openai import openai_routes
 from foreman.backend import Backend, BackendUnreachable
 from foreman.ollama_protocol import OllamaJSON
 from foreman.views import WebhookPayload
@@ -23,14 +25,23 @@ from foreman.views import WebhookPayload
 HEALTH_PROBE_SECONDS = 2.0
 
 
-DESCRIPTION = """Foreman queues LLM work for one GPU in front of Ollama.
+DESCRIPTION = """Foreman queues LLM work for GPUs in front of Ollama.
 
 The async job API is described here. The Ollama-compatible endpoints
-(`/api/chat`, `/api/generate`, `/api/embed`, ...) follow Ollama's own API and are
-not repeated: point an Ollama client at Foreman."""
+(`/api/chat`, `/api/generate`, `/api/embed`, ...) follow Ollama's own API, and the
+OpenAI-compatible ones (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+`/v1/models`, `/v1/files`, `/v1/batches`) OpenAI's: they are not repeated here. Point
+an Ollama or OpenAI client at Foreman."""
 
 
-def create_app(ollama: FrontDoor, jobs: JobsApi, *, max_body: int, body_timeout: float) -> FastAPI:
+def create_app(
+    door: FrontDoor,
+    jobs: JobsApi,
+    batches: BatchesApi,
+    *,
+    max_body: int,
+    body_timeout: float,
+) -> FastAPI:
     """The app; ``/docs`` serves its own Swagger UI assets (no CDN, no internet).
     Every request's body must be at most ``max_body`` bytes and arrive within
     ``body_timeout`` seconds
@@ -42,23 +53,39 @@ def create_app(ollama: FrontDoor, jobs: JobsApi, *, max_body: int, body_timeout:
         description=DESCRIPTION,
         redirect_slashes=False,
     )
-    app.add_middleware(RequestGuard, max_body=max_body, body_timeout=body_timeout)
-    app.include_router(ollama_routes(ollama), include_in_schema=False)
+    app.add_middleware(
+        RequestGuard,
+        max_body=max_body,
+        body_timeout=body_timeout,
+        uploads={"/v1/files": max(max_body, MAX_UPLOAD)},
+    )
+    app.include_router(ollama_routes(door), include_in_schema=False)
+    app.include_router(openai_routes(door), include_in_schema=False)
+    app.include_router(batch_routes(batches), include_in_schema=False)
     app.include_router(job_routes(jobs))
-    urls = {name: str(backend) for name, backend in ollama.backends.items()}
-    app.include_router(backend_routes(BackendsApi(ollama.scheduler, urls)))
+    urls = {name: str(backend) for name, backend in door.backends.items()}
+    app.include_router(backend_routes(BackendsApi(door.scheduler, urls)))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
         """Ready: every actor runs (one that fails stops Foreman); each backend's state."""
         backends: list[dict[str, object]] = [
-            {"name": name, "url": str(backend)} for name, backend in ollama.backends.items()
+            {"name": name, "url": str(backend)} for name, backend in door.backends.items()
         ]
         async with trio.open_nursery() as nursery:
-            for entry, backend in zip(backends, ollama.backends.values(), strict=True):
+            for entry, backend in zip(backends, door.backends.values(), strict=True):
                 nursery.start_soon(_health, entry, backend)
         actors = dict.fromkeys(
-            ("journal", "scheduler", "prober", "workers", "janitor", "http", "dispatcher"),
+            (
+                "journal",
+                "scheduler",
+                "prober",
+                "workers",
+                "janitor",
+                "batcher",
+                "http",
+                "dispatcher",
+            ),
             "running",
         )
         return OllamaJSON({"status": "ok", "actors": actors, "backends": backends})

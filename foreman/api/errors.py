@@ -1,7 +1,9 @@
 """Errors: JSON on every route, always, with a message a person can act on.
 
 The Ollama endpoints (``/api/...`` and ``/``) answer errors as Ollama does,
-``{"error": ...}`` (:mod:`foreman.ollama_protocol`); everything else answers an
+``{"error": ...}`` (:mod:`foreman.ollama_protocol`); the OpenAI ones (``/v1/...``)
+as OpenAI does, ``{"error": {"message", "type", "param", "code"}}``
+(:mod:`foreman.openai_protocol`); everything else answers an
 :class:`~foreman.api.schemas.ApiError`: ``{"error": ..., "detail": [...]}``.
 Unknown paths and wrong methods too (404, 405), and every refusal of
 :mod:`foreman.api.guard`.
@@ -21,6 +23,7 @@ from starlette.routing import Match
 from foreman.api.schemas import ApiError, FieldProblem
 from foreman.ollama_protocol import OllamaError, OllamaJSON, problem_message
 from foreman.ollama_protocol import error_response as ollama_error_response
+from foreman.openai_protocol import OpenAIError
 
 METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 FASTAPI_PARSE_FAILED = "There was an error parsing the body"
@@ -51,10 +54,20 @@ def _speaks_ollama(path: str) -> bool:
     return path in ("/", "/api") or path.startswith("/api/")
 
 
+def _speaks_openai(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
+
+
+def openai_error_response(error: OpenAIError, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse(error.body(), status_code=error.status, headers=dict(headers or {}))
+
+
 def error_response(
     path: str, status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     """``{"error": message}`` in the dialect of the route at ``path``."""
+    if _speaks_openai(path):
+        return openai_error_response(OpenAIError(status, message), headers)
     if _speaks_ollama(path):
         return OllamaJSON({"error": message}, status_code=status, headers=dict(headers or {}))
     return _answer(status, ApiError(error=message), headers)
@@ -88,9 +101,20 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(error, ApiProblem)
         return _answer(error.status, ApiError(error=error.message), error.headers)
 
+    async def openai_error(request: Request, error: Exception) -> Response:
+        assert isinstance(error, OpenAIError)
+        return openai_error_response(error)
+
     async def invalid(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
         problems = list(error.errors())
+        if _speaks_openai(request.url.path):  # OpenAI answers 400, naming the field
+            first = problems[0]
+            field = _field(tuple(first["loc"]))
+            message = f"{field}: {problem_message(first)}" if field else problem_message(first)
+            if first["type"] == "json_invalid":
+                message = "the request body is not valid JSON"
+            return openai_error_response(OpenAIError(400, message, param=field or None))
         if any(problem["type"] == "json_invalid" for problem in problems):
             return _answer(400, ApiError(error="the request body is not valid JSON"))
         detail = [
@@ -114,6 +138,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(path, error.status_code, message, headers)
 
     app.add_exception_handler(OllamaError, ollama_error)
+    app.add_exception_handler(OpenAIError, openai_error)
     app.add_exception_handler(ApiProblem, problem)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(HTTPException, http_error)

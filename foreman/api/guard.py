@@ -2,7 +2,8 @@
 
 - A body over ``FOREMAN_MAX_BODY`` is refused with 413: at once when its
   ``Content-Length`` says so, else as soon as the bytes received pass the limit
-  (a chunked body is never read whole).
+  (a chunked body is never read whole). A few paths have their own limit
+  (uploads: ``POST /v1/files`` takes a batch input of up to 200 MB).
 - A body that has not all arrived ``FOREMAN_BODY_TIMEOUT`` after its request's
   head is refused with 408. (The head itself is bounded by Hypercorn's idle
   timer: ``FOREMAN_HEADER_TIMEOUT``, in :mod:`foreman.actors.http`.) Both
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Mapping
 
 import trio
 from starlette.datastructures import Headers
@@ -28,6 +30,7 @@ from foreman.units import format_duration
 logger = logging.getLogger(__name__)
 
 TOO_LARGE = "request body is over the {limit}-byte limit (FOREMAN_MAX_BODY)"
+TOO_LARGE_UPLOAD = "upload is over the {limit}-byte limit of this endpoint"
 TOO_SLOW = "request body did not arrive within {timeout} (FOREMAN_BODY_TIMEOUT)"
 INTERNAL = "internal error: see Foreman's log (request {request_id})"
 CLOSE = {"Connection": "close"}
@@ -36,19 +39,34 @@ CLOSE = {"Connection": "close"}
 class RequestGuard:
     """ASGI middleware enforcing the body limits and answering JSON for any failure."""
 
-    def __init__(self, app: ASGIApp, max_body: int, body_timeout: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        max_body: int,
+        body_timeout: float,
+        uploads: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_body = max_body
         self.body_timeout = body_timeout
+        self.uploads = dict(uploads or {})
+        """Paths whose POST body has its own limit, in bytes."""
+
+    def _limit(self, scope: Scope) -> tuple[int, str]:
+        upload = self.uploads.get(scope["path"]) if scope["method"] == "POST" else None
+        if upload is None:
+            return self.max_body, TOO_LARGE.format(limit=self.max_body)
+        return upload, TOO_LARGE_UPLOAD.format(limit=upload)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        exchange = _Exchange(receive, send, self.max_body, self.body_timeout)
+        limit, too_large = self._limit(scope)
+        exchange = _Exchange(receive, send, limit, too_large, self.body_timeout)
         try:
-            if _declared_length(scope) > self.max_body:
-                raise exchange.refuse(413, TOO_LARGE.format(limit=self.max_body))
+            if _declared_length(scope) > limit:
+                raise exchange.refuse(413, too_large)
             await self.app(scope, exchange.receive, exchange.send)
         except Exception as error:  # every failure is answered; none reaches Hypercorn
             await _answer_failure(scope, exchange, error)
@@ -84,10 +102,13 @@ def _declared_length(scope: Scope) -> int:
 class _Exchange:
     """One request's ``receive`` and ``send`` as the app sees them."""
 
-    def __init__(self, receive: Receive, send: Send, max_body: int, body_timeout: float) -> None:
+    def __init__(
+        self, receive: Receive, send: Send, max_body: int, too_large: str, body_timeout: float
+    ) -> None:
         self._receive = receive
         self._send = send
         self._max_body = max_body
+        self._too_large = too_large
         self._body_timeout = body_timeout
         self._deadline = trio.current_time() + body_timeout
         self._received = 0
@@ -118,7 +139,7 @@ class _Exchange:
             return
         self._received += len(message.get("body", b""))
         if self._received > self._max_body:
-            raise self.refuse(413, TOO_LARGE.format(limit=self._max_body))
+            raise self.refuse(413, self._too_large)
         self._body_complete = not message.get("more_body", False)
 
     async def _after_body(self) -> Message:

@@ -109,3 +109,11 @@ def existing_files(log: EventLog, ulids: list[str]) -> set[str]:
     """Which of these ULIDs are the ids of stored files (``file-<ULID>``)."""
     found = FilesProjection().load(log.conn, [f"{FILE_ID_PREFIX}{ulid}" for ulid in ulids])
     return {file_id.removeprefix(FILE_ID_PREFIX) for file_id in found}
+
+
+def input_of_unended_batch(log: EventLog, file_id: str) -> str | None:
+    """The batch not ended yet that reads this file, if any."""
+    row = log.conn.execute(
+        "SELECT id FROM batches WHERE input_file_id = ? AND ended_at IS NULL LIMIT 1", (file_id,)
+    ).fetchone()
+    return None if row is None else str(row[0])

@@ -1,0 +1,229 @@
+"""The OpenAI Batch API through the official ``openai`` client: files in, a batch's lines
+run as jobs below every interactive call and drained by model, files out."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import openai
+import pytest
+import trio
+
+from foreman.events.types import RecordedEvent
+from foreman.simulator import SimulatorConfig
+from foreman.simulator.config import parse_models
+from foreman.events.log import EventLog
+from tests.running import Foreman, of_type, recorded, start_foreman, until
+
+T = TypeVar("T")
+MODELS = ("llama3", "qwen2", "mistral")
+SIMULATOR = SimulatorConfig(models=parse_models("llama3,qwen2,mistral,nomic-embed-text"))
+
+
+def chat_line(n: int, model: str | None = None, **extra: Any) -> dict[str, Any]:
+    body = {"model": model or MODELS[n % 3], "messages": [{"role": "user", "content": f"q{n}"}]}
+    return {
+        "custom_id": f"req-{n}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": body,
+        **extra,
+    }
+
+
+def jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+class Client:
+    def __init__(self, foreman: Foreman) -> None:
+        self.foreman = foreman
+        self.openai = openai.OpenAI(base_url=f"{foreman.url}/v1", api_key="-", max_retries=0)
+
+    async def __call__(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await trio.to_thread.run_sync(lambda: call(*args, **kwargs))
+
+    async def upload(self, data: bytes) -> Any:
+        return await self(self.openai.files.create, file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+
+    async def batch(self, lines: list[dict[str, Any]], **options: Any) -> Any:
+        uploaded = await self.upload(jsonl(lines))
+        return await self(
+            self.openai.batches.create,
+            input_file_id=uploaded.id,
+            endpoint=lines[0]["url"],
+            completion_window=options.pop("completion_window", "24h"),
+            **options,
+        )
+
+    async def results(self, batch: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The output file's lines and the error file's."""
+        found = []
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if file_id is None:
+                found.append([])
+                continue
+            text = (await self(self.openai.files.content, file_id)).text
+            found.append([json.loads(line) for line in text.splitlines()])
+        return found[0], found[1]
+
+
+@pytest.fixture
+async def client(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Client]:
+    async for foreman in start_foreman(nursery, db_path, simulator=SIMULATOR):
+        yield Client(foreman)
+
+
+def batch_ended(batch_id: str) -> Callable[[RecordedEvent], bool]:
+    return recorded(f"batches/{batch_id}", "BatchEnded")
+
+
+async def test_files_are_stored_listed_read_back_and_deleted(client: Client) -> None:
+    data = jsonl([chat_line(n) for n in range(3)])
+    uploaded = await client.upload(data)
+    assert uploaded.id.startswith("file-") and uploaded.bytes == len(data)
+    assert uploaded.purpose == "batch" and uploaded.filename == "in.jsonl"
+    assert (await client(client.openai.files.retrieve, uploaded.id)).id == uploaded.id
+    listed = await client(client.openai.files.list)
+    assert [f.id for f in listed.data] == [uploaded.id]
+    assert (await client(client.openai.files.content, uploaded.id)).content == data
+    deleted = await client(client.openai.files.delete, uploaded.id)
+    assert deleted.deleted and deleted.id == uploaded.id
+    with pytest.raises(openai.NotFoundError):
+        await client(client.openai.files.retrieve, uploaded.id)
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([b"{not json"], "line 1: not valid JSON"),
+        ([json.dumps(chat_line(0)).encode(), json.dumps(chat_line(0)).encode()], "line 2: custom_id 'req-0' is used on line 1"),
+        ([json.dumps(chat_line(0, method="GET")).encode()], "line 1: method must be \"POST\""),
+        ([json.dumps(chat_line(0, url="/v1/images")).encode()], "line 1: url must be one of"),
+        (
+            [
+                json.dumps(chat_line(0)).encode(),
+                json.dumps({**chat_line(1), "url": "/v1/completions"}).encode(),
+            ],
+            "line 2: url '/v1/completions' differs",
+        ),
+        ([json.dumps({**chat_line(0), "body": {"model": "llama3", "messages": 3}}).encode()], "line 1: body: "),
+        ([json.dumps({**chat_line(0), "custom_id": ""}).encode()], "line 1: custom_id must be"),
+        ([b"", b"  "], "the file holds no requests"),
+        ([b"[1, 2]", b"", json.dumps(chat_line(3)).encode(), b"null"], "line 1: not a JSON object; line 4: not a JSON object"),
+    ],
+)
+async def test_a_bad_file_is_refused_naming_its_lines(
+    client: Client, lines: list[bytes], expected: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        await client.upload(b"\n".join(lines))
+    assert expected in refused.value.message
+    assert refused.value.body["param"] == "file"  # type: ignore[index]
+    assert (await client(client.openai.files.list)).data == []
+
+
+async def test_only_batch_files_and_a_known_window(client: Client) -> None:
+    with pytest.raises(openai.BadRequestError, match="purpose must be 'batch'"):
+        await client(
+            client.openai.files.create, file=("a.jsonl", io.BytesIO(b"{}")), purpose="fine-tune"
+        )
+    uploaded = await client.upload(jsonl([chat_line(0)]))
+    for window, param in (("48h", "completion_window"), ("soon", "completion_window")):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client(
+                client.openai.batches.create,
+                input_file_id=uploaded.id,
+                endpoint="/v1/chat/completions",
+                completion_window=window,  # type: ignore[arg-type]
+            )
+        assert refused.value.body["param"] == param  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError, match="upload it first"):
+        await client(
+            client.openai.batches.create,
+            input_file_id="file-nope",
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )
+
+
+async def test_a_batch_for_another_endpoint_than_its_lines_fails(client: Client) -> None:
+    uploaded = await client.upload(jsonl([chat_line(0)]))
+    batch = await client(
+        client.openai.batches.create,
+        input_file_id=uploaded.id,
+        endpoint="/v1/completions",
+        completion_window="24h",
+    )
+    assert batch.status == "failed" and batch.errors is not None
+    assert batch.errors.data[0].code == "mismatched_endpoint"
+
+
+async def test_a_batch_over_three_models_runs_every_line_once_with_three_loads(
+    client: Client,
+) -> None:
+    committed = await client.foreman.running.journal.subscribe()
+    lines = [chat_line(n) for n in range(60)]
+    batch = await client.batch(lines, metadata={"team": "search"})
+    assert batch.status in ("validating", "in_progress") and batch.metadata == {"team": "search"}
+    assert batch.request_counts is not None and batch.request_counts.total == 60
+    await until(committed, batch_ended(batch.id))
+    batch = await client(client.openai.batches.retrieve, batch.id)
+    assert batch.status == "completed" and batch.error_file_id is None
+    assert batch.request_counts is not None and batch.request_counts.completed == 60
+    assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+    output, errors = await client.results(batch)
+    assert errors == [] and sorted(o["custom_id"] for o in output) == sorted(
+        line["custom_id"] for line in lines
+    )
+    for line in output:
+        assert line["error"] is None and line["response"]["status_code"] == 200
+        body = line["response"]["body"]
+        assert body["object"] == "chat.completion" and body["choices"][0]["message"]["content"]
+        assert body["id"] == f"chatcmpl-{line['response']['request_id']}"
+    async with httpx.AsyncClient(base_url=client.foreman.url) as http:
+        (host,) = (await http.get("/backends")).json()["backends"]
+    assert host["loads"] == 3 and host["done"] == 60
+    listed = await client(client.openai.batches.list)
+    assert [b.id for b in listed.data] == [batch.id]
+
+
+async def test_a_chat_arriving_mid_batch_waits_for_one_running_line_at_most(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    slow = SIMULATOR.model_copy(update={"token_latency": 0.002})
+    async for foreman in start_foreman(nursery, db_path, simulator=slow):
+        client = Client(foreman)
+        committed = await foreman.running.journal.subscribe()
+        batch = await client.batch([chat_line(n) for n in range(300)])
+        await until(committed, of_type("JobSucceeded"))  # the batch is under way
+        chat = await client(
+            client.openai.chat.completions.create,
+            model="llama3",
+            messages=[{"role": "user", "content": "hi"}],
+        )
+        job_id = chat.id.removeprefix("chatcmpl-")
+        await until(committed, batch_ended(batch.id), within=60)
+        events = read_all(db_path)
+        submitted = next(e.seq for e in events if e.stream == job_id)
+        started = next(e.seq for e in events if e.stream == job_id and e.type == "JobStarted")
+        ended = [e.seq for e in events if e.type == "JobSucceeded" and e.stream != job_id]
+        # It came mid-batch, and waited for the line running then to end, no more: no
+        # line was waiting at the backend ahead of it.
+        assert 1 <= len([seq for seq in ended if seq < submitted]) < 250
+        assert len([seq for seq in ended if submitted < seq < started]) <= 1
+        batch = await client(client.openai.batches.retrieve, batch.id)
+        assert batch.status == "completed" and batch.request_counts.completed == 300  # type: ignore[union-attr]
+
+
+def read_all(db_path: Path) -> list[RecordedEvent]:
+    log = EventLog.open(db_path, read_only=True)
+    try:
+        return list(log.read())
+    finally:
+        log.close()
