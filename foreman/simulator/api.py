@@ -75,9 +75,8 @@ def _info_routes(router: APIRouter, sim: Simulator) -> None:
         return OllamaJSON({"version": sim.config.version})
 
     @router.get("/api/tags")
-    async def tags() -> Response:
-        await _admit(sim, "/api/tags", None)
-        return OllamaJSON({"models": [_listing(model) for model in sim.config.models]})
+    async def tags_route() -> Response:
+        return await tags(sim)
 
     @router.get("/api/ps")
     async def ps() -> Response:
@@ -95,78 +94,24 @@ def _info_routes(router: APIRouter, sim: Simulator) -> None:
         return OllamaJSON({"models": [entry]})
 
     @router.post("/api/show")
-    async def show(request: Request) -> Response:
-        body = parse_body(await request.body(), ShowRequest)
-        name = body.model or body.name
-        if not name:
-            raise OllamaError(400, "model is required")
-        model = _lookup(sim, name)
-        await _admit(sim, "/api/show", name)
-        return OllamaJSON(_show(model))
+    async def show_route(request: Request) -> Response:
+        return await show(sim, await request.body())
 
 
 def _generation_routes(router: APIRouter, sim: Simulator) -> None:
     @router.post("/api/chat")
-    async def chat(request: Request) -> Response:
-        received = time.perf_counter_ns()
-        body = parse_body(await request.body(), ChatRequest)
-        if not body.model:
-            raise OllamaError(400, "model is required")
-        model = _lookup(sim, body.model)
-        fault = await _admit(sim, "/api/chat", body.model)
-        _require_completion(model, body.model, "chat")
-        key = LoadKey.of(model, body.options or {})
-
-        def shape(text: str, done: dict[str, Any]) -> dict[str, Any]:
-            message = {"role": "assistant", "content": text}
-            return {"model": body.model, "created_at": rfc3339(), "message": message} | done
-
-        if not body.messages:
-            return await _load_only(sim, model, key, shape)
-        prompt = json.dumps([[m.role, m.content] for m in body.messages])
-        job = Job("/api/chat", model, key, prompt, body.num_predict, received)
-        return await _answer(sim, request, job, fault, shape, stream=body.stream is not False)
+    async def chat_route(request: Request) -> Response:
+        return await chat(sim, request, await request.body())
 
     @router.post("/api/generate")
-    async def generate(request: Request) -> Response:
-        received = time.perf_counter_ns()
-        body = parse_body(await request.body(), GenerateRequest)
-        model = _lookup(sim, body.model)
-        fault = await _admit(sim, "/api/generate", body.model)
-        _require_completion(model, body.model, "generate")
-        key = LoadKey.of(model, body.options or {})
-
-        def shape(text: str, done: dict[str, Any]) -> dict[str, Any]:
-            return {"model": body.model, "created_at": rfc3339(), "response": text} | done
-
-        if not body.prompt:
-            return await _load_only(sim, model, key, shape)
-        prompt = f"{body.system}\0{body.prompt}"
-        job = Job("/api/generate", model, key, prompt, body.num_predict, received)
-        return await _answer(sim, request, job, fault, shape, stream=body.stream is not False)
+    async def generate_route(request: Request) -> Response:
+        return await generate(sim, request, await request.body())
 
 
 def _embedding_routes(router: APIRouter, sim: Simulator) -> None:
     @router.post("/api/embed")
-    async def embed(request: Request) -> Response:
-        received = time.perf_counter_ns()
-        body = parse_body(await request.body(), EmbedRequest)
-        model = _lookup(sim, body.model)
-        await _admit(sim, "/api/embed", body.model)
-        inputs = [body.input] if isinstance(body.input, str) else body.input or []
-        inputs = [text for text in inputs if text]
-        if not inputs:
-            return OllamaJSON({"model": body.model, "embeddings": []})
-        dimensions = min(body.dimensions or model.embedding_length, model.embedding_length)
-        return OllamaJSON(
-            {
-                "model": body.model,
-                "embeddings": [embedding(model.name, text, dimensions) for text in inputs],
-                "total_duration": time.perf_counter_ns() - received,
-                "load_duration": 0,
-                "prompt_eval_count": sum(map(count_tokens, inputs)),
-            }
-        )
+    async def embed_route(request: Request) -> Response:
+        return await embed(sim, await request.body())
 
     @router.post("/api/embeddings")
     async def embeddings(request: Request) -> Response:
@@ -177,6 +122,88 @@ def _embedding_routes(router: APIRouter, sim: Simulator) -> None:
         await _admit(sim, "/api/embeddings", body.model)
         vector = embedding(model.name, body.prompt, model.embedding_length) if body.prompt else []
         return OllamaJSON({"embedding": vector})
+
+
+# The handlers the OpenAI-compatible routes share (foreman.simulator.openai), as Ollama's
+# /v1 middleware hands its translated request to the native handler: each takes the
+# native body, raises OllamaError for an error answer, and returns the native answer.
+
+
+async def tags(sim: Simulator) -> Response:
+    await _admit(sim, "/api/tags", None)
+    return OllamaJSON({"models": [_listing(model) for model in sim.config.models]})
+
+
+async def show(sim: Simulator, raw: bytes) -> Response:
+    body = parse_body(raw, ShowRequest)
+    name = body.model or body.name
+    if not name:
+        raise OllamaError(400, "model is required")
+    model = _lookup(sim, name)
+    await _admit(sim, "/api/show", name)
+    return OllamaJSON(_show(model))
+
+
+async def chat(sim: Simulator, request: Request, raw: bytes) -> Response:
+    """``/api/chat``; ``request`` is watched for the caller hanging up."""
+    received = time.perf_counter_ns()
+    body = parse_body(raw, ChatRequest)
+    if not body.model:
+        raise OllamaError(400, "model is required")
+    model = _lookup(sim, body.model)
+    fault = await _admit(sim, "/api/chat", body.model)
+    _require_completion(model, body.model, "chat")
+    key = LoadKey.of(model, body.options or {})
+
+    def shape(text: str, done: dict[str, Any]) -> dict[str, Any]:
+        message = {"role": "assistant", "content": text}
+        return {"model": body.model, "created_at": rfc3339(), "message": message} | done
+
+    if not body.messages:
+        return await _load_only(sim, model, key, shape)
+    prompt = json.dumps([[m.role, m.content] for m in body.messages])
+    job = Job("/api/chat", model, key, prompt, body.num_predict, received)
+    return await _answer(sim, request, job, fault, shape, stream=body.stream is not False)
+
+
+async def generate(sim: Simulator, request: Request, raw: bytes) -> Response:
+    """``/api/generate``; ``request`` is watched for the caller hanging up."""
+    received = time.perf_counter_ns()
+    body = parse_body(raw, GenerateRequest)
+    model = _lookup(sim, body.model)
+    fault = await _admit(sim, "/api/generate", body.model)
+    _require_completion(model, body.model, "generate")
+    key = LoadKey.of(model, body.options or {})
+
+    def shape(text: str, done: dict[str, Any]) -> dict[str, Any]:
+        return {"model": body.model, "created_at": rfc3339(), "response": text} | done
+
+    if not body.prompt:
+        return await _load_only(sim, model, key, shape)
+    prompt = f"{body.system}\0{body.prompt}"
+    job = Job("/api/generate", model, key, prompt, body.num_predict, received)
+    return await _answer(sim, request, job, fault, shape, stream=body.stream is not False)
+
+
+async def embed(sim: Simulator, raw: bytes) -> Response:
+    received = time.perf_counter_ns()
+    body = parse_body(raw, EmbedRequest)
+    model = _lookup(sim, body.model)
+    await _admit(sim, "/api/embed", body.model)
+    inputs = [body.input] if isinstance(body.input, str) else body.input or []
+    inputs = [text for text in inputs if text]
+    if not inputs:
+        return OllamaJSON({"model": body.model, "embeddings": []})
+    dimensions = min(body.dimensions or model.embedding_length, model.embedding_length)
+    return OllamaJSON(
+        {
+            "model": body.model,
+            "embeddings": [embedding(model.name, text, dimensions) for text in inputs],
+            "total_duration": time.perf_counter_ns() - received,
+            "load_duration": 0,
+            "prompt_eval_count": sum(map(count_tokens, inputs)),
+        }
+    )
 
 
 async def _admit(sim: Simulator, path: str, model: str | None) -> DropFault | StallFault | None:
