@@ -6,6 +6,7 @@ import click
 
 from foreman import __version__
 from foreman.cli.backends import backends
+from foreman.cli.batches import batches
 from foreman.cli.config import config
 from foreman.cli.events import events
 from foreman.cli.serve import serve
@@ -27,3 +28,4 @@ main.add_command(simulate)
 main.add_command(config)
 main.add_command(webhooks)
 main.add_command(backends)
+main.add_command(batches)

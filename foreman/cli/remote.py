@@ -39,7 +39,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON,
 
 def call(method: str, url: str, path: str, *, ok: int, body: Any = None) -> Any:
     """``method path`` on the Foreman at ``url``: its JSON answer, or a clean error
-    (exit 1) with Foreman's message when the status is not ``ok``."""
+    (exit 1) with Foreman's message (:func:`error_message`) when the status is not ``ok``."""
     try:
         response = httpx.request(method, f"{url.rstrip('/')}{path}", json=body, timeout=30)
     except httpx.HTTPError as error:
@@ -50,5 +50,13 @@ def call(method: str, url: str, path: str, *, ok: int, body: Any = None) -> Any:
     except ValueError:
         answer = {"error": response.text}
     if response.status_code != ok:
-        raise click.ClickException(str(answer.get("error", answer)))
+        raise click.ClickException(error_message(answer))
     return answer
+
+
+def error_message(answer: Any) -> str:
+    """Foreman's message in an error answer: ``{"error": "..."}`` on its own routes,
+    ``{"error": {"message": "...", ...}}`` (OpenAI's shape) on ``/v1``."""
+    error = answer.get("error", answer) if isinstance(answer, dict) else answer
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) else str(error)
