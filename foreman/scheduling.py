@@ -105,6 +105,9 @@ class HostView:
     worth_sharing: Callable[[str, int], bool] = lambda _key, _hosts: False
     """Whether joining the ``hosts`` that drain a model's backlog shortens the makespan
     by more than a load costs (:class:`Costs`)."""
+    resume: str | None = None
+    """The model key of the batch lines it ran last: when a job from above interrupts
+    a batch's model, the host goes back to it, or it would cost a second load later."""
 
 
 class Costs:
@@ -242,7 +245,8 @@ class JobQueue:
 
         Only jobs whose model the host can run count. A job that has waited
         ``max_wait`` goes first. Otherwise, at the highest priority with a job the
-        host can run: its loaded model's oldest job; else the oldest job of a model
+        host can run: its loaded model's oldest job; (for batch lines, else the
+        model of the lines it ran last, ``host.resume``;) else the oldest job of a model
         no other host has loaded; else the oldest job of a model whose backlog is
         worth sharing (``host.worth_sharing``); else the same at the next priority
         down. With no other host this is :meth:`peek`'s rule. O(priorities x models)."""
@@ -261,6 +265,9 @@ class JobQueue:
             groups = {key: group for p, key, group in runnable if p == priority}
             if host.loaded in groups:
                 return self._jobs[groups[host.loaded][0][1]]
+            resume = host.resume if priority == BATCH_PRIORITY else None
+            if resume in groups and resume is not None and not host.elsewhere.get(resume):
+                return self._jobs[groups[resume][0][1]]
             unserved = [g[0] for key, g in groups.items() if not host.elsewhere.get(key)]
             shared = [
                 g[0]

@@ -14,10 +14,10 @@ import openai
 import pytest
 import trio
 
+from foreman.events.log import EventLog
 from foreman.events.types import RecordedEvent
 from foreman.simulator import SimulatorConfig
 from foreman.simulator.config import parse_models
-from foreman.events.log import EventLog
 from tests.running import Foreman, of_type, recorded, start_foreman, until
 
 T = TypeVar("T")
@@ -49,7 +49,9 @@ class Client:
         return await trio.to_thread.run_sync(lambda: call(*args, **kwargs))
 
     async def upload(self, data: bytes) -> Any:
-        return await self(self.openai.files.create, file=("in.jsonl", io.BytesIO(data)), purpose="batch")
+        return await self(
+            self.openai.files.create, file=("in.jsonl", io.BytesIO(data)), purpose="batch"
+        )
 
     async def batch(self, lines: list[dict[str, Any]], **options: Any) -> Any:
         uploaded = await self.upload(jsonl(lines))
@@ -102,8 +104,11 @@ async def test_files_are_stored_listed_read_back_and_deleted(client: Client) -> 
     ("lines", "expected"),
     [
         ([b"{not json"], "line 1: not valid JSON"),
-        ([json.dumps(chat_line(0)).encode(), json.dumps(chat_line(0)).encode()], "line 2: custom_id 'req-0' is used on line 1"),
-        ([json.dumps(chat_line(0, method="GET")).encode()], "line 1: method must be \"POST\""),
+        (
+            [json.dumps(chat_line(0)).encode(), json.dumps(chat_line(0)).encode()],
+            "line 2: custom_id 'req-0' is used on line 1",
+        ),
+        ([json.dumps(chat_line(0, method="GET")).encode()], 'line 1: method must be "POST"'),
         ([json.dumps(chat_line(0, url="/v1/images")).encode()], "line 1: url must be one of"),
         (
             [
@@ -112,10 +117,16 @@ async def test_files_are_stored_listed_read_back_and_deleted(client: Client) -> 
             ],
             "line 2: url '/v1/completions' differs",
         ),
-        ([json.dumps({**chat_line(0), "body": {"model": "llama3", "messages": 3}}).encode()], "line 1: body: "),
+        (
+            [json.dumps({**chat_line(0), "body": {"model": "llama3", "messages": 3}}).encode()],
+            "line 1: body: ",
+        ),
         ([json.dumps({**chat_line(0), "custom_id": ""}).encode()], "line 1: custom_id must be"),
         ([b"", b"  "], "the file holds no requests"),
-        ([b"[1, 2]", b"", json.dumps(chat_line(3)).encode(), b"null"], "line 1: not a JSON object; line 4: not a JSON object"),
+        (
+            [b"[1, 2]", b"", json.dumps(chat_line(3)).encode(), b"null"],
+            "line 1: not a JSON object; line 4: not a JSON object",
+        ),
     ],
 )
 async def test_a_bad_file_is_refused_naming_its_lines(
@@ -227,3 +238,98 @@ def read_all(db_path: Path) -> list[RecordedEvent]:
         return list(log.read())
     finally:
         log.close()
+
+
+async def test_every_kind_of_line_outcome_lands_in_one_file_once(client: Client) -> None:
+    committed = await client.foreman.running.journal.subscribe()
+    lines = [
+        chat_line(0),
+        chat_line(1, model="not-installed"),  # no host has it
+        chat_line(2, model="nomic-embed-text"),  # the backend refuses: it cannot chat
+    ]
+    batch = await client.batch(lines)
+    await until(committed, batch_ended(batch.id))
+    batch = await client(client.openai.batches.retrieve, batch.id)
+    assert batch.status == "completed"
+    assert batch.request_counts.completed == 1 and batch.request_counts.failed == 2  # type: ignore[union-attr]
+    output, errors = await client.results(batch)
+    assert [o["custom_id"] for o in output] == ["req-0"]
+    by_id = {e["custom_id"]: e for e in errors}
+    assert by_id["req-1"]["response"] is None
+    assert by_id["req-1"]["error"]["code"] == "model_not_found"
+    refused = by_id["req-2"]["response"]
+    assert refused["status_code"] == 400 and refused["body"]["error"]["message"]
+
+
+async def test_completions_and_embeddings_batches(client: Client) -> None:
+    committed = await client.foreman.running.journal.subscribe()
+    completions = [
+        {
+            "custom_id": f"c{n}",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": MODELS[n % 3], "prompt": f"p{n}", "max_tokens": 4},
+        }
+        for n in range(6)
+    ]
+    embeddings = [
+        {
+            "custom_id": f"e{n}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": "nomic-embed-text", "input": [f"t{n}", "u"]},
+        }
+        for n in range(4)
+    ]
+    for lines, shape in ((completions, "text_completion"), (embeddings, "list")):
+        batch = await client.batch(lines)
+        await until(committed, batch_ended(batch.id))
+        batch = await client(client.openai.batches.retrieve, batch.id)
+        output, errors = await client.results(batch)
+        assert errors == [] and len(output) == len(lines)
+        assert {o["response"]["body"]["object"] for o in output} == {shape}
+    assert len(output[0]["response"]["body"]["data"]) == 2
+
+
+async def test_a_cancelled_batch_keeps_its_finished_lines_and_reports_the_rest(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    slow = SIMULATOR.model_copy(update={"token_latency": 0.005})
+    async for foreman in start_foreman(nursery, db_path, simulator=slow):
+        client = Client(foreman)
+        committed = await foreman.running.journal.subscribe()
+        batch = await client.batch([chat_line(n) for n in range(200)])
+        await until(committed, of_type("JobSucceeded"))
+        cancelling = await client(client.openai.batches.cancel, batch.id)
+        assert cancelling.status == "cancelling" and cancelling.cancelling_at
+        await until(committed, batch_ended(batch.id))
+        batch = await client(client.openai.batches.retrieve, batch.id)
+        assert batch.status == "cancelled" and batch.cancelled_at
+        output, errors = await client.results(batch)
+        assert 1 <= len(output) < 200
+        assert sorted(line["custom_id"] for line in output + errors) == sorted(
+            f"req-{n}" for n in range(200)
+        )
+        assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+        with pytest.raises(openai.ConflictError, match="status cancelled"):
+            await client(client.openai.batches.cancel, batch.id)
+        with pytest.raises(openai.NotFoundError):
+            await client(client.openai.batches.cancel, "batch_nope")
+
+
+async def test_past_its_window_a_batch_expires_with_its_finished_lines(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    slow = SIMULATOR.model_copy(update={"token_latency": 0.01})
+    async for foreman in start_foreman(nursery, db_path, simulator=slow):
+        client = Client(foreman)
+        committed = await foreman.running.journal.subscribe()
+        batch = await client.batch([chat_line(n) for n in range(100)], completion_window="1s")
+        assert batch.expires_at - batch.created_at == 1
+        await until(committed, batch_ended(batch.id))
+        batch = await client(client.openai.batches.retrieve, batch.id)
+        assert batch.status == "expired" and batch.expired_at
+        output, errors = await client.results(batch)
+        assert output and errors and len(output) + len(errors) == 100
+        assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+        assert batch.request_counts.completed == len(output)  # type: ignore[union-attr]

@@ -11,11 +11,18 @@ import trio.testing
 
 from foreman.actors.janitor import PRUNE_BATCH, Janitor
 from foreman.actors.journal import Journal, JournalClient
-from foreman.artifacts import ArtifactStore
+from foreman.artifacts import ArtifactStore, new_file_id
 from foreman.events.audit import verify
 from foreman.events.log import EventLog
 from foreman.events.reader import Reader
 from foreman.events.store import open_log
+from foreman.events.types import (
+    BatchCreated,
+    FileDeleted,
+    FileStored,
+    batch_stream,
+    file_stream,
+)
 from foreman.ids import new_ulid
 from tests import factories
 
@@ -140,3 +147,43 @@ async def test_pruning_removes_a_jobs_outputs_and_a_restart_collects_leftovers(
     rig.now = cutoff + timedelta(seconds=TTL)
     assert await rig.janitor().sweep() == 2
     assert rig.store.jobs() == []
+
+
+async def stored_file(rig: Rig, data: bytes = b"{}\n") -> str:
+    file_id = new_file_id()
+    ref = rig.store.put_file(file_id, "in.jsonl", "application/jsonl", data)
+    stored = FileStored(
+        filename="in.jsonl", purpose="batch", bytes=ref.size, sha256=ref.sha256, requests=1
+    )
+    await rig.journal.append(file_stream(file_id), [stored], expected_version=0)
+    return file_id
+
+
+async def test_files_past_the_ttl_are_pruned_unless_a_running_batch_reads_them(
+    rig: Rig, nursery: trio.Nursery
+) -> None:
+    old, read, gone = [await stored_file(rig, f"{n}\n".encode()) for n in range(3)]
+    created = BatchCreated(
+        input_file_id=read,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        window=86400,
+        requests=1,
+    )
+    await rig.journal.append(batch_stream("batch_1"), [created], expected_version=0)
+    await nursery.start(rig.janitor().run)  # the files are not leftovers
+    assert len(rig.store.jobs()) == 3
+    rig.now += timedelta(seconds=TTL + 1)
+    async with rig.journal.clone() as journal:
+        await journal.append(file_stream(gone), [FileDeleted(reason="deleted")])
+    gone_dir = gone.removeprefix("file-")
+    rig.store.remove(gone_dir)
+    await rig.janitor().sweep()
+    assert rig.store.jobs() == [read.removeprefix("file-")]
+    log = EventLog.open(rig.db_path, read_only=True)
+    try:
+        assert verify(log) == []
+        deleted = [e.event for e in log.read_stream(file_stream(old))][-1]
+    finally:
+        log.close()
+    assert deleted == FileDeleted(reason="expired")

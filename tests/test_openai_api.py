@@ -127,7 +127,9 @@ async def test_tools_json_schema_and_images_translate_as_ollama_translates_them(
 ) -> None:
     def with_tools(client: openai.OpenAI) -> Any:
         weather = [{"role": "user", "content": "What is the weather in Paris?"}]
-        return client.chat.completions.create(model="llama3", messages=weather, tools=[WEATHER_TOOL])
+        return client.chat.completions.create(
+            model="llama3", messages=weather, tools=[WEATHER_TOOL]
+        )
 
     def with_schema(client: openai.OpenAI) -> Any:
         schema = {"type": "object", "properties": {"sky": {"type": "string"}}}

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from foreman.actors.worker import Took
 from foreman.scheduling import (
+    BATCH_PRIORITY,
     Costs,
     HostView,
     JobQueue,
@@ -21,6 +22,8 @@ from foreman.scheduling import (
 
 MAX_WAIT = 10.0
 MODELS = ["llama3:latest", "qwen2:latest", 'llama3:latest {"num_ctx": 8192}']
+PRIORITIES = [BATCH_PRIORITY, 0, 1]
+"""What the tests' priority indexes stand for: a batch's lines, and two others."""
 
 
 def naive_pick(
@@ -28,7 +31,7 @@ def naive_pick(
 ) -> QueuedJob | None:
     if not jobs:
         return None
-    starving = [j for j in jobs.values() if now - j.queued_at >= max_wait]
+    starving = [j for j in jobs.values() if now - j.queued_at >= max_wait and not j.batch]
     if starving:
         return min(starving, key=lambda j: j.arrival)
     top = max(j.priority for j in jobs.values())
@@ -59,7 +62,8 @@ def test_the_queue_picks_exactly_as_the_naive_rule(steps: list[Step]) -> None:
     for arrival, (op, small, model, tick) in enumerate(steps):
         now += tick / 10
         if op == "push":
-            job = QueuedJob(f"job-{arrival}", arrival, small, MODELS[model % 3], queued_at=now)
+            priority = PRIORITIES[small]
+            job = QueuedJob(f"job-{arrival}", arrival, priority, MODELS[model % 3], queued_at=now)
             queue.push(job)
             reference[job.job_id] = job
         elif op == "remove" and reference:
@@ -112,7 +116,8 @@ def test_position_is_the_index_in_the_naive_order(
     removed: list[QueuedJob] = []
     for arrival, (op, small, model) in enumerate(steps):
         if op == "push":
-            job = QueuedJob(f"job-{arrival}", 2 * arrival, small, MODELS[model], float(arrival))
+            priority = PRIORITIES[small]
+            job = QueuedJob(f"job-{arrival}", 2 * arrival, priority, MODELS[model], float(arrival))
             queue.push(job)
             reference[job.job_id] = job
         elif op == "remove" and reference:
@@ -129,7 +134,8 @@ def test_position_is_the_index_in_the_naive_order(
         assert queue.position(job, loaded) == index
     # A job not queued (say, waiting out a backoff): where it would stand if pushed now.
     priority, model, arrival = outsider
-    job = QueuedJob("outsider", 2 * arrival + 1, priority, MODELS[model], float(arrival))
+    outside = PRIORITIES[priority]
+    job = QueuedJob("outsider", 2 * arrival + 1, outside, MODELS[model], float(arrival))
     assert queue.get(job.job_id) is None
     expected = naive_order({**reference, job.job_id: job}, loaded).index(job)
     assert queue.position(job, loaded) == expected
@@ -143,12 +149,14 @@ def naive_pick_for(
     runnable = [j for j in jobs.values() if host.can_run(j.model)]
     if not runnable:
         return None
-    starving = [j for j in runnable if now - j.queued_at >= max_wait]
+    starving = [j for j in runnable if now - j.queued_at >= max_wait and not j.batch]
     if starving:
         return min(starving, key=lambda j: j.arrival)
     for priority in sorted({j.priority for j in runnable}, reverse=True):
         level = [j for j in runnable if j.priority == priority]
         same_model = [j for j in level if j.model_key == host.loaded]
+        if priority == BATCH_PRIORITY and not same_model and not host.elsewhere.get(host.resume):
+            same_model = [j for j in level if j.model_key == host.resume]
         unserved = [j for j in level if not host.elsewhere.get(j.model_key)]
         shared = [
             j
@@ -173,6 +181,7 @@ NAMES = [*sorted({model_of(key) for key in MODELS}), "mistral:latest"]
     st.dictionaries(st.sampled_from(MODELS), st.integers(0, 2)),
     st.sets(st.sampled_from(MODELS)),
     st.integers(0, 60),
+    st.sampled_from(LOADED),
 )
 def test_a_fleet_host_picks_exactly_as_the_naive_fleet_rule(
     pushes: list[tuple[int, int, int]],
@@ -181,13 +190,14 @@ def test_a_fleet_host_picks_exactly_as_the_naive_fleet_rule(
     elsewhere: dict[str, int],
     worth_sharing: set[str],
     now: int,
+    resume: str | None,
 ) -> None:
     queue = JobQueue(MAX_WAIT)
     jobs: dict[str, QueuedJob] = {}
     queued_at = 0.0  # grows with arrival, as QueuedJob requires
     for arrival, (priority, model, tick) in enumerate(pushes):
         queued_at += tick / 4
-        job = QueuedJob(f"job-{arrival}", arrival, priority, MODELS[model], queued_at)
+        job = QueuedJob(f"job-{arrival}", arrival, PRIORITIES[priority], MODELS[model], queued_at)
         queue.push(job)
         jobs[job.job_id] = job
     host = HostView(
@@ -195,9 +205,11 @@ def test_a_fleet_host_picks_exactly_as_the_naive_fleet_rule(
         lambda model: model not in cannot_run,
         elsewhere,
         lambda key, _hosts: key in worth_sharing,
+        resume,
     )
     assert queue.peek_for(host, now) == naive_pick_for(jobs, host, now)
-    # A host alone, able to run everything, follows the one-host rule.
+    # A host alone, able to run everything and with no batch to resume, follows the
+    # one-host rule.
     assert queue.peek_for(HostView(loaded), now) == queue.peek(loaded, now)
 
 

@@ -114,6 +114,7 @@ async def test_health_reports_the_actors_and_the_backends(foreman: Foreman) -> N
         "prober",
         "workers",
         "janitor",
+        "batcher",
         "http",
         "dispatcher",
     }

@@ -2,7 +2,7 @@
 to its output files.
 
 A batch is a stream of its own (ADR-0037). Created (``validating``), its lines
-become jobs, a thousand at a time, at batch priority (below every other job,
+become jobs, all together, at batch priority (below every other job,
 :data:`~foreman.scheduling.BATCH_PRIORITY`), and then it is ``in_progress``
 (``BatchStarted``). Its request counts are its lines' jobs by state. Once none
 is left to run, it is finalised: ``BatchFinalizing``, then the output and error
@@ -33,7 +33,14 @@ from foreman.actors.scheduler import SchedulerClient
 from foreman.artifacts import ArtifactStore, new_file_id
 from foreman.batching import lines as batch_lines
 from foreman.batching.results import Outcome, files
-from foreman.events.batches import Batch, batch, line_jobs, unended_batches, unfinished_lines
+from foreman.events.batches import (
+    Batch,
+    batch,
+    line_jobs,
+    lines_left,
+    unended_batches,
+    unfinished_lines,
+)
 from foreman.events.files import StoredFile, stored_file
 from foreman.events.log import EventLog, wall_clock
 from foreman.events.queries import success
@@ -55,8 +62,6 @@ from foreman.scheduling import model_name
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1000
-"""Lines submitted together."""
 CHECK_EVERY = 0.1
 """Seconds between two looks at the running batches' counts, at most one per period:
 many lines ending at once cost one look."""
@@ -229,29 +234,27 @@ class Batcher:
         cancel.reply.put(None)
 
     async def _submit(self, run: _Run) -> None:
-        """Make jobs of the lines that are not jobs yet, then record ``BatchStarted``;
-        stops early when the batch is cancelled meanwhile."""
+        """Make jobs of the lines that are not jobs yet, then record ``BatchStarted``.
+        A batch cancelled or expired meanwhile has the lines just made withdrawn."""
         assert run.input_file is not None
         data = await trio.to_thread.run_sync(self._read_file, run.input_file)
-        todo = batch_lines.read(data)
         done = {job.batch_line for job in await self._reader.read(line_jobs, run.id)}
-        todo = [line for line in todo if line.line not in done]
+        todo = [line for line in batch_lines.read(data) if line.line not in done]
+        jobs = [batch_lines.job_for(line, run.id) for line in todo]
+        ids = await self._scheduler.submit_lines(jobs)
         hosts = await self._scheduler.hosts()
-        for start in range(0, len(todo), CHUNK):
-            if run.cancelling:
-                break
-            jobs = [batch_lines.job_for(line, run.id) for line in todo[start : start + CHUNK]]
-            ids = await self._scheduler.submit_lines(jobs)
-            nowhere = [
-                job_id
-                for job_id, job in zip(ids, jobs, strict=True)
-                if not any(host.can_run(model_name(job.model)) for host in hosts)
-            ]
-            if nowhere:
-                await self._scheduler.withdraw(nowhere, "model_not_found")
-        if not run.cancelling:
-            await self._journal.append(batch_stream(run.id), [BatchStarted()])
+        nowhere = [
+            job_id
+            for job_id, job in zip(ids, jobs, strict=True)
+            if not any(host.can_run(model_name(job.model)) for host in hosts)
+        ]
+        if nowhere:
+            await self._scheduler.withdraw(nowhere, "model_not_found")
         run.submitting = False
+        if run.cancelling or run.expired:
+            await self._withdraw(run, "batch_cancelled" if run.cancelling else "batch_expired")
+        else:
+            await self._journal.append(batch_stream(run.id), [BatchStarted()])
         self._changed.set()
 
     async def _withdraw(self, run: _Run, reason: str) -> None:
@@ -279,13 +282,13 @@ class Batcher:
                 if run.finalizing:
                     continue
                 if now >= run.expires_at and not (run.expired or run.cancelling):
-                    run.expired = True
-                    run.submitting = False
-                    nursery.start_soon(self._withdraw, run, "batch_expired")
+                    run.expired = True  # lines still being made are withdrawn once made
+                    if not run.submitting:
+                        nursery.start_soon(self._withdraw, run, "batch_expired")
                     continue
                 if run.submitting:
                     continue
-                if not await self._reader.read(unfinished_lines, run.id):
+                if not await self._reader.read(lines_left, run.id):
                     run.finalizing = True
                     nursery.start_soon(self._finalize, run, run.end)
             await trio.sleep(self._check_every)

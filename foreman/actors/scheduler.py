@@ -161,18 +161,21 @@ class SchedulerClient:
 
     async def submit_lines(self, lines: Sequence[JobSubmitted]) -> list[str]:
         """Commit and queue a batch's lines; their ids, in order. Lines are outside
-        ``max_queue`` (a batch input's own limits bound them) and their appends are
-        handed to the journal together, so they are committed a few thousand at a time."""
+        ``max_queue`` (a batch input's own limits bound them). Their appends are handed
+        to the journal together, so they are committed a few thousand at a time, and
+        they join the queue at once, when all are committed: a host draining one
+        model never runs dry while more of its lines are still on their way."""
         ids = [new_ulid() for _ in lines]
         replies = [
             await self._journal.enqueue(job_id, [line], expected_version=0)
             for job_id, line in zip(ids, lines, strict=True)
         ]
+        works = []
         for job_id, line, reply in zip(ids, lines, replies, strict=True):
             (event,) = await reply.wait()
             queued = QueuedJob.of(job_id, event.seq, line, trio.current_time())
-            body = json.dumps(line.request).encode()
-            await self._requests.send(_Queue(Work(queued, line.kind, body, attempts=0)))
+            works.append(Work(queued, line.kind, json.dumps(line.request).encode(), attempts=0))
+        await self._requests.send(_QueueMany(works))
         return ids
 
     async def withdraw(self, job_ids: Collection[str], reason: str) -> int:
@@ -292,6 +295,13 @@ class _Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class _QueueMany:
+    """Jobs to queue together (a batch's lines)."""
+
+    works: list[Work]
+
+
+@dataclass(frozen=True, slots=True)
 class _Withdraw:
     """Take these jobs out of the queue if they wait there; the reply names those taken
     (their ``JobCancelled`` is the caller's to record)."""
@@ -366,6 +376,7 @@ class _Release:
 
 _Message = (
     _Queue
+    | _QueueMany
     | _Ready
     | _Done
     | _Cancel
@@ -405,6 +416,8 @@ class _Host:
     up: bool = True
     last_done: float = -math.inf
     """Trio time its last call ended: a call sent behind it starts then."""
+    batch_model: str | None = None
+    """The model key of the last batch line it was given."""
 
     def can_run(self, model: str) -> bool:
         return _can_run(model, self.allowed, self.installed)
@@ -475,6 +488,9 @@ class Scheduler:
                     self._enqueue(work)
                 if message.position is not None:
                     message.position.put(self._position(job_id))
+            case _QueueMany():
+                for work in message.works:
+                    self._enqueue(work)
             case _Ready():
                 self._host(message.host)
                 self._ready.append(message)
@@ -595,6 +611,8 @@ class Scheduler:
                 ready.stops, job.model_key, host.name, now, swapped
             )
             host.loaded = self._loaded = job.model_key
+            if job.batch:
+                host.batch_model = job.model_key
             ready.reply.put(self._work.pop(job.job_id))
         self._ready = waiting
 
@@ -620,7 +638,7 @@ class Scheduler:
             for other in self._hosts.values()
             if other is not host and other.loaded is not None and other.takes_work
         )
-        view = HostView(loaded, host.can_run, elsewhere, self._worth_sharing)
+        view = HostView(loaded, host.can_run, elsewhere, self._worth_sharing, host.batch_model)
         job = self._queue.peek_for(view, now)
         if busy and job is not None and job.model_key != loaded:
             return None

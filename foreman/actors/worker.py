@@ -314,13 +314,16 @@ class Worker:
 
     async def _succeed(self, work: Work, result: dict[str, Any]) -> None:
         """Store the job's outputs, then record the success naming them: an event never
-        points at an output that is not on disk. An answer the log could not read back
-        (ADR-0032) fails the job instead."""
+        points at an output that is not on disk (a batch's line has none of its own).
+        An answer the log could not read back (ADR-0032) fails the job instead."""
         try:
             succeeded = JobSucceeded(result=result)
         except ValidationError as error:
             why = f"the backend's answer cannot be stored: {error.errors()[0]['msg']}"
             await self._finish(work, [JobFailed(error=why)], AnswerError(UNSTORABLE_STATUS, why))
+            return
+        if work.job.batch:  # its answer goes to its batch's output file (ADR-0037)
+            await self._finish(work, [succeeded])
             return
         with trio.CancelScope(shield=True):
             artifacts = await trio.to_thread.run_sync(

@@ -218,9 +218,15 @@ def line_jobs(log: EventLog, batch_id: str) -> list[Job]:
     return [job_from_row(row) for row in rows]
 
 
+_UNFINISHED = "FROM jobs WHERE batch_id = ? AND state IN ('queued', 'running')"
+
+
 def unfinished_lines(log: EventLog, batch_id: str) -> list[str]:
     """The jobs of the batch's lines still queued or running."""
-    rows = log.conn.execute(
-        "SELECT id FROM jobs WHERE batch_id = ? AND state IN ('queued', 'running')", (batch_id,)
-    )
-    return [job_id for (job_id,) in rows]
+    return [job_id for (job_id,) in log.conn.execute(f"SELECT id {_UNFINISHED}", (batch_id,))]
+
+
+def lines_left(log: EventLog, batch_id: str) -> int:
+    """How many of the batch's lines are still queued or running (by the index)."""
+    (count,) = log.conn.execute(f"SELECT count(*) {_UNFINISHED}", (batch_id,)).fetchone()
+    return int(count)
