@@ -1,6 +1,8 @@
 """Foreman's log lines on stderr: readable by default, one JSON object each with
-``FOREMAN_LOG_FORMAT=json``. One line per actor start and stop, and one per job
-transition, read from the journal's committed events."""
+``FOREMAN_LOG_FORMAT=json``. One line per actor start and stop, and one per job,
+batch, file, host or delivery transition, read from the journal's committed
+events; a batch's lines' transitions are at DEBUG (a batch of 50,000 lines is
+followed by its own events, not by 150,000 lines of log)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ from typing import Any, Literal
 
 import trio
 
-from foreman.events.types import BACKEND_STREAM_PREFIX, DELIVERY_STREAM_PREFIX, RecordedEvent
+from foreman.events.types import (
+    BACKEND_STREAM_PREFIX,
+    BATCH_STREAM_PREFIX,
+    DELIVERY_STREAM_PREFIX,
+    FILE_STREAM_PREFIX,
+    JOB_ENDS,
+    JobSubmitted,
+    RecordedEvent,
+)
 
 logger = logging.getLogger("foreman.transitions")
 """The transition lines' own logger, so an operator can raise its level alone."""
@@ -55,14 +65,22 @@ def configure(log_format: Literal["text", "json"]) -> None:
 
 
 async def log_transitions(committed: trio.MemoryReceiveChannel[list[RecordedEvent]]) -> None:
-    """A line per committed job or webhook delivery event: its stream, type and what it
-    says (not for ``JobPruned``: the janitor logs how many it pruned)."""
+    """A line per committed event: its stream, type and what it says (not for
+    ``JobPruned``: the janitor logs how many it pruned)."""
+    lines: set[str] = set()  # the batch lines seen submitted and not ended
     async with committed:
         async for events in committed:
             for event in events:
                 if event.type == "JobPruned":
                     continue
-                logger.info(
+                submitted = event.decoded
+                if isinstance(submitted, JobSubmitted) and submitted.batch is not None:
+                    lines.add(event.stream)
+                level = logging.DEBUG if event.stream in lines else logging.INFO
+                if event.type in JOB_ENDS:
+                    lines.discard(event.stream)
+                logger.log(
+                    level,
                     "%s %s %s",
                     _kind(event.stream),
                     event.stream,
@@ -72,7 +90,17 @@ async def log_transitions(committed: trio.MemoryReceiveChannel[list[RecordedEven
 
 
 def _kind(stream: str) -> str:
-    """What a stream is about: a webhook delivery, a backend host, or a job."""
-    if stream.startswith(DELIVERY_STREAM_PREFIX):
-        return "delivery"
-    return "backend" if stream.startswith(BACKEND_STREAM_PREFIX) else "job"
+    """What a stream is about: a webhook delivery, a backend host, a batch, a file,
+    or a job."""
+    for prefix, kind in KINDS:
+        if stream.startswith(prefix):
+            return kind
+    return "job"
+
+
+KINDS = (
+    (DELIVERY_STREAM_PREFIX, "delivery"),
+    (BACKEND_STREAM_PREFIX, "backend"),
+    (BATCH_STREAM_PREFIX, "batch"),
+    (FILE_STREAM_PREFIX, "file"),
+)

@@ -339,9 +339,11 @@ def chat_request(body: object) -> dict[str, Any]:
     return native
 
 
-def _chat_options(request: _Object) -> dict[str, Any]:
+def _sampling(request: _Object, *, strict_stops: bool) -> dict[str, Any]:
+    """The native options chat and completions set alike: ``stop``, ``num_predict``,
+    ``temperature`` (1.0 unless given) and ``seed``."""
     options: dict[str, Any] = {}
-    stops = _stops(request, strict=False)
+    stops = _stops(request, strict=strict_stops)
     if stops:
         options["stop"] = stops
     max_tokens = _max_tokens(request)
@@ -352,6 +354,11 @@ def _chat_options(request: _Object) -> dict[str, Any]:
     seed = request.integer("seed")
     if seed is not None:
         options["seed"] = seed
+    return options
+
+
+def _chat_options(request: _Object) -> dict[str, Any]:
+    options = _sampling(request, strict_stops=False)
     for penalty in ("frequency_penalty", "presence_penalty"):
         value = request.number(penalty)
         if value is not None:
@@ -633,18 +640,7 @@ def completion_request(body: object) -> dict[str, Any]:
     request = _Object(body)
     model = _model(request)
     prompt = request.string("prompt")
-    options: dict[str, Any] = {}
-    stops = _stops(request, strict=True)
-    if stops:
-        options["stop"] = stops
-    max_tokens = _max_tokens(request)
-    if max_tokens is not None:
-        options["num_predict"] = max_tokens
-    temperature = request.number("temperature")
-    options["temperature"] = 1.0 if temperature is None else temperature
-    seed = request.integer("seed")
-    if seed is not None:
-        options["seed"] = seed
+    options = _sampling(request, strict_stops=True)
     options["frequency_penalty"] = request.number("frequency_penalty") or 0.0
     options["presence_penalty"] = request.number("presence_penalty") or 0.0
     options["top_p"] = request.number("top_p") or 1.0  # Go cannot tell 0 from unset here

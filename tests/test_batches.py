@@ -333,3 +333,60 @@ async def test_past_its_window_a_batch_expires_with_its_finished_lines(
         assert output and errors and len(output) + len(errors) == 100
         assert {e["error"]["code"] for e in errors} == {"batch_expired"}
         assert batch.request_counts.completed == len(output)  # type: ignore[union-attr]
+
+
+async def test_hostile_requests_get_openai_shaped_errors(client: Client) -> None:
+    url = client.foreman.url
+    running = await client.batch([chat_line(n) for n in range(3)])
+    async with httpx.AsyncClient(base_url=url) as http:
+        answers = [
+            await http.post("/v1/files", content=b"not multipart"),
+            await http.post("/v1/files", data={"purpose": "batch"}),  # no file
+            await http.post(
+                "/v1/files", files={"file": ("x", b"\xff\xfe")}, data={"purpose": "batch"}
+            ),
+            await http.post("/v1/batches", content=b"{nope"),
+            await http.post("/v1/batches", json={"input_file_id": "x", "endpoint": "/v1/images"}),
+            await http.post(
+                "/v1/batches",
+                json={
+                    "input_file_id": running.input_file_id,
+                    "endpoint": "/v1/chat/completions",
+                    "completion_window": "24h",
+                    "metadata": {f"k{n}": "v" for n in range(17)},
+                },
+            ),
+            await http.get("/v1/files/file-nope/content"),
+            await http.get("/v1/batches/batch_nope"),
+            await http.get("/v1/batches", params={"limit": 1000}),
+            await http.delete(f"/v1/files/{running.input_file_id}"),
+        ]
+    statuses = [answer.status_code for answer in answers]
+    assert statuses == [400, 400, 400, 400, 400, 400, 404, 404, 400, 409]
+    for answer in answers:
+        error = answer.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"} and error["message"]
+
+
+async def test_an_upload_over_the_limit_is_refused_before_it_is_read(client: Client) -> None:
+    """The guard's own limit for uploads, by the declared length, on a raw connection."""
+    host, port = client.foreman.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    head = (
+        "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {250 * 1024 * 1024}\r\n\r\n"
+    )
+    await stream.send_all(head.encode())
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        answer += await stream.receive_some()
+    await stream.aclose()
+    assert answer.startswith(b"HTTP/1.1 413")
+    assert b"upload is over the" in answer and b'"type":"api_error"' in answer
+
+
+async def test_a_file_of_more_than_50000_requests_is_refused(client: Client) -> None:
+    line = json.dumps(chat_line(0)).encode()
+    many = b"\n".join(line.replace(b'"req-0"', f'"r{n}"'.encode()) for n in range(50_001))
+    with pytest.raises(openai.BadRequestError, match="50,001 requests; a batch takes 50,000"):
+        await client.upload(many)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+import trio
+
 from foreman.events.log import EventLog
-from foreman.events.types import WebhookDelivered, delivery_stream
+from foreman.events.types import BatchLine, RecordedEvent, WebhookDelivered, delivery_stream
 from foreman.ids import new_ulid
-from foreman.logs import JsonFormatter
+from foreman.logs import JsonFormatter, log_transitions
 from tests import factories
 
 
@@ -53,3 +56,22 @@ def test_other_lines_are_plain_json_messages() -> None:
     )
     line = json.loads(JsonFormatter().format(record))
     assert (line["message"], line["level"]) == ("journal: started on x.db", "info")
+
+
+async def test_a_batchs_lines_are_logged_at_debug_and_everything_else_at_info(
+    log: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    line = BatchLine(batch_id="batch_1", line=1, custom_id="a")
+    one_line = factories.submitted().model_copy(update={"origin": "batch", "batch": line})
+    line_id, job_id = new_ulid(), new_ulid()
+    committed = [
+        *log.append(line_id, [one_line, factories.started(), factories.succeeded()]),
+        *log.append(job_id, [factories.submitted()]),
+    ]
+    send, receive = trio.open_memory_channel[list[RecordedEvent]](1)
+    with caplog.at_level(logging.DEBUG, logger="foreman.transitions"):
+        async with send:
+            await send.send(committed)
+        await log_transitions(receive)
+    levels = [(record.levelname, record.getMessage().split()[1]) for record in caplog.records]
+    assert levels == [("DEBUG", line_id)] * 3 + [("INFO", job_id)]

@@ -46,6 +46,7 @@ from foreman.events.log import EventLog, wall_clock
 from foreman.events.queries import success
 from foreman.events.reader import Reader
 from foreman.events.types import (
+    JOB_ENDS,
     BatchCancelling,
     BatchCreated,
     BatchEnd,
@@ -65,7 +66,6 @@ logger = logging.getLogger(__name__)
 CHECK_EVERY = 0.1
 """Seconds between two looks at the running batches' counts, at most one per period:
 many lines ending at once cost one look."""
-JOB_ENDS = frozenset({"JobSucceeded", "JobFailed", "JobCancelled", "JobQuarantined"})
 JSONL = "application/jsonl"
 RESULTS_AT_ONCE = 10_000
 """Results read in one query (SQLite takes at most 32,766 parameters)."""
@@ -185,7 +185,7 @@ class Batcher:
             run.finalizing = True
             nursery.start_soon(self._finalize, run, run.end)
         elif found.status == "validating":
-            run.submitting = not run.cancelling
+            run.submitting = True
             nursery.start_soon(self._submit, run)
         elif run.cancelling:
             nursery.start_soon(self._withdraw, run, "batch_cancelled")

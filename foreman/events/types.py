@@ -148,6 +148,10 @@ class JobCancelled(Event):
     reason: Annotated[ReadableText, Field(min_length=1)]
 
 
+JOB_ENDS = frozenset({"JobSucceeded", "JobFailed", "JobCancelled", "JobQuarantined"})
+"""The types of the event that ends a job."""
+
+
 class JobPruned(Event):
     type: Literal["JobPruned"] = "JobPruned"
 
