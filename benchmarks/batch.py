@@ -433,7 +433,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--lines", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--load-latency", type=float, default=0.5)
-    parser.add_argument("--token-latency", type=float, default=0.0005)
+    parser.add_argument("--token-latency", type=float, default=0.0025)
     parser.add_argument("--tokens", type=int, default=4)
     parser.add_argument("--durability", choices=("full", "normal"), default="full")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))

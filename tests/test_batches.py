@@ -16,7 +16,7 @@ import trio
 
 from foreman.events.log import EventLog
 from foreman.events.types import RecordedEvent
-from foreman.simulator import SimulatorConfig
+from foreman.simulator import SimulatorConfig, serve_simulator
 from foreman.simulator.config import parse_models
 from tests.running import Foreman, of_type, recorded, start_foreman, until
 
@@ -204,14 +204,15 @@ async def test_a_batch_over_three_models_runs_every_line_once_with_three_loads(
     assert [b.id for b in listed.data] == [batch.id]
 
 
+@pytest.mark.slow  # 1,000 lines of 8 ms each
 async def test_a_chat_arriving_mid_batch_waits_for_one_running_line_at_most(
     db_path: Path, nursery: trio.Nursery
 ) -> None:
-    slow = SIMULATOR.model_copy(update={"token_latency": 0.002})
+    slow = SIMULATOR.model_copy(update={"token_latency": 0.001})
     async for foreman in start_foreman(nursery, db_path, simulator=slow):
         client = Client(foreman)
         committed = await foreman.running.journal.subscribe()
-        batch = await client.batch([chat_line(n) for n in range(300)])
+        batch = await client.batch([chat_line(n) for n in range(1000)])
         await until(committed, of_type("JobSucceeded"))  # the batch is under way
         chat = await client(
             client.openai.chat.completions.create,
@@ -219,17 +220,17 @@ async def test_a_chat_arriving_mid_batch_waits_for_one_running_line_at_most(
             messages=[{"role": "user", "content": "hi"}],
         )
         job_id = chat.id.removeprefix("chatcmpl-")
-        await until(committed, batch_ended(batch.id), within=60)
+        await until(committed, batch_ended(batch.id), within=120)
         events = read_all(db_path)
         submitted = next(e.seq for e in events if e.stream == job_id)
         started = next(e.seq for e in events if e.stream == job_id and e.type == "JobStarted")
         ended = [e.seq for e in events if e.type == "JobSucceeded" and e.stream != job_id]
         # It came mid-batch, and waited for the line running then to end, no more: no
         # line was waiting at the backend ahead of it.
-        assert 1 <= len([seq for seq in ended if seq < submitted]) < 250
+        assert 1 <= len([seq for seq in ended if seq < submitted]) < 900
         assert len([seq for seq in ended if submitted < seq < started]) <= 1
         batch = await client(client.openai.batches.retrieve, batch.id)
-        assert batch.status == "completed" and batch.request_counts.completed == 300  # type: ignore[union-attr]
+        assert batch.status == "completed" and batch.request_counts.completed == 1000  # type: ignore[union-attr]
 
 
 def read_all(db_path: Path) -> list[RecordedEvent]:
@@ -390,3 +391,26 @@ async def test_a_file_of_more_than_50000_requests_is_refused(client: Client) -> 
     many = b"\n".join(line.replace(b'"req-0"', f'"r{n}"'.encode()) for n in range(50_001))
     with pytest.raises(openai.BadRequestError, match="50,001 requests; a batch takes 50,000"):
         await client.upload(many)
+
+
+async def test_a_batch_is_drained_by_model_across_a_fleet(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    hosts = [
+        await nursery.start(serve_simulator, SIMULATOR.model_copy(update={"listen": "127.0.0.1:0"}))
+        for _ in range(2)
+    ]
+    backends = ",".join(f"gpu-{n}={url}" for n, url in enumerate(hosts))
+    async for foreman in start_foreman(nursery, db_path, backend=backends):
+        client = Client(foreman)
+        committed = await foreman.running.journal.subscribe()
+        batch = await client.batch([chat_line(n) for n in range(90)])
+        await until(committed, batch_ended(batch.id))
+        output, errors = await client.results(
+            await client(client.openai.batches.retrieve, batch.id)
+        )
+        assert errors == [] and len({o["custom_id"] for o in output}) == 90
+        async with httpx.AsyncClient(base_url=foreman.url) as http:
+            fleet = (await http.get("/backends")).json()["backends"]
+        assert sum(host["loads"] for host in fleet) <= len(MODELS) + len(hosts)
+        assert sum(host["done"] for host in fleet) == 90
