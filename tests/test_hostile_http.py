@@ -251,18 +251,19 @@ async def cut_after(
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> tuple[float, bytes]:
     """Send ``first`` at once (then it has started), then ``dribbled`` a byte at a time
-    until Foreman closes the connection: how long that took, and what Foreman said."""
-    connection = await Connection.open(url)
-    await connection.send(first)
-    task_status.started()
-
-    async def dribble() -> None:
-        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            for byte in dribbled:
-                await trio.sleep(DRIBBLE_SECONDS)
-                await connection.send(bytes([byte]))
-
+    until Foreman closes the connection: how long that took from the connection's
+    opening (when Foreman's deadlines start), and what Foreman said."""
     with elapsed() as took:
+        connection = await Connection.open(url)
+        await connection.send(first)
+        task_status.started()
+
+        async def dribble() -> None:
+            with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                for byte in dribbled:
+                    await trio.sleep(DRIBBLE_SECONDS)
+                    await connection.send(bytes([byte]))
+
         async with trio.open_nursery() as nursery:
             nursery.start_soon(dribble)
             said = await connection.until_closed()
