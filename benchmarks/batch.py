@@ -66,7 +66,7 @@ from foreman.events.log import EventLog
 from foreman.openai_protocol import chat_request
 
 MODES = ("batch", "concurrent")
-POLL_SECONDS = 0.2
+POLL_SECONDS = 1.0
 CPU_TARGET_MS = 1.0
 """Foreman's own CPU per line, at most."""
 DIRECT_CALLS = 2000

@@ -6,9 +6,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import pytest
 import trio
 
@@ -19,7 +22,7 @@ from foreman.events.store import open_log
 from foreman.events.types import BatchCreated, FileStored, batch_stream, file_stream
 from foreman.ids import new_ulid
 from tests.processes import running, start_foreman_process, start_simulator
-from tests.running import recorded, start_foreman, until
+from tests.running import Foreman, recorded, start_foreman, until
 from tests.test_batches import SIMULATOR, chat_line, jsonl
 
 ENDS = ("JobSucceeded", "JobFailed", "JobCancelled")
@@ -94,14 +97,15 @@ def test_kill_9_mid_batch_resumes_it_and_no_line_ends_twice(tmp_path: Path, db_p
     assert any("JobRequeued" in types for types in jobs.values())  # the one the kill hit
 
 
-async def test_a_batch_stopped_while_its_lines_became_jobs_makes_the_rest(
-    db_path: Path, nursery: trio.Nursery
-) -> None:
-    """As a crash would leave it: created, 4 of its 10 lines jobs already."""
-    data = jsonl([chat_line(n) for n in range(10)])
+def seed_batch(db_path: Path, count: int, made: int, *, keep_input: bool = True) -> str:
+    """A batch as a crash leaves it: created, ``made`` of its ``count`` lines jobs
+    already; its input file's bytes kept or lost. Its id."""
+    data = jsonl([chat_line(n) for n in range(count)])
     store = ArtifactStore(db_path.with_suffix(".artifacts"))
     file_id, batch_id = new_file_id(), f"batch_{new_ulid()}"
     ref = store.put_file(file_id, "in.jsonl", "application/jsonl", data)
+    if not keep_input:
+        store.remove(file_id.removeprefix("file-"))
     log = open_log(db_path)
     try:
         stored = FileStored(
@@ -109,7 +113,7 @@ async def test_a_batch_stopped_while_its_lines_became_jobs_makes_the_rest(
             purpose="batch",
             bytes=ref.size,
             sha256=ref.sha256,
-            requests=10,
+            requests=count,
             endpoint="/v1/chat/completions",
         )
         log.append(file_stream(file_id), [stored])
@@ -118,22 +122,52 @@ async def test_a_batch_stopped_while_its_lines_became_jobs_makes_the_rest(
             endpoint="/v1/chat/completions",
             completion_window="24h",
             window=86400,
-            requests=10,
+            requests=count,
         )
         log.append(batch_stream(batch_id), [created])
-        for line in read(data)[:4]:
+        for line in read(data)[:made]:
             log.append(new_ulid(), [job_for(line, batch_id)])
     finally:
         log.close()
-    async for foreman in start_foreman(nursery, db_path, simulator=SIMULATOR):
-        committed = await foreman.running.journal.subscribe()
-        async with httpx.AsyncClient(base_url=foreman.url) as http:
+    return batch_id
+
+
+async def ended_batch(foreman: Foreman, batch_id: str) -> dict[str, Any]:
+    """The batch once it has ended (at once, if it had when Foreman started)."""
+    committed = await foreman.running.journal.subscribe()
+    async with httpx.AsyncClient(base_url=foreman.url) as http:
+        batch: dict[str, Any] = (await http.get(f"/v1/batches/{batch_id}")).json()
+        if batch["status"] not in ("completed", "failed"):
+            await until(committed, recorded(batch_stream(batch_id), "BatchEnded"))
             batch = (await http.get(f"/v1/batches/{batch_id}")).json()
-            if batch["status"] != "completed":
-                await until(committed, recorded(batch_stream(batch_id), "BatchEnded"))
-                batch = (await http.get(f"/v1/batches/{batch_id}")).json()
+    return batch
+
+
+async def test_a_batch_stopped_while_its_lines_became_jobs_makes_the_rest(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    batch_id = seed_batch(db_path, 10, made=4)
+    async for foreman in start_foreman(nursery, db_path, simulator=SIMULATOR):
+        batch = await ended_batch(foreman, batch_id)
         assert batch["status"] == "completed"
         assert batch["request_counts"] == {"total": 10, "completed": 10, "failed": 0}
     jobs = line_jobs(db_path, batch_id)
     assert sorted(jobs) == list(range(1, 11))
     assert all(types[-1] == "JobSucceeded" for types in jobs.values())
+
+
+async def test_a_batch_whose_input_is_gone_fails_and_foreman_carries_on(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    batch_id = seed_batch(db_path, 10, made=4, keep_input=False)
+    async for foreman in start_foreman(nursery, db_path, simulator=SIMULATOR):
+        batch = await ended_batch(foreman, batch_id)
+        assert batch["status"] == "failed"
+        assert batch["errors"]["data"][0]["code"] == "missing_input_file"
+        client = openai.OpenAI(base_url=f"{foreman.url}/v1", api_key="-", max_retries=0)
+        hello = [{"role": "user", "content": "hi"}]
+        chat = partial(client.chat.completions.create, model="llama3", messages=hello)
+        answer = await trio.to_thread.run_sync(chat)
+        assert answer.choices[0].message.content
+    jobs = line_jobs(db_path, batch_id)
+    assert len(jobs) == 4 and all(types[-1] == "JobCancelled" for types in jobs.values())

@@ -1,5 +1,6 @@
-"""Hostile input is normal input: arbitrary JSON in every field of every write route,
-over real HTTP to a real Foreman process, never stops it or poisons its log."""
+"""Hostile input is normal input: arbitrary JSON in every field of every write route
+(Ollama's, OpenAI's, the job API's, and the lines of a batch's input file), over real
+HTTP to a real Foreman process, never stops it or poisons its log."""
 
 from __future__ import annotations
 
@@ -27,9 +28,17 @@ CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "str
 GENERATE = {"model": "llama3", "prompt": "hi", "stream": False}
 EMBED = {"model": "nomic-embed-text", "input": "hi"}
 JOB = {"kind": "chat", "request": CHAT, "metadata": {"note": "hi"}}
+OPENAI_CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}]}
+BATCH_LINE = {
+    "custom_id": "a",
+    "method": "POST",
+    "url": "/v1/chat/completions",
+    "body": OPENAI_CHAT,
+}
 
 # Each write route, a valid body, and the fields a hostile value replaces (a dotted path;
-# "*" stands for the whole body, "extra" for a field nobody expects).
+# "*" stands for the whole body, "extra" for a field nobody expects). ``/v1/files`` takes
+# a JSONL file: the hostile value goes into its first line.
 ROUTES: dict[str, tuple[dict[str, Any], list[str]]] = {
     "/api/chat": (
         CHAT,
@@ -53,6 +62,29 @@ ROUTES: dict[str, tuple[dict[str, Any], list[str]]] = {
         ],
     ),
     "/jobs/{id}/webhooks/redeliver": ({"ids": ["x"]}, ["*", "ids", "ids.0", "extra"]),
+    "/v1/chat/completions": (
+        OPENAI_CHAT,
+        [
+            *("*", "model", "messages", "messages.0", "messages.0.content", "messages.0.role"),
+            *("stream", "stream_options", "tools", "response_format", "max_tokens", "stop"),
+            *("temperature", "seed", "reasoning_effort", "extra"),
+        ],
+    ),
+    "/v1/completions": (
+        {"model": "llama3", "prompt": "hi", "max_tokens": 4},
+        ["*", "model", "prompt", "stream", "max_tokens", "stop", "suffix", "extra"],
+    ),
+    "/v1/embeddings": (EMBED, ["*", "model", "input", "encoding_format", "dimensions", "extra"]),
+    "/v1/files": (BATCH_LINE, ["*", "custom_id", "method", "url", "body", "body.messages"]),
+    "/v1/batches": (
+        {
+            "input_file_id": "{file}",
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": {"k": "v"},
+        },
+        ["*", "input_file_id", "endpoint", "completion_window", "metadata", "metadata.k", "extra"],
+    ),
 }
 
 ODD_STRINGS = st.sampled_from(
@@ -107,6 +139,10 @@ def encoded(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+def upload(http: httpx.Client, content: bytes) -> httpx.Response:
+    return http.post("/v1/files", files={"file": ("in.jsonl", content)}, data={"purpose": "batch"})
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("hostile")
@@ -136,6 +172,11 @@ def check_answer(answer: httpx.Response) -> None:
     elif answer.headers.get("content-type", "").startswith("application/x-ndjson"):
         for line in answer.text.splitlines():
             json.loads(line)
+    elif answer.headers.get("content-type", "").startswith("text/event-stream"):
+        events = [line.removeprefix("data: ") for line in answer.text.split("\n\n") if line]
+        assert events[-1] == "[DONE]", answer.text[-200:]
+        for event in events[:-1]:
+            json.loads(event)
     elif answer.content:
         json.loads(answer.content)
 
@@ -146,6 +187,7 @@ def test_arbitrary_json_in_every_field_of_every_write_route(
     with running(serve(workdir, simulator, "first.out")) as foreman:
         http = httpx.Client(base_url=foreman.url, timeout=30)
         job_id = http.post("/jobs", json=JOB).json()["job_id"]
+        good_file = upload(http, encoded(BATCH_LINE)).json()["id"]
 
         @settings(
             max_examples=400,
@@ -162,8 +204,13 @@ def test_arbitrary_json_in_every_field_of_every_write_route(
             body, fields = ROUTES[route]
             field = data.draw(st.sampled_from(fields), label="field")
             sent = encoded(with_value(body, field, nested(value, levels)))
-            path = route.replace("{id}", job_id)
-            answer = http.post(path, content=sent, headers={"content-type": "application/json"})
+            if route == "/v1/files":
+                answer = upload(http, sent + b"\n" + encoded({**BATCH_LINE, "custom_id": "b"}))
+            else:
+                path = route.replace("{id}", job_id)
+                sent = sent.replace(b'"{file}"', f'"{good_file}"'.encode())
+                headers = {"content-type": "application/json"}
+                answer = http.post(path, content=sent, headers=headers)
             check_answer(answer)
             assert http.get("/healthz").status_code == 200
 

@@ -43,7 +43,7 @@ from foreman.events.batches import (
 )
 from foreman.events.files import StoredFile, stored_file
 from foreman.events.log import EventLog, wall_clock
-from foreman.events.queries import success
+from foreman.events.queries import submission, success
 from foreman.events.reader import Reader
 from foreman.events.types import (
     JOB_ENDS,
@@ -184,11 +184,15 @@ class Batcher:
         if found.end is not None:  # it was finalizing
             run.finalizing = True
             nursery.start_soon(self._finalize, run, run.end)
-        elif found.status == "validating":
+        elif found.status == "validating":  # before any worker runs a line of it
+            lines = await self._input_lines(run)
+            if lines is None:
+                await self._fail(run, "the input file is gone: it cannot be read")
+                return
             run.submitting = True
-            nursery.start_soon(self._submit, run)
-        elif run.cancelling:
-            nursery.start_soon(self._withdraw, run, "batch_cancelled")
+            nursery.start_soon(self._submit, run, lines)
+        elif run.cancelling:  # what recovery queued again must not run
+            await self._withdraw(run, "batch_cancelled")
 
     async def _handle(self, nursery: trio.Nursery, message: _Message) -> None:
         match message:
@@ -233,13 +237,17 @@ class Batcher:
             nursery.start_soon(self._withdraw, run, "batch_cancelled")
         cancel.reply.put(None)
 
-    async def _submit(self, run: _Run) -> None:
-        """Make jobs of the lines that are not jobs yet, then record ``BatchStarted``.
-        A batch cancelled or expired meanwhile has the lines just made withdrawn."""
-        assert run.input_file is not None
-        data = await trio.to_thread.run_sync(self._read_file, run.input_file)
+    async def _submit(self, run: _Run, lines: list[batch_lines.InputLine] | None = None) -> None:
+        """Make jobs of the ``lines`` (default: the input file's) that are not jobs yet,
+        then record ``BatchStarted``. A batch cancelled or expired meanwhile has the
+        lines just made withdrawn."""
+        if lines is None:
+            lines = await self._input_lines(run)
+        if lines is None:
+            await self._fail(run, "the input file is gone: it cannot be read")
+            return
         done = {job.batch_line for job in await self._reader.read(line_jobs, run.id)}
-        todo = [line for line in batch_lines.read(data) if line.line not in done]
+        todo = [line for line in lines if line.line not in done]
         jobs = [batch_lines.job_for(line, run.id) for line in todo]
         ids = await self._scheduler.submit_lines(jobs)
         hosts = await self._scheduler.hosts()
@@ -307,9 +315,10 @@ class Batcher:
         if found.end is None:
             await self._journal.append(stream, [BatchFinalizing(end=end)])
         outcomes = await self._reader.read(_outcomes, run.id)
-        assert run.input_file is not None
-        data = await trio.to_thread.run_sync(self._read_file, run.input_file)
-        lines = batch_lines.read(data)
+        lines = await self._input_lines(run)
+        if lines is None:  # removed behind Foreman's back: the lines that became jobs
+            logger.warning("batch %s: its input file is gone; writing its jobs' lines", run.id)
+            lines = await self._reader.read(_lines_of_jobs, run.id, run.endpoint)
         written = files(run.id, run.endpoint, lines, outcomes, end)
         output_id = await self._store_file(run.id, "output", written.output)
         error_id = await self._store_file(run.id, "error", written.errors)
@@ -339,8 +348,29 @@ class Batcher:
         await self._journal.append(file_stream(file_id), [stored], expected_version=0)
         return file_id
 
-    def _read_file(self, stored: StoredFile) -> bytes:
-        return self._store.file_path(stored.id, stored.sha256).read_bytes()
+    async def _input_lines(self, run: _Run) -> list[batch_lines.InputLine] | None:
+        """The lines of the batch's input file; None when the file is gone."""
+        stored = run.input_file
+        if stored is None:
+            return None
+        path = self._store.file_path(stored.id, stored.sha256)
+        try:
+            data = await trio.to_thread.run_sync(path.read_bytes)
+        except OSError:
+            return None
+        return batch_lines.read(data)
+
+    async def _fail(self, run: _Run, why: str) -> None:
+        """End a batch that cannot run (``failed``), its lines made so far withdrawn."""
+        await self._scheduler.withdraw(
+            await self._reader.read(unfinished_lines, run.id), "batch_failed"
+        )
+        problem = BatchProblem(code="missing_input_file", message=why, param="input_file_id")
+        await self._journal.append(
+            batch_stream(run.id), [BatchEnded(status="failed", errors=(problem,))]
+        )
+        del self._runs[run.id]
+        logger.warning("batch %s failed: %s", run.id, why)
 
 
 def _outcomes(log: EventLog, batch_id: str) -> dict[int, Outcome]:
@@ -363,3 +393,15 @@ def _outcomes(log: EventLog, batch_id: str) -> dict[int, Outcome]:
         )
         for job in jobs
     }
+
+
+def _lines_of_jobs(log: EventLog, batch_id: str, endpoint: str) -> list[batch_lines.InputLine]:
+    """The lines of a batch that became jobs, as their ``JobSubmitted`` tell them."""
+    lines = []
+    for job in line_jobs(log, batch_id):
+        submitted = submission(log, job.id)
+        if submitted.batch is not None:
+            line = submitted.batch
+            body = {"model": submitted.model}
+            lines.append(batch_lines.InputLine(line.line, line.custom_id, endpoint, body))
+    return lines

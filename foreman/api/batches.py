@@ -33,6 +33,7 @@ from foreman.events.types import (
     BATCH_ID_PREFIX,
     BatchCreated,
     BatchEndpoint,
+    BatchMetadata,
     FileDeleted,
     FileStored,
     file_stream,
@@ -64,13 +65,7 @@ class BatchRequest(BaseModel):
     input_file_id: Annotated[str, Field(min_length=1, max_length=64)]
     endpoint: BatchEndpoint
     completion_window: Annotated[str, Field(min_length=1, max_length=16)]
-    metadata: (
-        Annotated[
-            dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]],
-            Field(max_length=16),
-        ]
-        | None
-    ) = None
+    metadata: BatchMetadata | None = None
 
 
 def batch_routes(api: BatchesApi) -> APIRouter:
@@ -101,7 +96,10 @@ def batch_routes(api: BatchesApi) -> APIRouter:
     async def content(file_id: str) -> Response:
         found = await _file(api, file_id)
         path = api.store.file_path(found.id, found.sha256)
-        data = await trio.to_thread.run_sync(path.read_bytes)
+        try:
+            data = await trio.to_thread.run_sync(path.read_bytes)
+        except FileNotFoundError:  # deleted meanwhile
+            raise OpenAIError(404, f"no such file: {file_id}") from None
         return Response(data, media_type=JSONL)
 
     @router.delete("/files/{file_id}")

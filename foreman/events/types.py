@@ -266,6 +266,14 @@ class BatchProblem(BaseModel):
     line: int | None = None
 
 
+BatchMetadata = Annotated[
+    dict[Annotated[Text, Field(max_length=64)], Annotated[Text, Field(max_length=512)]],
+    Field(max_length=16),
+]
+"""OpenAI's batch metadata: at most 16 pairs of strings, keys up to 64 characters, values
+up to 512."""
+
+
 class BatchCreated(Event):
     """A batch was accepted: its lines are about to become jobs (``validating``)."""
 
@@ -276,9 +284,7 @@ class BatchCreated(Event):
     window: Annotated[float, Field(gt=0)]
     """The completion window in seconds: the batch expires that long after it was made."""
     requests: Annotated[int, Field(ge=0)]
-    metadata: (
-        dict[Annotated[str, Field(max_length=64)], Annotated[str, Field(max_length=512)]] | None
-    ) = None
+    metadata: BatchMetadata | None = None
 
 
 class BatchStarted(Event):
