@@ -11,7 +11,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, cast
 
 from foreman.events.rows import RowsProjection, Transition, refuse
-from foreman.events.types import FILE_ID_PREFIX, FILE_STREAM_PREFIX, FileStored, RecordedEvent
+from foreman.events.types import (
+    FILE_ID_PREFIX,
+    FILE_STREAM_PREFIX,
+    FileStored,
+    RecordedEvent,
+    file_stream,
+)
 
 if TYPE_CHECKING:
     from foreman.events.log import EventLog
@@ -107,8 +113,11 @@ def files_stored_before(log: EventLog, cutoff: str, limit: int) -> list[StoredFi
 
 def existing_files(log: EventLog, ulids: list[str]) -> set[str]:
     """Which of these ULIDs are the ids of stored files (``file-<ULID>``)."""
-    found = FilesProjection().load(log.conn, [f"{FILE_ID_PREFIX}{ulid}" for ulid in ulids])
-    return {file_id.removeprefix(FILE_ID_PREFIX) for file_id in found}
+    streams = [file_stream(f"{FILE_ID_PREFIX}{ulid}") for ulid in ulids]
+    return {
+        file.id.removeprefix(FILE_ID_PREFIX)
+        for file in FilesProjection().load(log.conn, streams).values()
+    }
 
 
 def input_of_unended_batch(log: EventLog, file_id: str) -> str | None:

@@ -1,9 +1,10 @@
 """A projection whose state is one row per stream: a NamedTuple, stored as is.
 
-The files and batches projections are this shape: each keys its state by the
-stream (``files/<id>``, ``batches/<id>``) and keeps every field in a column of
-the same name. A subclass gives the row type, the table's columns, and the
-transitions; an event that cannot be read back changes nothing (ADR-0032).
+The files and batches projections are this shape: each keys its state by its
+stream (``files/<id>``, ``batches/<id>``), stores it under the id (the stream
+without its prefix) and keeps every field in a column of the same name. A subclass
+gives the row type, the table's columns, and the transitions; an event that cannot
+be read back changes nothing (ADR-0032).
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ class RowsProjection(Generic[R]):
         conn.execute(f"DROP TABLE IF EXISTS {self.name}")
 
     def key(self, event: RecordedEvent) -> str | None:
+        """The stream, as the log assumes when it reads the states a commit needs
+        before folding it in (so a commit of other streams reads nothing here)."""
         if event.type in self.transitions and event.stream.startswith(self.prefix):
-            return event.stream.removeprefix(self.prefix)
+            return event.stream
         return None
 
     def evolve(self, state: R | None, event: RecordedEvent) -> R | None:
@@ -55,13 +58,13 @@ class RowsProjection(Generic[R]):
         return f"SELECT {', '.join(self.row._fields)} FROM {self.name}"
 
     def load(self, conn: sqlite3.Connection, keys: Iterable[str]) -> dict[str, R]:
-        keys = list(keys)
+        ids = [key.removeprefix(self.prefix) for key in keys if key.startswith(self.prefix)]
         found: dict[str, R] = {}
-        for start in range(0, len(keys), _LOAD_CHUNK):
-            chunk = keys[start : start + _LOAD_CHUNK]
+        for start in range(0, len(ids), _LOAD_CHUNK):
+            chunk = ids[start : start + _LOAD_CHUNK]
             marks = ", ".join("?" * len(chunk))
             for row in conn.execute(f"{self.select()} WHERE id IN ({marks})", chunk):
-                found[row[0]] = self.row._make(row)
+                found[self.prefix + row[0]] = self.row._make(row)
         return found
 
     def save(self, conn: sqlite3.Connection, states: Mapping[str, R | None]) -> None:
@@ -71,16 +74,17 @@ class RowsProjection(Generic[R]):
             f"VALUES ({', '.join('?' * len(fields))})"
         )
         conn.executemany(upsert, [row for row in states.values() if row is not None])
-        gone = [(key,) for key, row in states.items() if row is None]
+        gone = [(key.removeprefix(self.prefix),) for key, row in states.items() if row is None]
         if gone:
             conn.executemany(f"DELETE FROM {self.name} WHERE id = ?", gone)
 
     def load_all(self, conn: sqlite3.Connection) -> dict[str, R]:
         rows = conn.execute(f"{self.select()} ORDER BY id")
-        return {row[0]: self.row._make(row) for row in rows}
+        return {self.prefix + row[0]: self.row._make(row) for row in rows}
 
-    def get(self, conn: sqlite3.Connection, key: str) -> R | None:
-        row = conn.execute(f"{self.select()} WHERE id = ?", (key,)).fetchone()
+    def get(self, conn: sqlite3.Connection, row_id: str) -> R | None:
+        """The row of one id (``file-…``, ``batch_…``)."""
+        row = conn.execute(f"{self.select()} WHERE id = ?", (row_id,)).fetchone()
         return None if row is None else self.row._make(row)
 
 
