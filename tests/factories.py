@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from foreman.events.types import (
     JobAttemptFailed,
     JobCancelled,
@@ -52,3 +54,22 @@ def cancelled() -> JobCancelled:
 
 def pruned() -> JobPruned:
     return JobPruned()
+
+
+PIXEL = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk+A8AAQUBAScY42YAAAAASUVORK5CYII="
+)
+"""A 1x1 PNG, Ollama's own test image, in base64."""
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather",
+        "parameters": {
+            "type": "object",
+            "required": ["location"],
+            "properties": {"location": {"type": "string", "description": "The city"}},
+        },
+    },
+}
+"""An OpenAI tool definition, as Ollama's own tests use one."""

@@ -18,25 +18,11 @@ import pytest
 import trio
 
 from foreman.simulator import SimulatorConfig, serve_simulator
+from tests.factories import PIXEL, WEATHER_TOOL
 from tests.running import Foreman, event_types, of_type, recorded, start_foreman, until
 
 T = TypeVar("T")
 HELLO: list[Any] = [{"role": "user", "content": "why is the sky blue?"}]
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather",
-        "parameters": {
-            "type": "object",
-            "required": ["location"],
-            "properties": {"location": {"type": "string"}},
-        },
-    },
-}
-PIXEL = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk+A8AAQUBAScY42YAAAAASUVORK5CYII="
-)
 VARYING = ("id", "created")
 """What differs between two answers to the same request."""
 

@@ -13,25 +13,10 @@ import pytest
 import trio
 
 from foreman.simulator import SimulatorConfig, serve_simulator
+from tests.factories import PIXEL, WEATHER_TOOL
 
 T = TypeVar("T")
-PIXEL = (
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAQAAAC1HAwCAAAAC0lEQVR42mNk+A8AAQUBAScY42YAAAAASUVORK5CYII="
-)
-"""A 1x1 PNG, Ollama's own test image."""
 HELLO: list[Any] = [{"role": "user", "content": "hello"}]
-WEATHER_TOOL: Any = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather",
-        "parameters": {
-            "type": "object",
-            "required": ["location"],
-            "properties": {"location": {"type": "string", "description": "The city"}},
-        },
-    },
-}
 
 
 @pytest.fixture
