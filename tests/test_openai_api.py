@@ -206,3 +206,24 @@ async def test_a_streamed_caller_that_hangs_up_cancels_its_job(
         cancelled = await until(committed, of_type("JobCancelled"))
         assert cancelled.stream == job_id
         assert cancelled.event.reason == "client_disconnected"  # type: ignore[attr-defined]
+
+
+async def test_an_error_mid_stream_ends_the_events_with_an_error_the_client_raises(
+    pair: Pair,
+) -> None:
+    committed = await pair.foreman.running.journal.subscribe()
+    sim = str(pair.direct.base_url).removesuffix("/v1/")
+    async with httpx.AsyncClient() as http:
+        drop = {"kind": "drop_mid_stream", "after_tokens": 2, "error": "the GPU fell over"}
+        await http.post(f"{sim}/_sim/faults", json=drop)
+
+    def chunks() -> list[Any]:
+        stream = pair.via_foreman.chat.completions.create(
+            model="llama3", messages=HELLO, stream=True
+        )
+        return list(stream)
+
+    with pytest.raises(openai.APIError, match="the GPU fell over"):
+        await trio.to_thread.run_sync(chunks)
+    failed = await until(committed, of_type("JobFailed"))
+    assert event_types(pair.foreman.db_path, failed.stream)[-1] == "JobFailed"

@@ -131,11 +131,11 @@ async def _events(
 ) -> AsyncIterator[bytes]:
     """The job's native lines as server-sent events; a failure after the first ends
     the stream with an error event."""
-    async for line in answer_lines(door, started):
+    async for line in answer_lines(door, started):  # an AnswerError is the last
         if isinstance(line, AnswerError):
             yield stream.events({"error": line.message})
-            return
-        yield stream.events(_decoded(line))
+        else:
+            yield stream.events(_decoded(line))
 
 
 def _decoded(line: bytes) -> Mapping[str, Any]:
