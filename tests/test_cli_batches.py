@@ -95,6 +95,12 @@ async def held(batches: Batches, lines: int) -> str:
         committed, both(recorded(f"batches/{batch_id}", "BatchStarted"), of_type("JobSucceeded"))
     )
     await batches.host("drain")
+    # The line running when the host was drained finishes, its end recorded: then
+    # nothing moves.
+    while (await batches.api("GET", "/backends"))["backends"][0]["running"] or (
+        await batches.api("GET", "/jobs?state=running")
+    )["jobs"]:
+        await until(committed, of_type("JobSucceeded", "JobFailed", "JobCancelled"))
     return batch_id
 
 
