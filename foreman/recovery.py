@@ -15,11 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 from foreman.actors import JournalClient, SchedulerClient
 from foreman.events.jobs import TERMINAL_STATES, Job, JobsProjection, with_unreadable_events
-from foreman.events.log import EventLog
+from foreman.events.log import EventLog, unix_time
 from foreman.events.reader import Reader
 from foreman.events.types import JobFailed, JobQuarantined, JobRequeued, JobSubmitted
 
@@ -72,7 +71,7 @@ async def recover(
         for unfinished in await reader.read(unfinished_jobs, arrivals[start : start + CHUNK]):
             job = unfinished.job
             if await _may_run_again(job, journal, max_attempts):
-                waited = max(0.0, time.time() - _epoch(job.created_at))
+                waited = max(0.0, time.time() - unix_time(job.created_at))
                 await scheduler.requeue(
                     job.id,
                     unfinished.submitted,
@@ -107,7 +106,3 @@ async def _may_run_again(job: Job, journal: JournalClient, max_attempts: int) ->
         return False
     await journal.append(job.id, [JobRequeued(reason="interrupted")])
     return True
-
-
-def _epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp).timestamp()

@@ -2,7 +2,13 @@
 channels. Each reports a client (or is handed its collaborators) when started by
 the supervisor; nothing outside this package builds an actor's messages."""
 
-from foreman.actors.batcher import Batcher, BatcherClient, BatchNotFound, CannotCancel
+from foreman.actors.batcher import (
+    Batcher,
+    BatcherClient,
+    BatchNotFound,
+    CannotCancel,
+    store_file,
+)
 from foreman.actors.dispatcher import Dispatcher
 from foreman.actors.http import serve_http
 from foreman.actors.janitor import Janitor
@@ -42,4 +48,5 @@ __all__ = [
     "SchedulerClient",
     "Worker",
     "serve_http",
+    "store_file",
 ]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import trio
 
@@ -32,10 +32,12 @@ from foreman.actors.journal import JournalClient
 from foreman.actors.scheduler import SchedulerClient
 from foreman.artifacts import ArtifactStore, new_file_id
 from foreman.batching import lines as batch_lines
+from foreman.batching.lines import Checked
 from foreman.batching.results import Outcome, files
 from foreman.events.batches import (
     Batch,
     batch,
+    expiry,
     line_jobs,
     lines_left,
     unended_batches,
@@ -54,6 +56,7 @@ from foreman.events.types import (
     BatchFinalizing,
     BatchProblem,
     BatchStarted,
+    FilePurpose,
     FileStored,
     RecordedEvent,
     batch_stream,
@@ -215,8 +218,7 @@ class Batcher:
             await self._journal.append(stream, [BatchEnded(status="failed", errors=(problem,))])
             create.reply.put(None)
             return
-        made = datetime.fromisoformat(recorded.recorded_at)
-        expires_at = made + timedelta(seconds=create.created.window)
+        expires_at = datetime.fromisoformat(expiry(recorded.recorded_at, create.created.window))
         run = _Run(create.batch_id, endpoint, create.input_file, expires_at, submitting=True)
         self._runs[run.id] = run
         nursery.start_soon(self._submit, run)
@@ -339,14 +341,10 @@ class Batcher:
         """Store one of a batch's files (none when it would be empty); its id."""
         if not data:
             return None
-        file_id = new_file_id()
         name = f"{batch_id}_{which}.jsonl"
-        ref = await trio.to_thread.run_sync(self._store.put_file, file_id, name, JSONL, data)
-        stored = FileStored(
-            filename=name, purpose="batch_output", bytes=ref.size, sha256=ref.sha256
+        return await store_file(
+            self._journal, self._store, data, filename=name, purpose="batch_output"
         )
-        await self._journal.append(file_stream(file_id), [stored], expected_version=0)
-        return file_id
 
     async def _input_lines(self, run: _Run) -> list[batch_lines.InputLine] | None:
         """The lines of the batch's input file; None when the file is gone."""
@@ -371,6 +369,32 @@ class Batcher:
         )
         del self._runs[run.id]
         logger.warning("batch %s failed: %s", run.id, why)
+
+
+async def store_file(
+    journal: JournalClient,
+    store: ArtifactStore,
+    data: bytes,
+    *,
+    filename: str,
+    purpose: FilePurpose,
+    checked: Checked | None = None,
+) -> str:
+    """Keep ``data`` as a file: its bytes with the artifacts, then ``FileStored`` (a batch
+    input's ``checked`` lines and endpoint with it). Its id. Raises ValidationError for
+    a name the log cannot hold."""
+    file_id = new_file_id()
+    ref = await trio.to_thread.run_sync(store.put_file, file_id, "file.jsonl", JSONL, data)
+    stored = FileStored(
+        filename=filename,
+        purpose=purpose,
+        bytes=ref.size,
+        sha256=ref.sha256,
+        requests=checked.requests if checked else None,
+        endpoint=checked.endpoint if checked else None,
+    )
+    await journal.append(file_stream(file_id), [stored], expected_version=0)
+    return file_id
 
 
 def _outcomes(log: EventLog, batch_id: str) -> dict[int, Outcome]:

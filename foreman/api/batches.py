@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from functools import partial
 from typing import Annotated, Any, Literal
 
@@ -23,11 +22,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
-from foreman.actors import BatcherClient, BatchNotFound, CannotCancel, JournalClient
-from foreman.artifacts import ArtifactStore, new_file_id
+from foreman.actors import BatcherClient, BatchNotFound, CannotCancel, JournalClient, store_file
+from foreman.artifacts import ArtifactStore
 from foreman.batching import lines
-from foreman.events.batches import ENDED, Batch, LineCounts, batch, line_counts, list_batches
+from foreman.events.batches import ENDED, Batch, LineCounts, counted_batch, list_batches
 from foreman.events.files import StoredFile, input_of_unended_batch, list_files, stored_file
+from foreman.events.log import unix_time
 from foreman.events.reader import Reader
 from foreman.events.types import (
     BATCH_ID_PREFIX,
@@ -35,7 +35,6 @@ from foreman.events.types import (
     BatchEndpoint,
     BatchMetadata,
     FileDeleted,
-    FileStored,
     file_stream,
 )
 from foreman.ids import new_ulid
@@ -140,8 +139,7 @@ def batch_routes(api: BatchesApi) -> APIRouter:
         after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20
     ) -> Response:
         found = await api.reader.read(partial(list_batches, after=after, limit=limit + 1))
-        objects = [batch_object(b, await api.reader.read(line_counts, b)) for b in found]
-        return JSONResponse(_page(objects, limit))
+        return JSONResponse(_page([batch_object(*counted) for counted in found], limit))
 
     @router.get("/batches/{batch_id}")
     async def get(batch_id: str) -> Response:
@@ -182,21 +180,13 @@ async def _upload(api: BatchesApi, request: Request) -> StoredFile:
     except lines.BadInput as error:
         message = f"the file cannot be a batch's input: {error}"
         raise OpenAIError(400, message, param="file") from None
-    file_id = new_file_id()
-    ref = await trio.to_thread.run_sync(api.store.put_file, file_id, "input.jsonl", JSONL, data)
     try:
-        stored = FileStored(
-            filename=filename[:255],
-            purpose="batch",
-            bytes=ref.size,
-            sha256=ref.sha256,
-            requests=checked.requests,
-            endpoint=checked.endpoint,
+        file_id = await store_file(
+            api.journal, api.store, data, filename=filename[:255], purpose="batch", checked=checked
         )
     except ValidationError as error:
         message = error.errors()[0]["msg"]
         raise OpenAIError(400, f"filename: {message}", param="file") from None
-    await api.journal.append(file_stream(file_id), [stored], expected_version=0)
     found = await api.reader.read(stored_file, file_id)
     assert found is not None
     return found
@@ -240,10 +230,10 @@ def _no_batch(batch_id: str) -> OpenAIError:
 
 
 async def _batch_object(api: BatchesApi, batch_id: str) -> dict[str, Any]:
-    found = await api.reader.read(batch, batch_id)
+    found = await api.reader.read(counted_batch, batch_id)
     if found is None:
         raise _no_batch(batch_id)
-    return batch_object(found, await api.reader.read(line_counts, found))
+    return batch_object(*found)
 
 
 def _page(objects: list[dict[str, Any]], limit: int) -> dict[str, Any]:
@@ -258,7 +248,7 @@ def _page(objects: list[dict[str, Any]], limit: int) -> dict[str, Any]:
 
 
 def _unix(stamp: str | None) -> int | None:
-    return None if stamp is None else int(datetime.fromisoformat(stamp).timestamp())
+    return None if stamp is None else int(unix_time(stamp))
 
 
 def file_object(file: StoredFile) -> dict[str, Any]:

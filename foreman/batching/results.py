@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from foreman.batching.lines import InputLine
+from foreman.events.log import unix_time
 from foreman.openai_protocol import chat_completion, completion, embedding_list, from_native_error
 
 NOT_RUN = {
@@ -76,7 +76,7 @@ def files(
 
 def _answer(endpoint: str, line: InputLine, outcome: Outcome) -> dict[str, Any]:
     result = outcome.result or {}
-    created = _unix(outcome.finished_at)
+    created = int(unix_time(outcome.finished_at)) if outcome.finished_at else 0
     if endpoint == "/v1/chat/completions":
         return chat_completion(result, id=f"chatcmpl-{outcome.job_id}", created=created)
     if endpoint == "/v1/completions":
@@ -118,7 +118,3 @@ def _line(
         "error": error,
     }
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def _unix(stamp: str | None) -> int:
-    return int(datetime.fromisoformat(stamp).timestamp()) if stamp else 0

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple, cast
 
 from foreman.events.jobs import SELECT_JOBS, TERMINAL_STATES, Job, job_from_row
+from foreman.events.log import format_timestamp
 from foreman.events.rows import RowsProjection, Transition, refuse
 from foreman.events.types import (
     BATCH_STREAM_PREFIX,
@@ -71,6 +72,11 @@ class Batch(NamedTuple):
     """Why it failed, as JSON text (a list of OpenAI's error objects)."""
 
 
+def expiry(created_at: str, window: float) -> str:
+    """When a batch made at ``created_at`` expires, its window later."""
+    return format_timestamp(datetime.fromisoformat(created_at) + timedelta(seconds=window))
+
+
 def _require(batch: Batch | None, recorded: RecordedEvent, *states: str) -> Batch:
     if batch is None:
         raise refuse(batch, recorded, "no such batch was created")
@@ -84,7 +90,6 @@ def _created(batch: Batch | None, recorded: RecordedEvent) -> Batch:
         raise refuse(batch, recorded, "a batch's stream starts with it")
     event = cast(BatchCreated, recorded.event)
     at = recorded.recorded_at
-    expires = datetime.fromisoformat(at) + timedelta(seconds=event.window)
     return Batch(
         id=recorded.stream.removeprefix(BATCH_STREAM_PREFIX),
         status="validating",
@@ -94,7 +99,7 @@ def _created(batch: Batch | None, recorded: RecordedEvent) -> Batch:
         requests=event.requests,
         metadata=None if event.metadata is None else json.dumps(event.metadata),
         created_at=at,
-        expires_at=expires.isoformat().replace("+00:00", "Z"),
+        expires_at=expiry(at, event.window),
         version=recorded.version,
     )
 
@@ -198,13 +203,19 @@ def line_counts(log: EventLog, found: Batch) -> LineCounts:
     return LineCounts(found.requests, by_state.get("succeeded", 0), failed)
 
 
-def list_batches(log: EventLog, *, after: str | None, limit: int) -> list[Batch]:
-    """Newest first, older than ``after`` if given."""
+def counted_batch(log: EventLog, batch_id: str) -> tuple[Batch, LineCounts] | None:
+    """A batch and its counts, read together."""
+    found = batch(log, batch_id)
+    return None if found is None else (found, line_counts(log, found))
+
+
+def list_batches(log: EventLog, *, after: str | None, limit: int) -> list[tuple[Batch, LineCounts]]:
+    """Newest first, older than ``after`` if given, each with its counts."""
     clause, args = (" WHERE id < ?", [after]) if after is not None else ("", [])
     rows = log.conn.execute(
         f"{BatchesProjection().select()}{clause} ORDER BY id DESC LIMIT ?", (*args, limit)
     )
-    return [Batch._make(row) for row in rows]
+    return [(found, line_counts(log, found)) for found in map(Batch._make, rows)]
 
 
 def unended_batches(log: EventLog) -> list[Batch]:

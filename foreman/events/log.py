@@ -132,6 +132,11 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def unix_time(stamp: str) -> float:
+    """A timestamp as the log writes it, in Unix seconds."""
+    return datetime.fromisoformat(stamp).timestamp()
+
+
 def wall_clock() -> datetime:
     """Now, on the clock the log's timestamps are in (not Trio's)."""
     return datetime.now(UTC)
