@@ -312,6 +312,21 @@ async def test_a_backend_answer_the_log_cannot_hold_fails_the_job_not_foreman(
     assert (await http.post("/api/chat", json=CHAT)).status_code == 200  # the worker goes on
 
 
+@pytest.mark.parametrize("body", ["not JSON at all", "[1, 2]"], ids=["text", "array"])
+async def test_a_backend_answer_line_that_is_not_a_json_object_fails_the_job_not_foreman(
+    foreman: Foreman, http: httpx.AsyncClient, body: str
+) -> None:
+    sim = str((await http.get("/healthz")).json()["backends"][0]["url"])
+    fault = {"kind": "answer", "body": body, "path": "/api/chat"}
+    (await http.post(f"{sim}/_sim/faults", json=fault)).raise_for_status()
+    committed = await foreman.running.journal.subscribe()
+    accepted = (await http.post("/jobs", json={"kind": "chat", "request": CHAT})).json()
+    failed = await until(committed, recorded(accepted["job_id"], "JobSucceeded", "JobFailed"))
+    assert failed.type == "JobFailed"
+    assert "the backend answered a line that is not" in failed.data
+    assert (await http.post("/api/chat", json=CHAT)).status_code == 200  # the worker goes on
+
+
 # -- a log that already holds an unreadable event still starts ----------------------
 
 
