@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from foreman.actors.journal import Journal, JournalClient, JournalFailed
 from foreman.events.audit import verify
@@ -123,3 +124,37 @@ async def test_subscribers_get_every_commit_in_order(db_path: Path, nursery: tri
     ]
     await committed.aclose()  # unsubscribed: the journal goes on
     await client.append(new_ulid(), [submitted()])
+
+
+async def test_lazy_appends_wait_for_company_and_an_eager_one_takes_them_along(
+    db_path: Path, nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """A batch line's events are appended lazily (ADR-0038): they neither wake the
+    journal nor commit alone before its linger, unless an append that is not lazy
+    arrives, which commits them with it, in the order they were handed over."""
+    client: JournalClient = await nursery.start(Journal(db_path, linger=10).run)
+    lines = [new_ulid() for _ in range(3)]
+    replies = [await client.enqueue(job, [submitted()], lazy=True) for job in lines[:2]]
+    await trio.testing.wait_all_tasks_blocked()
+    assert _committed(db_path) == []  # waiting for company: the clock has not moved
+
+    job = new_ulid()
+    (eager,) = await client.append(job, [submitted()])
+    together = [*(await replies[0].wait()), *(await replies[1].wait()), eager]
+    assert [e.stream for e in together] == [*lines[:2], job]
+    assert len({e.recorded_at for e in together}) == 1  # one transaction
+
+    late = await client.enqueue(lines[2], [submitted()], lazy=True)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(_committed(db_path)) == 3
+    mock_clock.jump(10)  # the linger is over: it commits alone
+    (alone,) = await late.wait()
+    assert alone.stream == lines[2]
+
+
+def _committed(db_path: Path) -> list[str]:
+    log = EventLog.open(db_path, read_only=True)
+    try:
+        return [event.stream for event in log.read()]
+    finally:
+        log.close()

@@ -7,17 +7,24 @@ that travels with the request. The journal
 takes whatever appends are waiting, up to ``max_batch`` events, and commits
 them in one transaction and one fsync (group commit): the more writers, the
 bigger the batches, so throughput grows with load instead of collapsing.
+
+A *lazy* append (a batch's line starting or ending, ADR-0038) may wait up to
+``linger`` seconds for company: the journal holds a commit made only of lazy
+appends until then, or until an append that is not lazy rings its bell, and
+commits them all together. Losing one in a crash only means a line runs again;
+lazy appends do not even wake the journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from foreman.actors._reply import Reply
+from foreman.actors._reply import Reply, deliver
 from foreman.dbthread import DedicatedThread
 from foreman.events.log import Append, Durability, EventLog
 from foreman.events.store import open_log
@@ -25,6 +32,8 @@ from foreman.events.types import Event, RecordedEvent
 
 DEFAULT_MAX_BATCH = 4096
 """Events per transaction at most: bounds a commit's latency and the WAL's growth."""
+DEFAULT_LINGER = 0.25
+"""Seconds a commit of lazy appends only may wait for more."""
 
 
 class JournalFailed(RuntimeError):
@@ -35,6 +44,7 @@ class JournalFailed(RuntimeError):
 class _Request:
     append: Append
     reply: Reply[list[RecordedEvent]]
+    lazy: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +56,36 @@ class _Subscribe:
 _Message = _Request | _Subscribe
 
 
+class _Bell:
+    """Wakes the journal from a linger: rung by every message but a lazy append."""
+
+    def __init__(self) -> None:
+        self._rung = trio.Event()
+
+    def ring(self) -> None:
+        self._rung.set()
+
+    def reset(self) -> None:
+        if self._rung.is_set():
+            self._rung = trio.Event()
+
+    async def wait(self) -> None:
+        await self._rung.wait()
+
+
 class JournalClient:
     """An actor's handle on the journal; cheap to copy with :meth:`clone`."""
 
-    def __init__(self, requests: trio.MemorySendChannel[_Message]) -> None:
+    def __init__(self, requests: trio.MemorySendChannel[_Message], bell: _Bell) -> None:
         self._requests = requests
+        self._bell = bell
 
     def clone(self) -> JournalClient:
-        return JournalClient(self._requests.clone())
+        return JournalClient(self._requests.clone(), self._bell)
 
     async def aclose(self) -> None:
         await self._requests.aclose()
+        self._bell.ring()
 
     async def __aenter__(self) -> JournalClient:
         return self
@@ -65,22 +94,35 @@ class JournalClient:
         await self.aclose()
 
     async def append(
-        self, stream: str, events: Sequence[Event], expected_version: int | None = None
+        self,
+        stream: str,
+        events: Sequence[Event],
+        expected_version: int | None = None,
+        *,
+        lazy: bool = False,
     ) -> list[RecordedEvent]:
         """Append and wait until the events are durable; raises when they are refused
         (:class:`~foreman.events.log.ConcurrencyError`,
         :class:`~foreman.events.projection.IllegalTransition`)."""
-        committed = await self.enqueue(stream, events, expected_version)
+        committed = await self.enqueue(stream, events, expected_version, lazy=lazy)
         return await committed.wait()
 
     async def enqueue(
-        self, stream: str, events: Sequence[Event], expected_version: int | None = None
+        self,
+        stream: str,
+        events: Sequence[Event],
+        expected_version: int | None = None,
+        *,
+        lazy: bool = False,
     ) -> Reply[list[RecordedEvent]]:
         """Hand an append to the journal without waiting for its commit: appends are
-        committed in the order they are handed over. The reply says how it went."""
-        request = _Request(Append(stream, events, expected_version), Reply())
+        committed in the order they are handed over. The reply says how it went.
+
+        ``lazy``: the commit may wait up to the journal's linger for other appends
+        to share it; for events whose loss in a crash only means work done again."""
+        request = _Request(Append(stream, events, expected_version), Reply(), lazy)
         try:
-            await self._requests.send(request)
+            await self._send(request, lazy=lazy)
         except trio.BrokenResourceError:
             raise JournalFailed("the journal has stopped: nothing was appended") from None
         return request.reply
@@ -94,11 +136,20 @@ class JournalClient:
         send, receive = trio.open_memory_channel[list[RecordedEvent]](buffer)
         request = _Subscribe(send, Reply())
         try:
-            await self._requests.send(request)
+            await self._send(request)
         except trio.BrokenResourceError:
             raise JournalFailed("the journal has stopped") from None
         await request.reply.wait()
         return receive
+
+    async def _send(self, message: _Message, *, lazy: bool = False) -> None:
+        """Hand ``message`` over; ring unless it is a lazy append that fits in."""
+        if lazy:
+            with contextlib.suppress(trio.WouldBlock):
+                self._requests.send_nowait(message)
+                return
+        self._bell.ring()
+        await deliver(self._requests, message)
 
 
 class Journal:
@@ -108,11 +159,13 @@ class Journal:
         *,
         durability: Durability = Durability.FULL,
         max_batch: int = DEFAULT_MAX_BATCH,
+        linger: float = DEFAULT_LINGER,
         buffer: int = 1024,
     ) -> None:
         self.path = path
         self.durability = durability
         self.max_batch = max_batch
+        self.linger = linger
         self._buffer = buffer
 
     async def run(
@@ -125,10 +178,11 @@ class Journal:
             log = await thread.run(lambda: open_log(self.path, durability=self.durability))
             try:
                 send, receive = trio.open_memory_channel[_Message](self._buffer)
-                task_status.started(JournalClient(send))
+                bell = _Bell()
+                task_status.started(JournalClient(send, bell))
                 with receive:
                     try:
-                        await self._commit_loop(thread, log, receive)
+                        await self._commit_loop(thread, log, receive, bell)
                     finally:
                         _turn_away(receive)
             finally:
@@ -142,43 +196,23 @@ class Journal:
         thread: DedicatedThread,
         log: EventLog,
         receive: trio.MemoryReceiveChannel[_Message],
+        bell: _Bell,
     ) -> None:
         subscribers: list[trio.MemorySendChannel[list[RecordedEvent]]] = []
         try:
             async for first in receive:
-                batch = self._take_batch(first, receive, subscribers)
-                if batch:
-                    committed = await self._commit(thread, log, batch)
+                batch = _Batch(self.max_batch, subscribers)
+                batch.take(first)
+                batch.take_waiting(receive)
+                if batch.lazy:
+                    await batch.linger(receive, bell, self.linger)
+                if batch.requests:
+                    committed = await self._commit(thread, log, batch.requests)
                     if committed:
                         await _publish(committed, subscribers)
         finally:
             for subscriber in subscribers:
                 subscriber.close()
-
-    def _take_batch(
-        self,
-        first: _Message,
-        receive: trio.MemoryReceiveChannel[_Message],
-        subscribers: list[trio.MemorySendChannel[list[RecordedEvent]]],
-    ) -> list[_Request]:
-        """The appends waiting, up to ``max_batch`` events; subscriptions join at once."""
-        batch: list[_Request] = []
-        size = 0
-        message: _Message | None = first
-        while message is not None:
-            if isinstance(message, _Subscribe):
-                subscribers.append(message.events)
-                message.reply.put(None)
-            else:
-                batch.append(message)
-                size += len(message.append.events)
-                if size >= self.max_batch:
-                    break
-            try:
-                message = receive.receive_nowait()
-            except trio.WouldBlock:
-                message = None
-        return batch
 
     async def _commit(
         self, thread: DedicatedThread, log: EventLog, batch: list[_Request]
@@ -195,6 +229,60 @@ class Journal:
             if isinstance(result, list):
                 committed += result
         return committed
+
+
+class _Batch:
+    """The appends of one commit, up to ``max_batch`` events; subscriptions that
+    arrive meanwhile join at once."""
+
+    def __init__(
+        self, max_batch: int, subscribers: list[trio.MemorySendChannel[list[RecordedEvent]]]
+    ) -> None:
+        self.requests: list[_Request] = []
+        self._size = 0
+        self._eager = False  # an append that is not lazy is in it
+        self._max = max_batch
+        self._subscribers = subscribers
+
+    @property
+    def full(self) -> bool:
+        return self._size >= self._max
+
+    @property
+    def lazy(self) -> bool:
+        """Only lazy appends so far, and room for more: it may wait for company."""
+        return bool(self.requests) and not (self._eager or self.full)
+
+    def take(self, message: _Message) -> None:
+        if isinstance(message, _Subscribe):
+            self._subscribers.append(message.events)
+            message.reply.put(None)
+        else:
+            self.requests.append(message)
+            self._size += len(message.append.events)
+            self._eager |= not message.lazy
+
+    def take_waiting(self, receive: trio.MemoryReceiveChannel[_Message]) -> None:
+        """Whatever is waiting already, until full."""
+        while not self.full:
+            try:
+                self.take(receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                return
+
+    async def linger(
+        self, receive: trio.MemoryReceiveChannel[_Message], bell: _Bell, seconds: float
+    ) -> None:
+        """Wait ``seconds``, or until the bell rings, then take what has arrived."""
+        bell.reset()
+        try:
+            with trio.move_on_after(seconds):
+                await bell.wait()
+        except BaseException:
+            for request in self.requests:
+                request.reply.put(JournalFailed("the journal stopped before committing"))
+            raise
+        self.take_waiting(receive)
 
 
 async def _publish(

@@ -45,6 +45,7 @@ class Reader:
     async def read(self, query: Callable[..., T], *args: Any) -> T:
         """``query(log, *args)`` on the reader's thread; one read transaction at a time."""
         if self._thread is None or self._log is None:
+            await trio.lowlevel.checkpoint()  # shutting down: the caller is cancelled too
             raise RuntimeError("the reader is not running")
         return await self._thread.run(_in_snapshot, query, self._log, *args)
 
