@@ -15,6 +15,18 @@ import trio
 T = TypeVar("T")
 
 
+async def deliver(channel: trio.MemorySendChannel[T], message: T) -> None:
+    """Send ``message``, yielding to the other tasks only when the channel is full.
+
+    ``channel.send`` always yields once the message is in, which puts another turn
+    of Trio's loop on every hop of a job's way (ADR-0038); a request that fits in
+    the receiver's buffer need not wait for it."""
+    try:
+        channel.send_nowait(message)
+    except trio.WouldBlock:
+        await channel.send(message)
+
+
 class Reply(Generic[T]):
     __slots__ = ("_outcome", "_ready")
 

@@ -243,12 +243,16 @@ class Worker:
         job_id = work.job.job_id
         call = self._calls[job_id] = _Call(work)
         try:
-            async with trio.open_nursery() as turn:
-                call.turn = turn.cancel_scope
-                turn.start_soon(self._take_turn, call, before)
+            if work.job.batch and (before is None or before.is_set()):
+                await self._start(call)  # a batch's line is sent to an idle GPU (ADR-0037)
                 outcome = await call.run(self._backend, self.stream_stall)
-                if isinstance(outcome, Stop) and not call.started:
-                    turn.cancel_scope.cancel()  # cancelled while waiting: it never started
+            else:
+                async with trio.open_nursery() as turn:
+                    call.turn = turn.cancel_scope
+                    turn.start_soon(self._take_turn, call, before)
+                    outcome = await call.run(self._backend, self.stream_stall)
+                    if isinstance(outcome, Stop) and not call.started:
+                        turn.cancel_scope.cancel()  # cancelled while waiting: never started
             outcome = call.stopped_before_start or outcome
         except BaseException:
             if call.started:  # cancelled (shutdown after its grace): back to the queue
@@ -304,13 +308,21 @@ class Worker:
         return elsewhere and spare
 
     async def _take_turn(self, call: _Call, before: trio.Event | None) -> None:
-        """Once the job ahead has ended, this one has the GPU: it has started."""
+        """Once the job ahead has ended, this one has the GPU."""
         if before is not None:
             await before.wait()
+        await self._start(call)
+
+    async def _start(self, call: _Call) -> None:
+        """The job has the GPU: it has started, and that is recorded."""
         call.start(self.job_timeout)
         started = JobStarted(attempt=call.work.attempts + 1, backend=self.host)
+        job = call.work.job
         with trio.CancelScope(shield=True):  # the job has started: that is recorded
-            await self._journal.append(call.work.job.job_id, [started])
+            if job.batch:  # handed over only: it may wait to share a commit (ADR-0038)
+                await self._journal.enqueue(job.job_id, [started], lazy=True)
+            else:
+                await self._journal.append(job.job_id, [started])
 
     async def _succeed(self, work: Work, result: dict[str, Any]) -> None:
         """Store the job's outputs, then record the success naming them: an event never
@@ -342,7 +354,7 @@ class Worker:
         """Record the job's end, then tell its caller (if still there) and let it go.
         Shielded: an outcome already produced is recorded even at shutdown."""
         with trio.CancelScope(shield=True):
-            await self._journal.append(work.job.job_id, events)
+            await self._journal.append(work.job.job_id, events, lazy=work.job.batch)
         if work.answers is None:
             return
         async with work.answers:
