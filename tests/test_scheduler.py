@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import trio.testing
 from foreman.actors.journal import Journal, JournalClient
 from foreman.actors.scheduler import CancelOutcome, Scheduler, SchedulerClient
 from foreman.actors.worker import Stop, Work
-from foreman.events.types import JobSubmitted
+from foreman.events.types import BatchLine, JobSubmitted
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob
 from tests import factories
@@ -156,3 +157,34 @@ async def test_a_fleet_of_one_host_is_never_marked_down(
     assert not await scheduler.host_down("only", "refused", model="llama3:latest")
     assert [host.up for host in await scheduler.hosts()] == [True]
     assert event_types(db_path, "backends/only") == []
+
+
+async def test_a_batch_line_never_overtakes_a_job_whose_submission_is_being_committed(
+    rig: Rig,
+) -> None:
+    """While a job's JobSubmitted commits, the scheduler does not know it yet, only that
+    one was admitted: a batch's line waits for it, or a caller arriving just as a line
+    ends would wait for two."""
+    line = BatchLine(batch_id="batch_1", line=1, custom_id="a")
+    (line_id,) = await rig.scheduler.submit_lines(
+        [factories.submitted().model_copy(update={"origin": "batch", "batch": line})]
+    )
+    writer = sqlite3.connect(rig.db_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the journal's next commit waits for this one
+    submitted: list[str] = []
+
+    async def submit() -> None:
+        submitted.append((await rig.scheduler.submit(factories.submitted("qwen2"))).job_id)
+
+    rig.nursery.start_soon(submit)
+    await trio.testing.wait_all_tasks_blocked()
+    handed = rig.ready()
+    await trio.testing.wait_all_tasks_blocked()
+    with pytest.raises(trio.WouldBlock):
+        handed.receive_nowait()  # the line waits: a job was admitted
+    writer.execute("ROLLBACK")
+    writer.close()
+    first = await handed.receive()
+    assert [first.job.job_id] == submitted
+    await rig.scheduler.done(first.job.job_id)
+    assert (await rig.ready().receive()).job.job_id == line_id

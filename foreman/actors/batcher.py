@@ -66,7 +66,7 @@ from foreman.scheduling import model_name
 
 logger = logging.getLogger(__name__)
 
-CHECK_EVERY = 0.1
+CHECK_EVERY = 0.5
 """Seconds between two looks at the running batches' counts, at most one per period:
 many lines ending at once cost one look."""
 JSONL = "application/jsonl"

@@ -39,7 +39,7 @@ from typing import Literal
 
 import trio
 
-from foreman.actors._reply import Reply
+from foreman.actors._reply import Reply, deliver
 from foreman.actors.journal import JournalClient
 from foreman.actors.worker import Answer, Stop, Took, Work
 from foreman.events.types import (
@@ -142,7 +142,7 @@ class SchedulerClient:
         sent it (default: the request, encoded); ``answers``: where a waiting caller
         takes the answer."""
         admitted: Reply[bool] = Reply()
-        await self._requests.send(_Admit(model_name(submitted.model), admitted))
+        await deliver(self._requests, _Admit(model_name(submitted.model), admitted))
         if not await admitted.wait():
             raise QueueFull
         job_id = new_ulid()
@@ -150,13 +150,13 @@ class SchedulerClient:
             try:
                 (event,) = await self._journal.append(job_id, [submitted], expected_version=0)
             except BaseException:
-                await self._requests.send(_Release())
+                await deliver(self._requests, _Release())
                 raise
             queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
             request = json.dumps(submitted.request).encode() if body is None else body
             position: Reply[int | None] = Reply()
             work = Work(queued, submitted.kind, request, attempts=0, answers=answers)
-            await self._requests.send(_Queue(work, admitted=True, position=position))
+            await deliver(self._requests, _Queue(work, admitted=True, position=position))
         return Queued(job_id, event.recorded_at, await position.wait())
 
     async def submit_lines(self, lines: Sequence[JobSubmitted]) -> list[str]:
@@ -175,14 +175,14 @@ class SchedulerClient:
             (event,) = await reply.wait()
             queued = QueuedJob.of(job_id, event.seq, line, trio.current_time())
             works.append(Work(queued, line.kind, json.dumps(line.request).encode(), attempts=0))
-        await self._requests.send(_QueueMany(works))
+        await deliver(self._requests, _QueueMany(works))
         return ids
 
     async def withdraw(self, job_ids: Collection[str], reason: str) -> int:
         """Cancel those of ``job_ids`` that wait in the queue (``JobCancelled``, committed
         together); the ones at a backend run on. Returns how many were cancelled."""
         reply: Reply[list[str]] = Reply()
-        await self._requests.send(_Withdraw(frozenset(job_ids), reply))
+        await deliver(self._requests, _Withdraw(frozenset(job_ids), reply))
         withdrawn = await reply.wait()
         cancelled = [JobCancelled(reason=reason)]
         replies = [await self._journal.enqueue(job_id, cancelled) for job_id in withdrawn]
@@ -197,28 +197,28 @@ class SchedulerClient:
         (the seq of its ``JobSubmitted``), as if it had waited ``waited`` seconds."""
         queued = QueuedJob.of(job_id, arrival, submitted, trio.current_time() - waited)
         body = json.dumps(submitted.request).encode()
-        await self._requests.send(_Queue(Work(queued, submitted.kind, body, attempts)))
+        await deliver(self._requests, _Queue(Work(queued, submitted.kind, body, attempts)))
 
     async def cancel(self, job_id: str, reason: str) -> CancelOutcome:
         outcome: Reply[CancelOutcome] = Reply()
-        await self._requests.send(_Cancel(job_id, reason, outcome))
+        await deliver(self._requests, _Cancel(job_id, reason, outcome))
         return await outcome.wait()
 
     async def cancel_soon(self, job_id: str, reason: str) -> None:
         """Hand a cancel over without waiting for its outcome: for a caller leaving."""
-        await self._requests.send(_Cancel(job_id, reason, None))
+        await deliver(self._requests, _Cancel(job_id, reason, None))
 
     async def position(self, job_id: str) -> int | None:
         """How many jobs run before this queued one (None: it is not queued)."""
         reply: Reply[int | None] = Reply()
-        await self._requests.send(_Position(job_id, reply))
+        await deliver(self._requests, _Position(job_id, reply))
         return await reply.wait()
 
     async def next_job(self, host: str, stops: trio.MemorySendChannel[Stop]) -> Work:
         """The next job for a worker of ``host``; waits until there is one. Stops for
         the jobs it is given come on ``stops``."""
         reply: Reply[Work] = Reply()
-        await self._requests.send(_Ready(host, reply, stops))
+        await deliver(self._requests, _Ready(host, reply, stops))
         return await reply.wait()
 
     async def host_seen(
@@ -227,20 +227,20 @@ class SchedulerClient:
         """What a host has loaded (a model key, from ``/api/ps``) and installed (model
         names, ``/api/tags``), as a probe found it. While the host runs jobs, the
         scheduler knows better what it has loaded, and keeps its own."""
-        await self._requests.send(_HostSeen(host, loaded, installed))
+        await deliver(self._requests, _HostSeen(host, loaded, installed))
 
     async def host_down(self, host: str, reason: str, *, model: str | None = None) -> bool:
         """``host`` stopped answering: record ``BackendDown`` (once) and give it no
         work. True when another host that is up can run ``model``: a job of it that
         the host lost runs there, without counting the attempt."""
         reply: Reply[bool] = Reply()
-        await self._requests.send(_Health(host, False, reason, model, reply))
+        await deliver(self._requests, _Health(host, False, reason, model, reply))
         return await reply.wait()
 
     async def host_up(self, host: str) -> None:
         """A probe found ``host`` answering: record ``BackendUp`` if it was down."""
         reply: Reply[bool] = Reply()
-        await self._requests.send(_Health(host, True, "", None, reply))
+        await deliver(self._requests, _Health(host, True, "", None, reply))
         await reply.wait()
 
     async def drain(self, host: str) -> HostStatus:
@@ -254,24 +254,24 @@ class SchedulerClient:
 
     async def _set_draining(self, host: str, *, draining: bool) -> HostStatus:
         reply: Reply[HostStatus] = Reply()
-        await self._requests.send(_Drain(host, draining, reply))
+        await deliver(self._requests, _Drain(host, draining, reply))
         return await reply.wait()
 
     async def hosts(self) -> list[HostStatus]:
         """Every host, in the order they were made known."""
         reply: Reply[list[HostStatus]] = Reply()
-        await self._requests.send(_Hosts(reply))
+        await deliver(self._requests, _Hosts(reply))
         return await reply.wait()
 
     async def done(self, job_id: str, took: Took | None = None) -> None:
         """The worker's backend call for this job ended: the job left the GPU, after
         ``took`` at the backend (as the backend reports it, if it does)."""
-        await self._requests.send(_Done(job_id, took))
+        await deliver(self._requests, _Done(job_id, took))
 
     async def retry(self, work: Work, delay: float) -> None:
         """Queue a job again after a failed attempt, to run ``delay`` seconds from now.
         The scheduler holds it meanwhile, so a cancel still finds it."""
-        await self._requests.send(_Queue(work, not_before=trio.current_time() + delay))
+        await deliver(self._requests, _Queue(work, not_before=trio.current_time() + delay))
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,17 +463,23 @@ class Scheduler:
         task_status.started(SchedulerClient(send, self._journal))
         async with inbox:
             while True:
-                message: _Message | None = None
-                with trio.move_on_at(self._due[0][0] if self._due else math.inf):
-                    try:
-                        message = await inbox.receive()
-                    except trio.EndOfChannel:
-                        return
+                try:
+                    message = await self._next_message(inbox)
+                except trio.EndOfChannel:
+                    return
                 if message is not None:  # else: a delayed job is due
                     await self._handle(message)
                 self._release_due()
                 if self._ready and self._queue:
                     self._dispatch()
+
+    async def _next_message(self, inbox: trio.MemoryReceiveChannel[_Message]) -> _Message | None:
+        """The next request; None when a delayed job comes due first."""
+        if not self._due:
+            return await inbox.receive()
+        with trio.move_on_at(self._due[0][0]):
+            return await inbox.receive()
+        return None
 
     async def _handle(self, message: _Message) -> None:
         match message:
@@ -625,9 +631,10 @@ class Scheduler:
         """The job for this worker now: the fleet rule's pick for its host, unless the
         host is busy and the pick would swap its model (a host's other slots, and a
         job sent behind the running one, only run the model it has loaded), or the
-        pick is a batch's line and the worker has a call in flight: a line is never
-        sent to wait behind another, so a job arriving meanwhile waits for one
-        running job at most."""
+        pick is a batch's line and the worker has a call in flight, or a job was
+        admitted and is being committed: a line is never sent to wait behind
+        another, nor ahead of a job already submitted, so a job arriving meanwhile
+        waits for one running job at most."""
         host = self._hosts[ready.host]
         if not host.takes_work:
             return None
@@ -642,13 +649,13 @@ class Scheduler:
         job = self._queue.peek_for(view, now)
         if busy and job is not None and job.model_key != loaded:
             return None
-        if (
-            job is not None
-            and job.batch
-            and any(at.stops is ready.stops for at in self._at_backend.values())
-        ):
+        if job is not None and job.batch and (self._reserved or self._sent_to(ready)):
             return None
         return job
+
+    def _sent_to(self, ready: _Ready) -> bool:
+        """Whether the worker has a call at the backend."""
+        return any(at.stops is ready.stops for at in self._at_backend.values())
 
     def _worth_sharing(self, key: str, hosts: int) -> bool:
         return self._costs.worth_sharing(self._queue.backlog(key), key, hosts)
