@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from foreman.api.stored import stored_headers
 from foreman.artifacts import ArtifactStore, is_text, outputs, valid_name
 from foreman.ids import new_ulid
 
@@ -195,3 +196,27 @@ def test_put_then_read_round_trips_any_bytes(
     assert ref.sha256 == hashlib.sha256(data).hexdigest()
     assert ref.size == len(data)
     assert store.path(JOB, ref.sha256).read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    ("media_type", "download"),
+    [
+        ("text/plain; charset=utf-8", False),
+        ("application/json", False),
+        ("image/png", False),
+        ("text/html", True),
+        ("image/svg+xml", True),
+        ("application/xhtml+xml", True),
+        ("TEXT/HTML; charset=utf-8", True),
+    ],
+)
+def test_stored_bytes_are_never_run_and_active_types_are_downloads(
+    media_type: str, download: bool
+) -> None:
+    headers = stored_headers('a "b".html', media_type)
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Content-Security-Policy"] == "default-src 'none'; sandbox"
+    disposition = headers.get("Content-Disposition")
+    assert (disposition is not None) == download
+    if disposition is not None:
+        assert disposition == "attachment; filename*=UTF-8''a%20%22b%22.html"

@@ -93,7 +93,10 @@ async def test_files_are_stored_listed_read_back_and_deleted(client: Client) -> 
     assert (await client(client.openai.files.retrieve, uploaded.id)).id == uploaded.id
     listed = await client(client.openai.files.list)
     assert [f.id for f in listed.data] == [uploaded.id]
-    assert (await client(client.openai.files.content, uploaded.id)).content == data
+    content = await client(client.openai.files.content, uploaded.id)
+    assert content.content == data
+    assert content.response.headers["x-content-type-options"] == "nosniff"
+    assert content.response.headers["content-security-policy"] == "default-src 'none'; sandbox"
     deleted = await client(client.openai.files.delete, uploaded.id)
     assert deleted.deleted and deleted.id == uploaded.id
     with pytest.raises(openai.NotFoundError):

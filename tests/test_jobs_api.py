@@ -94,6 +94,9 @@ async def test_artifacts_honour_if_none_match_and_ranges_and_refuse_other_names(
     await until(committed, recorded(job_id, "JobSucceeded"))
     url = f"/jobs/{job_id}/artifacts/content.txt"
     whole = await http.get(url)
+    assert whole.headers["x-content-type-options"] == "nosniff"  # a browser runs nothing
+    assert whole.headers["content-security-policy"] == "default-src 'none'; sandbox"
+    assert "content-disposition" not in whole.headers  # plain text: shown, not downloaded
     unchanged = await http.get(url, headers={"If-None-Match": whole.headers["etag"]})
     assert (unchanged.status_code, unchanged.content) == (304, b"")
     part = await http.get(url, headers={"Range": "bytes=2-5"})

@@ -23,6 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
 from foreman.actors import BatcherClient, BatchNotFound, CannotCancel, JournalClient, store_file
+from foreman.api.stored import stored_headers
 from foreman.artifacts import ArtifactStore
 from foreman.batching import lines
 from foreman.events.batches import ENDED, Batch, LineCounts, counted_batch, list_batches
@@ -99,7 +100,7 @@ def batch_routes(api: BatchesApi) -> APIRouter:
             data = await trio.to_thread.run_sync(path.read_bytes)
         except FileNotFoundError:  # deleted meanwhile
             raise OpenAIError(404, f"no such file: {file_id}") from None
-        return Response(data, media_type=JSONL)
+        return Response(data, media_type=JSONL, headers=stored_headers(found.filename, JSONL))
 
     @router.delete("/files/{file_id}")
     async def delete(file_id: str) -> Response:

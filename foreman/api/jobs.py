@@ -34,6 +34,7 @@ from foreman.api.schemas import (
     Redelivery,
     SubmitJob,
 )
+from foreman.api.stored import stored_headers
 from foreman.artifacts import ArtifactStore, valid_name
 from foreman.events.deliveries import Deliveries, job_deliveries
 from foreman.events.jobs import TERMINAL_STATES, Job, JobState
@@ -272,7 +273,8 @@ def job_routes(api: JobsApi) -> APIRouter:
         if etag in _etags(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers={"ETag": etag})
         path = api.store.path(job_id, ref.sha256)
-        return FileResponse(path, media_type=ref.media_type, headers={"ETag": etag})
+        headers = {"ETag": etag, **stored_headers(ref.name, ref.media_type)}
+        return FileResponse(path, media_type=ref.media_type, headers=headers)
 
     @router.post(
         "/{job_id}/webhooks/redeliver",
