@@ -61,7 +61,9 @@ class Flood:
                 if self._opened == self.count:
                     self.all_open.set()
             async with stream:
-                request = f"GET {self.path} HTTP/1.1\r\nHost: foreman\r\nConnection: close\r\n\r\n"
+                request = (
+                    f"GET {self.path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                )
                 await stream.send_all(request.encode())
                 answer = b""
                 while chunk := await stream.receive_some(65536):

@@ -155,14 +155,34 @@ def _valid_secret(value: object) -> object:
     return value
 
 
+def _comma_separated(value: object) -> list[str] | None:
+    """A variable's ``a, b`` (or a file's list) as its items, None if not text."""
+    if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def _origin_list(value: object) -> object:
+    """``https://a.example, http://*.b.example`` (or a list, from the file): no spaces,
+    ``None`` when empty."""
+    origins = _comma_separated(value)
+    if origins is None:
+        return value
+    for origin in origins:
+        if not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^\s/]+", origin, re.IGNORECASE):
+            raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+    return ",".join(origins) or None
+
+
 def _host_list(value: object) -> object:
     """``a.example, *.b.example`` (or a list, from the file): lower case, no spaces,
     ``None`` when empty."""
-    if isinstance(value, list | tuple) and all(isinstance(host, str) for host in value):
-        value = ",".join(value)
-    if not isinstance(value, str):
+    items = _comma_separated(value)
+    if items is None:
         return value
-    hosts = sorted({host.strip().lower() for host in value.split(",") if host.strip()})
+    hosts = sorted({host.lower() for host in items})
     for host in hosts:
         if not re.fullmatch(r"(\*\.)?[a-z0-9_.:-]+", host):
             raise ValueError(f"not a host name: {host!r}")
@@ -493,6 +513,11 @@ class Settings(BaseSettings):
     """Retries after a delivery's first try; then it is abandoned."""
     webhook_concurrency: int = Field(16, ge=1, description="a whole number >= 1")
     """Deliveries in flight at once, each to a different job's receiver."""
+    origins: Annotated[str | None, BeforeValidator(_origin_list)] = Field(
+        None, description="origins separated by commas, such as https://app.example; * matches"
+    )
+    """Browser origins allowed besides the loopback ones and the app schemes
+    (``foreman.api.browsers``); a request from any other origin is refused."""
     webhook_allowed_hosts: Annotated[str | None, BeforeValidator(_host_list)] = Field(
         None, description="host names separated by commas; *.example.com allows subdomains"
     )
@@ -549,6 +574,15 @@ class Settings(BaseSettings):
     @property
     def address(self) -> Address:
         return parse_address(self.listen)
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether Foreman listens on a loopback address only."""
+        host = self.address.host
+        try:
+            return host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     @property
     def artifact_root(self) -> Path:

@@ -143,6 +143,8 @@ async def run_foreman(
             BatchesApi(journal, reader, store, batcher),
             max_body=settings.max_body,
             body_timeout=settings.body_timeout,
+            origins=settings.origins.split(",") if settings.origins else (),
+            loopback=settings.on_loopback,
         )
         stop_accepting = trio.Event()
         url = await nursery.start(_serve, app, settings, stop_accepting)

@@ -56,7 +56,8 @@ async def start_foreman(
     ``simulator``: its backend's settings (its address is chosen here)."""
     if "backend" not in settings and "config" not in settings:
         settings["backend"] = "sim"
-    config = load_settings(listen="127.0.0.1:0", db=db_path, **settings)
+    settings.setdefault("listen", "127.0.0.1:0")
+    config = load_settings(db=db_path, **settings)
     stop, stopped = trio.Event(), trio.Event()
 
     async def run(task_status: trio.TaskStatus[Running]) -> None:

@@ -377,7 +377,8 @@ async def test_an_upload_over_the_limit_is_refused_before_it_is_read(client: Cli
     host, port = client.foreman.url.removeprefix("http://").split(":")
     stream = await trio.open_tcp_stream(host, int(port))
     head = (
-        "POST /v1/files HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        "POST /v1/files HTTP/1.1\r\nHost: localhost\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\n"
         f"Content-Length: {250 * 1024 * 1024}\r\n\r\n"
     )
     await stream.send_all(head.encode())

@@ -51,6 +51,7 @@ DEFAULTS = {
     "webhook_backoff": 2.0,
     "webhook_max_retries": 5,
     "webhook_concurrency": 16,
+    "origins": None,
     "webhook_allowed_hosts": None,
     "durability": "full",
     "log_format": "text",
@@ -127,6 +128,12 @@ def test_defaults() -> None:
         ("FOREMAN_WEBHOOK_BACKOFF", "1m", "webhook_backoff", 60.0),
         ("FOREMAN_WEBHOOK_MAX_RETRIES", "0", "webhook_max_retries", 0),
         ("FOREMAN_WEBHOOK_CONCURRENCY", "4", "webhook_concurrency", 4),
+        (
+            "FOREMAN_ORIGINS",
+            " https://app.example, http://*.corp.example:8080 ,",
+            "origins",
+            "https://app.example,http://*.corp.example:8080",
+        ),
         (
             "FOREMAN_WEBHOOK_ALLOWED_HOSTS",
             " Hooks.Example, *.corp.example ,",
@@ -267,6 +274,8 @@ def test_settings_are_immutable() -> None:
         ("FOREMAN_WEBHOOK_TIMEOUT", "0"),
         ("FOREMAN_WEBHOOK_CONCURRENCY", "0"),
         ("FOREMAN_WEBHOOK_ALLOWED_HOSTS", "http://hooks.example/"),
+        ("FOREMAN_ORIGINS", "app.example"),
+        ("FOREMAN_ORIGINS", "https://app.example/path"),
     ],
 )
 def test_an_invalid_value_names_its_variable(

@@ -128,7 +128,7 @@ async def send_request(url: str, method: str, path: str, body: dict[str, Any]) -
     await sock.connect((address.host, address.port))
     stream = trio.SocketStream(sock)
     content = json.dumps(body).encode()
-    head = f"{method} {path} HTTP/1.1\r\nHost: foreman\r\nContent-Length: {len(content)}\r\n\r\n"
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(content)}\r\n\r\n"
     await stream.send_all(head.encode() + content)
     return stream
 

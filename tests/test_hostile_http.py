@@ -60,9 +60,9 @@ class Connection:
         return cls(await trio.open_tcp_stream(host, int(port)))
 
     def head(self, method: str, path: str, *headers: tuple[str, str]) -> bytes:
-        """A request's head, framed; ``Host: foreman`` unless a Host is given."""
+        """A request's head, framed; ``Host: localhost`` unless a Host is given."""
         if not any(name.lower() == "host" for name, _ in headers):
-            headers = (("Host", "foreman"), *headers)
+            headers = (("Host", "localhost"), *headers)
         return self.h11.send(h11.Request(method=method, target=path, headers=list(headers)))
 
     def request(
@@ -293,8 +293,8 @@ async def slow_senders_meanwhile(
     ``/healthz`` and the ``job`` are polled, until every one is cut: what
     :func:`cut_after` says of each kind, and how long each poll took."""
     url = str(http.base_url).rstrip("/")
-    head = b"GET /healthz HTTP/1.1\r\nHost: foreman\r\nX-Padding: " + b"x" * 100
-    body_head = b"POST /jobs HTTP/1.1\r\nHost: foreman\r\nContent-Length: 100\r\n\r\n"
+    head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Padding: " + b"x" * 100
+    body_head = b"POST /jobs HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n"
     heads: list[tuple[float, bytes]] = []
     bodies: list[tuple[float, bytes]] = []
     done = trio.Event()
@@ -541,7 +541,7 @@ async def test_a_well_formed_cursor_pages(http: httpx.AsyncClient) -> None:
 async def test_a_trailing_slash_is_not_redirected_anywhere(
     http: httpx.AsyncClient, path: str
 ) -> None:
-    answer = await http.get(path, headers={"Host": "evil.example"})
+    answer = await http.get(path, headers={"Host": "evil.internal"})
     assert answer.status_code == 404
     assert "location" not in answer.headers
     assert answer.json() == {"error": f"no such endpoint: GET {path}"}
@@ -552,6 +552,6 @@ async def test_an_artifact_with_a_trailing_slash_is_404_for_any_host(
 ) -> None:
     job = await finished_job(foreman, http)
     url = next(a["url"] for a in job["artifacts"] if a["name"] == "content.txt") + "/"
-    answer = await http.get(url, headers={"Host": "evil.example"})
+    answer = await http.get(url, headers={"Host": "evil.internal"})
     assert (answer.status_code, answer.headers.get("location")) == (404, None)
     assert answer.json() == {"error": f"no such endpoint: GET {url}"}

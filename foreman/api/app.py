@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import trio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from foreman import __version__
 from foreman.api.backends import BackendsApi, backend_routes
 from foreman.api.batches import MAX_UPLOAD, BatchesApi, batch_routes
+from foreman.api.browsers import BrowserGuard, origins_pattern
 from foreman.api.errors import install_error_handlers
 from foreman.api.front_door import FrontDoor
 from foreman.api.guard import RequestGuard
@@ -41,12 +44,17 @@ def create_app(
     *,
     max_body: int,
     body_timeout: float,
+    origins: Sequence[str] = (),
+    loopback: bool = True,
 ) -> FastAPI:
     """The app; ``/docs`` serves its own Swagger UI assets (no CDN, no internet).
     Every request's body must be at most ``max_body`` bytes and arrive within
     ``body_timeout`` seconds
-    (:class:`~foreman.api.guard.RequestGuard`). No path is redirected to another
-    (``/x/`` to ``/x``): a redirect would be built from the request's own ``Host``."""
+    (:class:`~foreman.api.guard.RequestGuard`). A browser's request is taken only
+    from the loopback origins, the app schemes and ``origins``, and on ``loopback``
+    only for this machine's names (:class:`~foreman.api.browsers.BrowserGuard`). No
+    path is redirected to another (``/x/`` to ``/x``): a redirect would be built
+    from the request's own ``Host``."""
     app = FastAPIOffline(
         title="Foreman",
         version=__version__,
@@ -59,6 +67,15 @@ def create_app(
         body_timeout=body_timeout,
         uploads={"/v1/files": max(max_body, MAX_UPLOAD)},
     )
+    allowed = origins_pattern(origins)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=allowed,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["Retry-After", "ETag", "Location"],
+    )
+    app.add_middleware(BrowserGuard, origins=allowed, loopback=loopback)
     app.include_router(ollama_routes(door), include_in_schema=False)
     app.include_router(openai_routes(door), include_in_schema=False)
     app.include_router(batch_routes(batches), include_in_schema=False)
