@@ -27,6 +27,8 @@ BAD_WEBHOOK_URLS = [
     "http://xn--a.com/",  # not IDNA
     "http://hooks.example:99999/",
     "http://hooks example/",
+    "https://user:secret@hooks.example/hook",  # credentials: shown back, sent as Basic auth
+    "https://token@hooks.example/hook",
 ]
 
 

@@ -61,6 +61,10 @@ class SubmitJob(_Model):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an absolute http:// or https:// URL")
+        if parts.username is not None or parts.password is not None:
+            # They would be shown back with the job and sent as Basic auth to wherever
+            # the URL points: a receiver authenticates by the webhook's signature.
+            raise ValueError("must not carry credentials (user:password@): sign instead")
         try:
             parts.port  # noqa: B018 - reading it checks its range
             if any(character.isspace() for character in parts.hostname):
