@@ -17,6 +17,7 @@ import trio
 from click.testing import CliRunner, Result
 from standardwebhooks import Webhook
 
+from foreman.api.jobs import REDELIVERIES, REDELIVERY_WINDOW
 from foreman.cli import main
 from foreman.events.audit import verify
 from foreman.events.log import EventLog
@@ -426,3 +427,24 @@ async def test_a_notification_still_pending_is_not_redelivered(
         )
         assert answer.status_code == 409
         assert "it is still being delivered" in answer.json()["error"]
+
+
+async def test_redelivery_is_rate_limited_per_job_by_the_log(
+    db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
+) -> None:
+    async with serving(Receiver()) as receiver:
+        async for foreman in start_foreman(nursery, db_path):
+            job_id = await one_settled_job(client, foreman, receiver.url)
+            committed = await foreman.running.journal.subscribe()
+            url = f"{foreman.url}/jobs/{job_id}/webhooks/redeliver"
+            first = (await client.get(f"{foreman.url}/jobs/{job_id}")).json()["webhooks"][0]
+            for _ in range(REDELIVERIES):
+                again = await client.post(url, json={"ids": [first["id"]]})
+                assert again.status_code == 202, again.text
+                await until(committed, Settled(job_id, 1), within=20)
+            refused = await client.post(url, json={"ids": [first["id"]]})
+            assert refused.status_code == 429
+            assert f"sent again {REDELIVERIES} times in the last 1h" in refused.json()["error"]
+            assert 0 < int(refused.headers["retry-after"]) <= REDELIVERY_WINDOW
+            sent = [r.id for r in receiver.received].count(first["id"])
+            assert sent == 1 + REDELIVERIES  # the refused one sent nothing

@@ -9,6 +9,7 @@ which only the scheduler knows, is asked of it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -36,9 +37,9 @@ from foreman.api.schemas import (
 )
 from foreman.api.stored import stored_headers
 from foreman.artifacts import ArtifactStore, valid_name
-from foreman.events.deliveries import Deliveries, job_deliveries
+from foreman.events.deliveries import Deliveries, job_deliveries, redeliveries_asked
 from foreman.events.jobs import TERMINAL_STATES, Job, JobState
-from foreman.events.log import EventLog
+from foreman.events.log import EventLog, unix_time, wall_clock
 from foreman.events.projection import IllegalTransition
 from foreman.events.queries import (
     JobRecord,
@@ -56,6 +57,7 @@ from foreman.events.types import (
     delivery_stream,
     stored_data,
 )
+from foreman.units import format_duration
 from foreman.views import (
     ArtifactView,
     DeliveryView,
@@ -76,6 +78,9 @@ JOB_ID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 CANCEL_SETTLING_SECONDS = 2.0
 """How long a cancel's answer may wait for the worker to record that a job sent to
 the backend never started."""
+REDELIVERIES = 10
+REDELIVERY_WINDOW = 3600.0
+"""A job's notifications may be asked for again ``REDELIVERIES`` times per window."""
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ApiError, "description": description}
     for status, description in {
@@ -289,6 +294,7 @@ def job_routes(api: JobsApi) -> APIRouter:
         record = await _record(api, job_id)
         if record.job.state_webhook_url is None:
             raise ApiProblem(409, f"job {job_id} was submitted without a state_webhook_url")
+        _check_redelivery_rate(job_id, await api.reader.read(redeliveries_asked, job_id))
         chosen = _to_redeliver(await api.reader.read(job_deliveries, job_id), body)
         ids = tuple(delivery.id for delivery in chosen)
         try:
@@ -362,6 +368,24 @@ def _check_webhook_host(api: JobsApi, body: SubmitJob) -> None:
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "state_webhook_url"), "msg": problem}]
         )
+
+
+def _check_redelivery_rate(job_id: str, asked: list[str]) -> None:
+    """429 with ``Retry-After`` once a job's notifications were asked for again
+    :data:`REDELIVERIES` times within :data:`REDELIVERY_WINDOW` seconds (by the log:
+    a restart forgets nothing): a redelivery is a request to the receiver, and a
+    client in a loop would make Foreman hammer it."""
+    now = wall_clock().timestamp()
+    recent = [moment for moment in map(unix_time, asked) if moment > now - REDELIVERY_WINDOW]
+    if len(recent) < REDELIVERIES:
+        return
+    wait = math.ceil(recent[-REDELIVERIES] + REDELIVERY_WINDOW - now)
+    raise ApiProblem(
+        429,
+        f"job {job_id}'s notifications were sent again {REDELIVERIES} times in the last "
+        f"{format_duration(REDELIVERY_WINDOW)}: try again in {wait} s",
+        headers={"Retry-After": str(wait)},
+    )
 
 
 def _to_redeliver(deliveries: Deliveries, body: RedeliverWebhooks | None) -> Deliveries:

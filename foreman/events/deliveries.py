@@ -38,6 +38,7 @@ from foreman.events.types import (
     WebhookAttemptFailed,
     WebhookDelivered,
     WebhookRedeliveryRequested,
+    delivery_stream,
 )
 
 if TYPE_CHECKING:
@@ -312,6 +313,16 @@ def _grouped(rows: Iterable[tuple[Any, ...]]) -> Iterable[tuple[str, Deliveries]
 
 def job_deliveries(log: EventLog, job_id: str) -> Deliveries:
     return DeliveriesProjection().load(log.conn, [job_id]).get(job_id, ())
+
+
+def redeliveries_asked(log: EventLog, job_id: str) -> list[str]:
+    """When redeliveries of the job's notifications were asked for, oldest first (the
+    log's timestamps of its ``WebhookRedeliveryRequested`` events)."""
+    rows = log.conn.execute(
+        "SELECT recorded_at FROM events WHERE stream = ? AND type = ? ORDER BY version",
+        (delivery_stream(job_id), WebhookRedeliveryRequested.model_fields["type"].default),
+    )
+    return [stamp for (stamp,) in rows]
 
 
 def pending_after(log: EventLog, seq: int) -> tuple[int, list[Delivery]]:
