@@ -171,10 +171,6 @@ HEADERS = ["series", "requests", "p50 ms", "p99 ms", "mean ms", "added p50", "ad
            "commits ms"]  # fmt: skip
 
 
-HEADERS = ["series", "requests", "p50 ms", "p99 ms", "mean ms", "added p50", "added p99",
-           "commits ms"]  # fmt: skip
-
-
 def report(runs: list[Run], args: argparse.Namespace) -> str:
     rows: list[list[Cell]] = []
     for run in runs:
