@@ -17,6 +17,7 @@ localhost included. Two checks keep it out, as Ollama's own server does:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -62,10 +63,14 @@ def local_host(host: str) -> bool:
     try:
         address = ipaddress.ip_address(name)
     except ValueError:
-        return name in ("", "localhost", socket.gethostname().lower()) or name.endswith(
-            LOCAL_SUFFIXES
-        )
+        return name in ("", "localhost") or name.endswith(LOCAL_SUFFIXES) or name == _hostname()
     return address.is_loopback or address.is_private or address.is_unspecified
+
+
+@functools.cache
+def _hostname() -> str:
+    """The machine's name, asked once: not a system call on every request."""
+    return socket.gethostname().lower()
 
 
 class BrowserGuard:
