@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal, NamedTuple, cast
 
 from foreman.events.jobs import SELECT_JOBS, TERMINAL_STATES, Job, job_from_row
 from foreman.events.log import format_timestamp
-from foreman.events.rows import RowsProjection, Transition, refuse
+from foreman.events.rows import RowsProjection, Transition, owned_by, refuse
 from foreman.events.types import (
     BATCH_STREAM_PREFIX,
     BatchCreated,
@@ -70,6 +70,7 @@ class Batch(NamedTuple):
     failed: int = 0
     errors: str | None = None
     """Why it failed, as JSON text (a list of OpenAI's error objects)."""
+    tenant: str | None = None
 
 
 def expiry(created_at: str, window: float) -> str:
@@ -101,6 +102,7 @@ def _created(batch: Batch | None, recorded: RecordedEvent) -> Batch:
         created_at=at,
         expires_at=expiry(at, event.window),
         version=recorded.version,
+        tenant=event.tenant,
     )
 
 
@@ -152,7 +154,7 @@ def _ended(batch: Batch | None, recorded: RecordedEvent) -> Batch:
 
 class BatchesProjection(RowsProjection[Batch]):
     name: ClassVar[str] = "batches"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     prefix: ClassVar[str] = BATCH_STREAM_PREFIX
     row = Batch
     columns: ClassVar[str] = (
@@ -162,7 +164,7 @@ class BatchesProjection(RowsProjection[Batch]):
         "expires_at TEXT NOT NULL, version INTEGER NOT NULL, in_progress_at TEXT, "
         "finalizing_at TEXT, cancelling_at TEXT, ended_at TEXT, end TEXT, "
         "output_file_id TEXT, error_file_id TEXT, completed INTEGER NOT NULL, "
-        "failed INTEGER NOT NULL, errors TEXT"
+        "failed INTEGER NOT NULL, errors TEXT, tenant TEXT"
     )
     indexes: ClassVar[tuple[str, ...]] = (
         # The batches still to see through: the batcher's work at start.
@@ -209,9 +211,16 @@ def counted_batch(log: EventLog, batch_id: str) -> tuple[Batch, LineCounts] | No
     return None if found is None else (found, line_counts(log, found))
 
 
-def list_batches(log: EventLog, *, after: str | None, limit: int) -> list[tuple[Batch, LineCounts]]:
-    """Newest first, older than ``after`` if given, each with its counts."""
-    clause, args = (" WHERE id < ?", [after]) if after is not None else ("", [])
+def list_batches(
+    log: EventLog, *, after: str | None, limit: int, tenant: str | None = None
+) -> list[tuple[Batch, LineCounts]]:
+    """Newest first, older than ``after`` if given, each with its counts; only
+    ``tenant``'s when given."""
+    where, args = owned_by(tenant)
+    if after is not None:
+        where.append("id < ?")
+        args.append(after)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
     rows = log.conn.execute(
         f"{BatchesProjection().select()}{clause} ORDER BY id DESC LIMIT ?", (*args, limit)
     )

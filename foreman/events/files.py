@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, cast
 
-from foreman.events.rows import RowsProjection, Transition, refuse
+from foreman.events.rows import RowsProjection, Transition, owned_by, refuse
 from foreman.events.types import (
     FILE_ID_PREFIX,
     FILE_STREAM_PREFIX,
@@ -33,6 +33,7 @@ class StoredFile(NamedTuple):
     endpoint: str | None
     created_at: str
     version: int
+    tenant: str | None = None
 
 
 def _stored(file: StoredFile | None, recorded: RecordedEvent) -> StoredFile:
@@ -49,6 +50,7 @@ def _stored(file: StoredFile | None, recorded: RecordedEvent) -> StoredFile:
         endpoint=event.endpoint,
         created_at=recorded.recorded_at,
         version=recorded.version,
+        tenant=event.tenant,
     )
 
 
@@ -59,13 +61,13 @@ def _deleted(file: StoredFile | None, recorded: RecordedEvent) -> None:
 
 class FilesProjection(RowsProjection[StoredFile]):
     name: ClassVar[str] = "files"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     prefix: ClassVar[str] = FILE_STREAM_PREFIX
     row = StoredFile
     columns: ClassVar[str] = (
         "id TEXT PRIMARY KEY, filename TEXT NOT NULL, purpose TEXT NOT NULL, "
         "bytes INTEGER NOT NULL, sha256 TEXT NOT NULL, requests INTEGER, endpoint TEXT, "
-        "created_at TEXT NOT NULL, version INTEGER NOT NULL"
+        "created_at TEXT NOT NULL, version INTEGER NOT NULL, tenant TEXT"
     )
     indexes: ClassVar[tuple[str, ...]] = (
         "CREATE INDEX IF NOT EXISTS files_by_created_at ON files (created_at)",
@@ -81,10 +83,17 @@ def stored_file(log: EventLog, file_id: str) -> StoredFile | None:
 
 
 def list_files(
-    log: EventLog, *, purpose: str | None, after: str | None, limit: int, newest_first: bool
+    log: EventLog,
+    *,
+    purpose: str | None,
+    after: str | None,
+    limit: int,
+    newest_first: bool,
+    tenant: str | None = None,
 ) -> list[StoredFile]:
-    """Files by id (ids are ULIDs: time order), from after ``after``."""
-    where, args = [], []
+    """Files by id (ids are ULIDs: time order), from after ``after``; only
+    ``tenant``'s when given."""
+    where, args = owned_by(tenant)
     if purpose is not None:
         where.append("purpose = ?")
         args.append(purpose)

@@ -82,6 +82,8 @@ class Job(NamedTuple):
     """The batch it is a line of, if any."""
     batch_line: int | None = None
     """Its line number in that batch's input file."""
+    tenant: str | None = None
+    """Who submitted it: the tenant of the key used (None: no key was)."""
 
 
 def _require(job: Job | None, recorded: RecordedEvent, *states: str) -> Job:
@@ -116,6 +118,7 @@ def _submitted(job: Job | None, recorded: RecordedEvent) -> Job:
         metadata=None if event.metadata is None else json.dumps(event.metadata),
         batch_id=event.batch.batch_id if event.batch else None,
         batch_line=event.batch.line if event.batch else None,
+        tenant=event.tenant,
     )
 
 
@@ -313,7 +316,7 @@ class JobsProjection:
     """Stores :class:`Job` rows in the ``jobs`` table."""
 
     name: ClassVar[str] = "jobs"
-    version: ClassVar[int] = 6
+    version: ClassVar[int] = 7
 
     def create(self, conn: sqlite3.Connection) -> None:
         conn.execute(
@@ -339,12 +342,15 @@ class JobsProjection:
                 unreadable INTEGER,
                 backend TEXT,
                 batch_id TEXT,
-                batch_line INTEGER
+                batch_line INTEGER,
+                tenant TEXT
             ) WITHOUT ROWID"""
         )
         # By state, newest first within one: recovery finds the unfinished jobs, and
         # GET /jobs?state= pages through one state, without a scan.
         conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, id)")
+        # A tenant's jobs, newest first: GET /jobs with a tenant's key.
+        conn.execute("CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, id)")
         # Idempotency-Key: the job a key already created.
         conn.execute(
             "CREATE INDEX IF NOT EXISTS jobs_by_idempotency_key ON jobs (idempotency_key) "

@@ -87,10 +87,13 @@ def list_jobs(
     kind: str | None,
     before: str | None,
     limit: int,
+    tenant: str | None = None,
 ) -> list[Job]:
-    """Newest first (ids are ULIDs: time order), older than ``before`` if given."""
-    where, args = [], []
-    for column, value in (("state", state), ("model", model), ("kind", kind)):
+    """Newest first (ids are ULIDs: time order), older than ``before`` if given; only
+    ``tenant``'s when given."""
+    where: list[str] = []
+    args: list[str] = []
+    for column, value in (("state", state), ("model", model), ("kind", kind), ("tenant", tenant)):
         if value is not None:
             where.append(f"{column} = ?")
             args.append(value)

@@ -91,3 +91,8 @@ class RowsProjection(Generic[R]):
 def refuse(state: NamedTuple | None, event: RecordedEvent, reason: str) -> IllegalTransition:
     status = getattr(state, "status", None) if state is not None else None
     return IllegalTransition(event.stream, status, event.type, reason)
+
+
+def owned_by(tenant: str | None) -> tuple[list[str], list[str]]:
+    """The WHERE terms and arguments that keep only ``tenant``'s rows (None: all)."""
+    return (["tenant = ?"], [tenant]) if tenant is not None else ([], [])

@@ -22,6 +22,9 @@ from foreman.events.values import STORED, JsonObject, Metadata, ReadableText, Te
 JobKind = Literal["chat", "generate", "embed"]
 Origin = Literal["sync", "async", "batch"]
 RequeueReason = Literal["retry", "interrupted", "backend_down"]
+TenantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+"""Who owns a job, a file or a batch: the tenant of the key that submitted it (None
+when no key is in use)."""
 
 
 class UnreadableEvent(ValueError):
@@ -91,6 +94,7 @@ class JobSubmitted(Event):
     """The submitter's own data, echoed back with the job (async jobs)."""
     batch: BatchLine | None = None
     """The batch line it runs (origin ``batch``): it waits below every other job."""
+    tenant: TenantName | None = None
 
     @model_validator(mode="after")
     def _webhooks_only_for_async_jobs(self) -> JobSubmitted:
@@ -246,6 +250,7 @@ class FileStored(Event):
     """A batch input's lines (requests)."""
     endpoint: BatchEndpoint | None = None
     """The ``url`` every line of a batch input names."""
+    tenant: TenantName | None = None
 
 
 class FileDeleted(Event):
@@ -285,6 +290,7 @@ class BatchCreated(Event):
     """The completion window in seconds: the batch expires that long after it was made."""
     requests: Annotated[int, Field(ge=0)]
     metadata: BatchMetadata | None = None
+    tenant: TenantName | None = None
 
 
 class BatchStarted(Event):
@@ -357,6 +363,55 @@ class WebhookRedeliveryRequested(Event):
     deliveries: Annotated[tuple[str, ...], Field(min_length=1)]
 
 
+KEY_STREAM_PREFIX = "keys/"
+KEY_ID_PREFIX = "key_"
+TENANT_STREAM_PREFIX = "tenants/"
+
+
+def key_stream(key_id: str) -> str:
+    """The stream of an API key (``key_<ULID>``): issued, then perhaps revoked."""
+    return f"{KEY_STREAM_PREFIX}{key_id}"
+
+
+def tenant_stream(tenant: str) -> str:
+    """The stream of a tenant's limits: each change of them."""
+    return f"{TENANT_STREAM_PREFIX}{tenant}"
+
+
+class KeyIssued(Event):
+    """An API key was made for a tenant. Only its SHA-256 is kept: the key itself is
+    shown once, to whoever made it."""
+
+    type: Literal["KeyIssued"] = "KeyIssued"
+    tenant: TenantName
+    admin: bool = False
+    """An admin key sees every tenant's work, acts on it, and manages keys."""
+    sha256: Sha256
+    prefix: Annotated[str, Field(min_length=1, max_length=16)]
+    """The key's first characters, to tell keys apart in a listing."""
+
+
+class KeyRevoked(Event):
+    """The key no longer opens anything, from the moment this is committed."""
+
+    type: Literal["KeyRevoked"] = "KeyRevoked"
+
+
+class TenantLimitsSet(Event):
+    """A tenant's share of the GPUs and its limits (None: unlimited), replacing the
+    previous ones."""
+
+    type: Literal["TenantLimitsSet"] = "TenantLimitsSet"
+    weight: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    """Its share of a model's queue against other tenants' (fair share, ADR-0042)."""
+    max_queued: Annotated[int, Field(ge=1)] | None = None
+    """Jobs it may have queued at once, batch lines aside."""
+    rate: Annotated[int, Field(ge=1)] | None = None
+    """Submissions it may make per minute."""
+    batch_share: Annotated[float, Field(gt=0, le=1)] | None = None
+    """The fraction of the hosts its batch lines may hold at once."""
+
+
 AnyEvent = Annotated[
     JobSubmitted
     | JobStarted
@@ -381,7 +436,10 @@ AnyEvent = Annotated[
     | BatchStarted
     | BatchCancelling
     | BatchFinalizing
-    | BatchEnded,
+    | BatchEnded
+    | KeyIssued
+    | KeyRevoked
+    | TenantLimitsSet,
     Field(discriminator="type"),
 ]
 
@@ -412,6 +470,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
         BatchCancelling,
         BatchFinalizing,
         BatchEnded,
+        KeyIssued,
+        KeyRevoked,
+        TenantLimitsSet,
     )
 }
 
