@@ -518,6 +518,13 @@ class Settings(BaseSettings):
     )
     """Browser origins allowed besides the loopback ones and the app schemes
     (``foreman.api.browsers``); a request from any other origin is refused."""
+    auth: Annotated[Literal["keys", "off"], BeforeValidator(_lower)] = Field(
+        "keys", description="one of keys, off"
+    )
+    """``keys``: once a key is issued (``foreman keys create``), every request but
+    ``/healthz`` needs one; with none issued Foreman starts only on loopback. ``off``:
+    no key is ever asked for, wherever Foreman listens (say so only when something in
+    front of it authenticates)."""
     webhook_allowed_hosts: Annotated[str | None, BeforeValidator(_host_list)] = Field(
         None, description="host names separated by commas; *.example.com allows subdomains"
     )

@@ -90,8 +90,9 @@ class OpenAIError(Exception):
     @property
     def type(self) -> str:
         """As Ollama's ``openai.NewError`` names it: 400 and 404 have names, the rest
-        are ``api_error``."""
-        return {400: "invalid_request_error", 404: "not_found_error"}.get(self.status, "api_error")
+        are ``api_error``; and a bad key (401, which Ollama never answers) as OpenAI."""
+        names = {400: "invalid_request_error", 401: "invalid_request_error", 404: "not_found_error"}
+        return names.get(self.status, "api_error")
 
     def body(self) -> dict[str, Any]:
         return {

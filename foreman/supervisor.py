@@ -32,12 +32,13 @@ from foreman.actors import (
     Worker,
     serve_http,
 )
-from foreman.api import BatchesApi, Bound, FrontDoor, JobsApi, create_app
+from foreman.api import BatchesApi, Bound, FrontDoor, JobsApi, Keychain, KeysApi, create_app
 from foreman.artifacts import ArtifactStore
 from foreman.backend import Backend
-from foreman.config import SIM, Settings
-from foreman.events import Reader
+from foreman.config import SIM, ConfigError, Settings
+from foreman.events import EventLog, Reader
 from foreman.events.queries import drained_backends
+from foreman.events.tenants import Keyring, read_keyring
 from foreman.logs import log_transitions
 from foreman.recovery import recover
 from foreman.simulator import SimulatorConfig, serve_simulator
@@ -59,6 +60,38 @@ class Running:
     journal: JournalClient
 
 
+class Unprotected(ConfigError):
+    """Foreman would listen beyond loopback with nobody's key asked for."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            [
+                f"Foreman would listen on {settings.address}, beyond loopback, with no API "
+                "key issued: anyone who can reach it could use it",
+                f"create an admin key first: foreman keys create --db {settings.db} "
+                "--tenant NAME --admin",
+                "or, if something in front of Foreman authenticates, set FOREMAN_AUTH=off",
+            ]
+        )
+
+
+def protected_keyring(settings: Settings) -> Keyring:
+    """The keys issued in the log (none if there is no log yet); raises
+    :class:`Unprotected` when Foreman would listen beyond loopback with none of them
+    live and ``FOREMAN_AUTH`` is not ``off``."""
+    db = settings.db
+    keyring = Keyring()
+    if db.is_file() and db.stat().st_size > 0:
+        log = EventLog.open(db, read_only=True)
+        try:
+            keyring = read_keyring(log)
+        finally:
+            log.close()
+    if settings.auth == "keys" and not settings.on_loopback and not keyring.in_use:
+        raise Unprotected(settings)
+    return keyring
+
+
 DEMO_SIMULATOR = SimulatorConfig(listen="127.0.0.1:0", load_latency=2.0, token_latency=0.05)
 """``--backend sim``: model loads and tokens take time, so a demo shows the queue at work."""
 
@@ -70,7 +103,15 @@ async def run_foreman(
     simulator: SimulatorConfig = DEMO_SIMULATOR,
     task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run Foreman until ``stop`` is set; reports :class:`Running` once ready."""
+    """Run Foreman until ``stop`` is set; reports :class:`Running` once ready.
+
+    Raises :class:`Unprotected`, before anything starts, when it would listen beyond
+    loopback with no key issued and ``FOREMAN_AUTH`` is not ``off``."""
+    keychain = Keychain(
+        await trio.to_thread.run_sync(protected_keyring, settings),
+        required=settings.auth == "keys",
+        loopback=settings.on_loopback,
+    )
     async with trio.open_nursery() as nursery:
         backends = await _start_backends(nursery, settings, simulator)
         journal = await nursery.start(Journal(settings.db, durability=settings.durability).run)
@@ -141,6 +182,7 @@ async def run_foreman(
             door,
             jobs,
             BatchesApi(journal, reader, store, batcher),
+            KeysApi(journal, keychain),
             max_body=settings.max_body,
             body_timeout=settings.body_timeout,
             origins=settings.origins.split(",") if settings.origins else (),
@@ -149,31 +191,7 @@ async def run_foreman(
         stop_accepting = trio.Event()
         url = await nursery.start(_serve, app, settings, stop_accepting)
         logger.info("http: listening on %s", url)
-        sender = Sender(
-            key=settings.webhook_key,
-            timeout=settings.webhook_timeout,
-            allowed_hosts=settings.allowed_hosts,
-            connections=settings.webhook_concurrency,
-        )
-        dispatcher = Dispatcher(
-            journal.clone(),
-            reader,
-            sender,
-            policy=RetryPolicy(settings.webhook_backoff, settings.webhook_max_retries),
-            concurrency=settings.webhook_concurrency,
-            base_url=settings.public_url or url,
-        )
-        if settings.public_url is None and settings.address.host in ("0.0.0.0", "::"):
-            logger.warning(
-                "webhook payloads link artifacts under %s; set FOREMAN_PUBLIC_URL to the "
-                "address receivers reach Foreman at",
-                url,
-            )
-        await nursery.start(dispatcher.run)
-        logger.info(
-            "dispatcher: started, webhooks %s",
-            "signed" if sender.signed else "unsigned (FOREMAN_WEBHOOK_SECRET is not set)",
-        )
+        sender = await _start_dispatcher(nursery, settings, journal, reader, url)
         task_status.started(Running(url, journal))
 
         await stop.wait()
@@ -209,6 +227,38 @@ async def _serve(
         shutdown_trigger=stop_accepting.wait,
         task_status=task_status,
     )
+
+
+async def _start_dispatcher(
+    nursery: trio.Nursery, settings: Settings, journal: JournalClient, reader: Reader, url: str
+) -> Sender:
+    """Start the webhook dispatcher; its sender, for closing when Foreman stops."""
+    sender = Sender(
+        key=settings.webhook_key,
+        timeout=settings.webhook_timeout,
+        allowed_hosts=settings.allowed_hosts,
+        connections=settings.webhook_concurrency,
+    )
+    dispatcher = Dispatcher(
+        journal.clone(),
+        reader,
+        sender,
+        policy=RetryPolicy(settings.webhook_backoff, settings.webhook_max_retries),
+        concurrency=settings.webhook_concurrency,
+        base_url=settings.public_url or url,
+    )
+    if settings.public_url is None and settings.address.host in ("0.0.0.0", "::"):
+        logger.warning(
+            "webhook payloads link artifacts under %s; set FOREMAN_PUBLIC_URL to the "
+            "address receivers reach Foreman at",
+            url,
+        )
+    await nursery.start(dispatcher.run)
+    logger.info(
+        "dispatcher: started, webhooks %s",
+        "signed" if sender.signed else "unsigned (FOREMAN_WEBHOOK_SECRET is not set)",
+    )
+    return sender
 
 
 async def _start_backends(

@@ -126,7 +126,7 @@ def seed_batch(db_path: Path, count: int, made: int, *, keep_input: bool = True)
         )
         log.append(batch_stream(batch_id), [created])
         for line in read(data)[:made]:
-            log.append(new_ulid(), [job_for(line, batch_id)])
+            log.append(new_ulid(), [job_for(line, batch_id, None)])
     finally:
         log.close()
     return batch_id

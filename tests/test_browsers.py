@@ -104,7 +104,7 @@ async def test_foreman_origins_adds_origins_and_off_loopback_any_host_is_served(
     db_path: Path, nursery: trio.Nursery
 ) -> None:
     async for foreman in start_foreman(
-        nursery, db_path, origins="https://*.corp.example", listen="0.0.0.0:0"
+        nursery, db_path, origins="https://*.corp.example", listen="0.0.0.0:0", auth="off"
     ):
         port = httpx.URL(foreman.url).port
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:

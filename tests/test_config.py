@@ -52,6 +52,7 @@ DEFAULTS = {
     "webhook_max_retries": 5,
     "webhook_concurrency": 16,
     "origins": None,
+    "auth": "keys",
     "webhook_allowed_hosts": None,
     "durability": "full",
     "log_format": "text",

@@ -126,6 +126,8 @@ class _Run:
     endpoint: str
     input_file: StoredFile | None
     expires_at: datetime
+    tenant: str | None
+    """Whose batch it is: its lines and output files are the tenant's too."""
     submitting: bool = False
     cancelling: bool = False
     expired: bool = False
@@ -180,7 +182,7 @@ class Batcher:
         """Carry on with a batch the log holds unended (at start)."""
         input_file = await self._reader.read(stored_file, found.input_file_id)
         expires_at = datetime.fromisoformat(found.expires_at)
-        run = _Run(found.id, found.endpoint, input_file, expires_at)
+        run = _Run(found.id, found.endpoint, input_file, expires_at, found.tenant)
         run.cancelling = found.status == "cancelling"
         run.expired = found.end == "expired"
         self._runs[run.id] = run
@@ -219,7 +221,14 @@ class Batcher:
             create.reply.put(None)
             return
         expires_at = datetime.fromisoformat(expiry(recorded.recorded_at, create.created.window))
-        run = _Run(create.batch_id, endpoint, create.input_file, expires_at, submitting=True)
+        run = _Run(
+            create.batch_id,
+            endpoint,
+            create.input_file,
+            expires_at,
+            create.created.tenant,
+            submitting=True,
+        )
         self._runs[run.id] = run
         nursery.start_soon(self._submit, run)
         create.reply.put(None)
@@ -250,7 +259,7 @@ class Batcher:
             return
         done = {job.batch_line for job in await self._reader.read(line_jobs, run.id)}
         todo = [line for line in lines if line.line not in done]
-        jobs = [batch_lines.job_for(line, run.id) for line in todo]
+        jobs = [batch_lines.job_for(line, run.id, run.tenant) for line in todo]
         ids = await self._scheduler.submit_lines(jobs)
         hosts = await self._scheduler.hosts()
         nowhere = [
@@ -322,8 +331,8 @@ class Batcher:
             logger.warning("batch %s: its input file is gone; writing its jobs' lines", run.id)
             lines = await self._reader.read(_lines_of_jobs, run.id, run.endpoint)
         written = files(run.id, run.endpoint, lines, outcomes, end)
-        output_id = await self._store_file(run.id, "output", written.output)
-        error_id = await self._store_file(run.id, "error", written.errors)
+        output_id = await self._store_file(run, "output", written.output)
+        error_id = await self._store_file(run, "error", written.errors)
         ended = BatchEnded(
             status=end,
             output_file_id=output_id,
@@ -337,13 +346,18 @@ class Batcher:
             "batch %s %s: %d completed, %d failed", run.id, end, written.completed, written.failed
         )
 
-    async def _store_file(self, batch_id: str, which: str, data: bytes) -> str | None:
+    async def _store_file(self, run: _Run, which: str, data: bytes) -> str | None:
         """Store one of a batch's files (none when it would be empty); its id."""
         if not data:
             return None
-        name = f"{batch_id}_{which}.jsonl"
+        name = f"{run.id}_{which}.jsonl"
         return await store_file(
-            self._journal, self._store, data, filename=name, purpose="batch_output"
+            self._journal,
+            self._store,
+            data,
+            filename=name,
+            purpose="batch_output",
+            tenant=run.tenant,
         )
 
     async def _input_lines(self, run: _Run) -> list[batch_lines.InputLine] | None:
@@ -378,6 +392,7 @@ async def store_file(
     *,
     filename: str,
     purpose: FilePurpose,
+    tenant: str | None,
     checked: Checked | None = None,
 ) -> str:
     """Keep ``data`` as a file: its bytes with the artifacts, then ``FileStored`` (a batch
@@ -392,6 +407,7 @@ async def store_file(
         sha256=ref.sha256,
         requests=checked.requests if checked else None,
         endpoint=checked.endpoint if checked else None,
+        tenant=tenant,
     )
     await journal.append(file_stream(file_id), [stored], expected_version=0)
     return file_id

@@ -29,6 +29,7 @@ from foreman.dbthread import DedicatedThread
 from foreman.events.log import Append, Durability, EventLog
 from foreman.events.store import open_log
 from foreman.events.types import Event, RecordedEvent
+from foreman.events.writer_lock import sole_writer
 
 DEFAULT_MAX_BATCH = 4096
 """Events per transaction at most: bounds a commit's latency and the WAL's growth."""
@@ -172,22 +173,24 @@ class Journal:
         self, *, task_status: trio.TaskStatus[JournalClient] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Open the log (catching its projections up), report a client, then commit
-        appends until every client is closed."""
+        appends until every client is closed. The log is held as its only writer
+        (:func:`~foreman.events.writer_lock.sole_writer`) until then."""
         thread = DedicatedThread("foreman-journal")
         try:
-            log = await thread.run(lambda: open_log(self.path, durability=self.durability))
-            try:
-                send, receive = trio.open_memory_channel[_Message](self._buffer)
-                bell = _Bell()
-                task_status.started(JournalClient(send, bell))
-                with receive:
-                    try:
-                        await self._commit_loop(thread, log, receive, bell)
-                    finally:
-                        _turn_away(receive)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await thread.run(log.close)
+            with sole_writer(self.path):
+                log = await thread.run(lambda: open_log(self.path, durability=self.durability))
+                try:
+                    send, receive = trio.open_memory_channel[_Message](self._buffer)
+                    bell = _Bell()
+                    task_status.started(JournalClient(send, bell))
+                    with receive:
+                        try:
+                            await self._commit_loop(thread, log, receive, bell)
+                        finally:
+                            _turn_away(receive)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await thread.run(log.close)
         finally:
             thread.close()
 

@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from foreman import __version__
+from foreman.api.auth import KeyGuard
 from foreman.api.backends import BackendsApi, backend_routes
 from foreman.api.batches import MAX_UPLOAD, BatchesApi, batch_routes
 from foreman.api.browsers import BrowserGuard, origins_pattern
@@ -19,6 +20,7 @@ from foreman.api.errors import install_error_handlers
 from foreman.api.front_door import FrontDoor
 from foreman.api.guard import RequestGuard
 from foreman.api.jobs import JobsApi, job_routes
+from foreman.api.keys import KeysApi, key_routes
 from foreman.api.ollama import ollama_routes
 from foreman.api.openai import openai_routes
 from foreman.backend import Backend, BackendUnreachable
@@ -41,6 +43,7 @@ def create_app(
     door: FrontDoor,
     jobs: JobsApi,
     batches: BatchesApi,
+    keys: KeysApi,
     *,
     max_body: int,
     body_timeout: float,
@@ -50,11 +53,12 @@ def create_app(
     """The app; ``/docs`` serves its own Swagger UI assets (no CDN, no internet).
     Every request's body must be at most ``max_body`` bytes and arrive within
     ``body_timeout`` seconds
-    (:class:`~foreman.api.guard.RequestGuard`). A browser's request is taken only
-    from the loopback origins, the app schemes and ``origins``, and on ``loopback``
-    only for this machine's names (:class:`~foreman.api.browsers.BrowserGuard`). No
-    path is redirected to another (``/x/`` to ``/x``): a redirect would be built
-    from the request's own ``Host``."""
+    (:class:`~foreman.api.guard.RequestGuard`), and carry a live key once keys are in
+    use (:class:`~foreman.api.auth.KeyGuard`, checked before the body is read). A
+    browser's request is taken only from the loopback origins, the app schemes and
+    ``origins``, and on ``loopback`` only for this machine's names
+    (:class:`~foreman.api.browsers.BrowserGuard`). No path is redirected to another
+    (``/x/`` to ``/x``): a redirect would be built from the request's own ``Host``."""
     app = FastAPIOffline(
         title="Foreman",
         version=__version__,
@@ -67,6 +71,7 @@ def create_app(
         body_timeout=body_timeout,
         uploads={"/v1/files": max(max_body, MAX_UPLOAD)},
     )
+    app.add_middleware(KeyGuard, keychain=keys.keychain)
     allowed = origins_pattern(origins)
     app.add_middleware(
         CORSMiddleware,
@@ -82,6 +87,7 @@ def create_app(
     app.include_router(job_routes(jobs))
     urls = {name: str(backend) for name, backend in door.backends.items()}
     app.include_router(backend_routes(BackendsApi(door.scheduler, urls)))
+    app.include_router(key_routes(keys))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from foreman.actors import HostStatus, SchedulerClient
+from foreman.api.auth import Principal, principal
 from foreman.api.errors import ApiProblem
 from foreman.api.schemas import ApiError, BackendList, BackendView
 from foreman.scheduling import model_of
@@ -30,7 +31,8 @@ class BackendsApi:
 def backend_routes(api: BackendsApi) -> APIRouter:
     router = APIRouter(prefix="/backends", tags=["backends"])
     missing: dict[int | str, dict[str, Any]] = {
-        404: {"model": ApiError, "description": "No backend of that name."}
+        403: {"model": ApiError, "description": "Not an admin key."},
+        404: {"model": ApiError, "description": "No backend of that name."},
     }
 
     @router.get("", operation_id="list_backends", response_model=BackendList)
@@ -41,8 +43,9 @@ def backend_routes(api: BackendsApi) -> APIRouter:
     @router.post(
         "/{name}/drain", operation_id="drain_backend", response_model=BackendView, responses=missing
     )
-    async def drain(name: str) -> BackendView:
-        """Let the host finish what it runs and give it nothing more."""
+    async def drain(name: str, who: principal) -> BackendView:
+        """Let the host finish what it runs and give it nothing more (admin keys)."""
+        _require_admin(who)
         try:
             return _view(api, await api.scheduler.drain(name))
         except LookupError:
@@ -54,8 +57,9 @@ def backend_routes(api: BackendsApi) -> APIRouter:
         response_model=BackendView,
         responses=missing,
     )
-    async def resume(name: str) -> BackendView:
-        """Give a drained host work again."""
+    async def resume(name: str, who: principal) -> BackendView:
+        """Give a drained host work again (admin keys)."""
+        _require_admin(who)
         try:
             return _view(api, await api.scheduler.resume(name))
         except LookupError:
@@ -75,6 +79,11 @@ def _view(api: BackendsApi, host: HostStatus) -> BackendView:
         done=host.done,
         loads=host.loads,
     )
+
+
+def _require_admin(who: Principal) -> None:
+    if not who.admin:
+        raise ApiProblem(403, "draining and resuming hosts takes an admin key")
 
 
 def _no_such(name: str) -> ApiProblem:

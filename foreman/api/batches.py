@@ -23,6 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
 from foreman.actors import BatcherClient, BatchNotFound, CannotCancel, JournalClient, store_file
+from foreman.api.auth import Principal, principal
 from foreman.api.stored import stored_headers
 from foreman.artifacts import ArtifactStore
 from foreman.batching import lines
@@ -72,8 +73,8 @@ def batch_routes(api: BatchesApi) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
     @router.post("/files")
-    async def upload(request: Request) -> Response:
-        return JSONResponse(file_object(await _upload(api, request)))
+    async def upload(request: Request, who: principal) -> Response:
+        return JSONResponse(file_object(await _upload(api, request, who.tenant)))
 
     @router.get("/files")
     async def files(
@@ -81,20 +82,27 @@ def batch_routes(api: BatchesApi) -> APIRouter:
         after: str | None = None,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
         order: Literal["asc", "desc"] = "desc",
+        *,
+        who: principal,
     ) -> Response:
         query = partial(
-            list_files, purpose=purpose, after=after, limit=limit + 1, newest_first=order == "desc"
+            list_files,
+            purpose=purpose,
+            after=after,
+            limit=limit + 1,
+            newest_first=order == "desc",
+            tenant=who.sees,
         )
         found = await api.reader.read(query)
         return JSONResponse(_page([file_object(f) for f in found], limit))
 
     @router.get("/files/{file_id}")
-    async def file(file_id: str) -> Response:
-        return JSONResponse(file_object(await _file(api, file_id)))
+    async def file(file_id: str, who: principal) -> Response:
+        return JSONResponse(file_object(await _file(api, file_id, who)))
 
     @router.get("/files/{file_id}/content")
-    async def content(file_id: str) -> Response:
-        found = await _file(api, file_id)
+    async def content(file_id: str, who: principal) -> Response:
+        found = await _file(api, file_id, who)
         path = api.store.file_path(found.id, found.sha256)
         try:
             data = await trio.to_thread.run_sync(path.read_bytes)
@@ -103,8 +111,8 @@ def batch_routes(api: BatchesApi) -> APIRouter:
         return Response(data, media_type=JSONL, headers=stored_headers(found.filename, JSONL))
 
     @router.delete("/files/{file_id}")
-    async def delete(file_id: str) -> Response:
-        found = await _file(api, file_id)
+    async def delete(file_id: str, who: principal) -> Response:
+        found = await _file(api, file_id, who)
         running = await api.reader.read(input_of_unended_batch, found.id)
         if running is not None:
             raise OpenAIError(409, f"{found.id} is the input of {running}, which has not ended")
@@ -113,10 +121,10 @@ def batch_routes(api: BatchesApi) -> APIRouter:
         return JSONResponse({"id": found.id, "object": "file", "deleted": True})
 
     @router.post("/batches")
-    async def create(request: Request) -> Response:
+    async def create(request: Request, who: principal) -> Response:
         body = _batch_request(await request.body())
         input_file = await api.reader.read(stored_file, body.input_file_id)
-        if input_file is None:
+        if input_file is None or not who.owns(input_file.tenant):
             raise OpenAIError(
                 400, f"no file {body.input_file_id!r}: upload it first", param="input_file_id"
             )
@@ -131,36 +139,42 @@ def batch_routes(api: BatchesApi) -> APIRouter:
             window=_window(body.completion_window),
             requests=input_file.requests,
             metadata=body.metadata,
+            tenant=who.tenant,
         )
         await api.batcher.create(batch_id, created, input_file)
-        return JSONResponse(await _batch_object(api, batch_id))
+        return JSONResponse(await _batch_object(api, batch_id, who))
 
     @router.get("/batches")
     async def batches(
-        after: str | None = None, limit: Annotated[int, Query(ge=1, le=100)] = 20
+        who: principal,
+        after: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> Response:
-        found = await api.reader.read(partial(list_batches, after=after, limit=limit + 1))
+        query = partial(list_batches, after=after, limit=limit + 1, tenant=who.sees)
+        found = await api.reader.read(query)
         return JSONResponse(_page([batch_object(*counted) for counted in found], limit))
 
     @router.get("/batches/{batch_id}")
-    async def get(batch_id: str) -> Response:
-        return JSONResponse(await _batch_object(api, batch_id))
+    async def get(batch_id: str, who: principal) -> Response:
+        return JSONResponse(await _batch_object(api, batch_id, who))
 
     @router.post("/batches/{batch_id}/cancel")
-    async def cancel(batch_id: str) -> Response:
+    async def cancel(batch_id: str, who: principal) -> Response:
+        await _batch_object(api, batch_id, who)  # 404 unless it is the caller's
         try:
             await api.batcher.cancel(batch_id)
         except BatchNotFound:
             raise _no_batch(batch_id) from None
         except CannotCancel as error:
             raise OpenAIError(409, f"cannot cancel a batch with status {error}") from None
-        return JSONResponse(await _batch_object(api, batch_id))
+        return JSONResponse(await _batch_object(api, batch_id, who))
 
     return router
 
 
-async def _upload(api: BatchesApi, request: Request) -> StoredFile:
-    """Check and store an uploaded batch input; OpenAIError (400) naming what is wrong."""
+async def _upload(api: BatchesApi, request: Request, tenant: str | None) -> StoredFile:
+    """Check and store ``tenant``'s uploaded batch input; OpenAIError (400) naming what
+    is wrong."""
     try:
         form = await request.form(max_files=1, max_fields=8)
     except Exception as error:  # python-multipart's and Starlette's refusals alike
@@ -183,7 +197,13 @@ async def _upload(api: BatchesApi, request: Request) -> StoredFile:
         raise OpenAIError(400, message, param="file") from None
     try:
         file_id = await store_file(
-            api.journal, api.store, data, filename=filename[:255], purpose="batch", checked=checked
+            api.journal,
+            api.store,
+            data,
+            filename=filename[:255],
+            purpose="batch",
+            tenant=tenant,
+            checked=checked,
         )
     except ValidationError as error:
         message = error.errors()[0]["msg"]
@@ -219,9 +239,10 @@ def _window(text: str) -> float:
     return seconds
 
 
-async def _file(api: BatchesApi, file_id: str) -> StoredFile:
+async def _file(api: BatchesApi, file_id: str, who: Principal) -> StoredFile:
+    """The file, if ``who`` may see it: another tenant's is as unknown as none (404)."""
     found = await api.reader.read(stored_file, file_id)
-    if found is None:
+    if found is None or not who.owns(found.tenant):
         raise OpenAIError(404, f"no such file: {file_id}")
     return found
 
@@ -230,9 +251,9 @@ def _no_batch(batch_id: str) -> OpenAIError:
     return OpenAIError(404, f"no such batch: {batch_id}")
 
 
-async def _batch_object(api: BatchesApi, batch_id: str) -> dict[str, Any]:
+async def _batch_object(api: BatchesApi, batch_id: str, who: Principal) -> dict[str, Any]:
     found = await api.reader.read(counted_batch, batch_id)
-    if found is None:
+    if found is None or not who.owns(found[0].tenant):
         raise _no_batch(batch_id)
     return batch_object(*found)
 

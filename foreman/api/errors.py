@@ -54,7 +54,7 @@ def _speaks_ollama(path: str) -> bool:
     return path in ("/", "/api") or path.startswith("/api/")
 
 
-def _speaks_openai(path: str) -> bool:
+def speaks_openai(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
 
@@ -66,7 +66,7 @@ def error_response(
     path: str, status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> Response:
     """``{"error": message}`` in the dialect of the route at ``path``."""
-    if _speaks_openai(path):
+    if speaks_openai(path):
         return openai_error_response(OpenAIError(status, message), headers)
     if _speaks_ollama(path):
         return OllamaJSON({"error": message}, status_code=status, headers=dict(headers or {}))
@@ -108,7 +108,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid(request: Request, error: Exception) -> Response:
         assert isinstance(error, RequestValidationError)
         problems = list(error.errors())
-        if _speaks_openai(request.url.path):  # OpenAI answers 400, naming the field
+        if speaks_openai(request.url.path):  # OpenAI answers 400, naming the field
             first = problems[0]
             field = _field(tuple(first["loc"]))
             message = f"{field}: {problem_message(first)}" if field else problem_message(first)

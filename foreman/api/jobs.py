@@ -23,6 +23,7 @@ from pydantic import AfterValidator
 from starlette.responses import FileResponse, Response
 
 from foreman.actors import JournalClient, ModelNotFound, QueueFull, SchedulerClient
+from foreman.api.auth import Principal, principal
 from foreman.api.bound import Bound, Busy
 from foreman.api.errors import ApiProblem
 from foreman.api.schemas import (
@@ -46,7 +47,8 @@ from foreman.events.queries import (
     job_by_idempotency_key,
     job_record,
     list_jobs,
-    was_submitted,
+    submitted_as,
+    submitted_job,
 )
 from foreman.events.reader import Reader
 from foreman.events.types import (
@@ -166,17 +168,19 @@ def job_routes(api: JobsApi) -> APIRouter:
     )
     async def submit(
         body: SubmitJob,
+        who: principal,
         idempotency_key: Annotated[
             str | None, Header(min_length=1, max_length=255, description="Repeat safely.")
         ] = None,
     ) -> Response:
         """Queue a job; 202 with its id and ``Location``. With an ``Idempotency-Key``
-        already used for the same body: 200 and that job; for another body: 409."""
+        already used (by the same tenant) for the same body: 200 and that job; for
+        another body: 409."""
         _check_webhook_host(api, body)
         if idempotency_key is None:
-            return await _submit(api, body, None)
-        async with api.holding(idempotency_key):
-            return await _submit_once(api, body, idempotency_key)
+            return await _submit(api, body, None, who)
+        async with api.holding(f"{who.tenant}\0{idempotency_key}"):
+            return await _submit_once(api, body, idempotency_key, who)
 
     @router.get(
         "",
@@ -196,12 +200,21 @@ def job_routes(api: JobsApi) -> APIRouter:
             Query(description="next_cursor of the page before"),
             AfterValidator(_job_id),
         ] = None,
+        *,
+        who: principal,
     ) -> Response:
-        """Jobs, newest first, a page at a time (503 beyond FOREMAN_MAX_LISTINGS at once)."""
+        """Jobs, newest first, a page at a time (503 beyond FOREMAN_MAX_LISTINGS at once);
+        a tenant's key lists its own."""
         with _listing(api):
             page = await api.listing_reader.read(
                 lambda log: _page(
-                    log, state=state, model=model, kind=kind, cursor=cursor, limit=limit
+                    log,
+                    state=state,
+                    model=model,
+                    kind=kind,
+                    cursor=cursor,
+                    limit=limit,
+                    tenant=who.sees,
                 )
             )
         return Response(page, media_type="application/json")
@@ -209,9 +222,9 @@ def job_routes(api: JobsApi) -> APIRouter:
     @router.get(
         "/{job_id}", operation_id="get_job", response_model=JobView, responses=responses(404, 410)
     )
-    async def get(job_id: str) -> Response:
+    async def get(job_id: str, who: principal) -> Response:
         """The job: state, place in the queue, result, outputs."""
-        return _json(await _view(api, job_id))
+        return _json(await _view(api, job_id, who))
 
     @router.get(
         "/{job_id}/events",
@@ -219,10 +232,12 @@ def job_routes(api: JobsApi) -> APIRouter:
         response_model=JobEvents,
         responses=responses(404),
     )
-    async def events(job_id: str) -> JobEvents:
+    async def events(job_id: str, who: principal) -> JobEvents:
         """The job's whole history from the log (kept after it is pruned), for audit."""
         recorded = await api.reader.read(EventLog.read_stream, job_id)
-        if not recorded:
+        submitted = submitted_as(recorded[0]) if recorded else None
+        # A submission that cannot be read back names no tenant: admins only see it.
+        if not recorded or not who.owns(submitted.tenant if submitted else None):
             raise ApiProblem(404, f"no job {job_id!r}")
         return JobEvents(
             events=[
@@ -244,16 +259,16 @@ def job_routes(api: JobsApi) -> APIRouter:
             extra={202: {"model": JobView, "description": "Running: being stopped."}},
         ),
     )
-    async def cancel(job_id: str) -> Response:
+    async def cancel(job_id: str, who: principal) -> Response:
         """Cancel: a queued job never runs (200); a running one's backend call is
         stopped (202, ``JobCancelled`` follows); a finished one: 409."""
-        record = await _record(api, job_id)
+        record = await _record(api, job_id, who)
         if record.job.state not in TERMINAL_STATES:
             answer = await api.scheduler.cancel(job_id, "cancelled_by_request")
             if answer != "not_found":
-                view = await (_settled_view if answer == "stopping" else _view)(api, job_id)
+                view = await (_settled_view if answer == "stopping" else _view)(api, job_id, who)
                 return _json(view, 200 if view.state == "cancelled" else 202)
-            record = await _record(api, job_id)
+            record = await _record(api, job_id, who)
         raise ApiProblem(409, f"job {job_id} has already {record.job.state}: nothing to cancel")
 
     @router.get(
@@ -270,9 +285,9 @@ def job_routes(api: JobsApi) -> APIRouter:
             },
         ),
     )
-    async def artifact(job_id: str, name: str, request: Request) -> Response:
+    async def artifact(job_id: str, name: str, request: Request, who: principal) -> Response:
         """An output's bytes, with its media type, ``ETag`` (its sha256) and ranges."""
-        record = await _record(api, job_id)
+        record = await _record(api, job_id, who)
         ref = _artifact(record, name)
         etag = f'"{ref.sha256}"'
         if etag in _etags(request.headers.get("if-none-match", "")):
@@ -288,10 +303,12 @@ def job_routes(api: JobsApi) -> APIRouter:
         response_model=Redelivery,
         responses=responses(400, 404, 409, 410, 413, 422),
     )
-    async def redeliver(job_id: str, body: RedeliverWebhooks | None = None) -> Redelivery:
+    async def redeliver(
+        job_id: str, who: principal, body: RedeliverWebhooks | None = None
+    ) -> Redelivery:
         """Send state notifications again, with fresh tries: every abandoned one, or
         the ones named (delivered or abandoned). They keep their ``webhook-id``."""
-        record = await _record(api, job_id)
+        record = await _record(api, job_id, who)
         if record.job.state_webhook_url is None:
             raise ApiProblem(409, f"job {job_id} was submitted without a state_webhook_url")
         _check_redelivery_rate(job_id, await api.reader.read(redeliveries_asked, job_id))
@@ -317,10 +334,13 @@ def _page(
     kind: JobKind | None,
     cursor: str | None,
     limit: int,
+    tenant: str | None,
 ) -> bytes:
     """A page of the listing as JSON, built on the reader's thread: a page of a thousand
     jobs is work the event loop, answering everyone else, should not do."""
-    jobs = list_jobs(log, state=state, model=model, kind=kind, before=cursor, limit=limit + 1)
+    jobs = list_jobs(
+        log, state=state, model=model, kind=kind, before=cursor, limit=limit + 1, tenant=tenant
+    )
     more = len(jobs) > limit
     jobs = jobs[:limit]
     page = JobPage(
@@ -345,20 +365,20 @@ def _job_id(value: str | None) -> str | None:
     return value
 
 
-async def _settled_view(api: JobsApi, job_id: str) -> JobView:
+async def _settled_view(api: JobsApi, job_id: str, who: Principal) -> JobView:
     """The view of a job its worker is stopping. One sent to the backend behind the
     running job (ADR-0026) is still ``queued`` in the log when the scheduler hands
     its cancel to the worker, which records ``JobCancelled`` a moment later: wait
     for the job's next event (subscribed before the view is read, so none is missed)."""
     async with await api.journal.subscribe() as committed:
-        view = await _view(api, job_id)
+        view = await _view(api, job_id, who)
         if view.state != "queued":
             return view
         with trio.move_on_after(CANCEL_SETTLING_SECONDS):
             async for events in committed:
                 if any(event.stream == job_id for event in events):
                     break
-    return await _view(api, job_id)
+    return await _view(api, job_id, who)
 
 
 def _check_webhook_host(api: JobsApi, body: SubmitJob) -> None:
@@ -402,20 +422,20 @@ def _to_redeliver(deliveries: Deliveries, body: RedeliverWebhooks | None) -> Del
     return tuple(known[id_] for id_ in dict.fromkeys(body.ids))
 
 
-async def _submit_once(api: JobsApi, body: SubmitJob, key: str) -> Response:
-    earlier = await api.reader.read(job_by_idempotency_key, key)
+async def _submit_once(api: JobsApi, body: SubmitJob, key: str, who: Principal) -> Response:
+    earlier = await api.reader.read(job_by_idempotency_key, key, who.tenant)
     if earlier is None:
-        return await _submit(api, body, key)
+        return await _submit(api, body, key, who)
     job_id, submitted = earlier
-    if _as_submitted(body, key) != submitted:
+    if _as_submitted(body, key, who.tenant) != submitted:
         raise ApiProblem(409, f"Idempotency-Key {key!r} was used for another request body")
-    record = await _record(api, job_id)
+    record = await _record(api, job_id, who)
     return _accepted(await _accepted_view(api, record.job), 200)
 
 
-async def _submit(api: JobsApi, body: SubmitJob, key: str | None) -> Response:
+async def _submit(api: JobsApi, body: SubmitJob, key: str | None, who: Principal) -> Response:
     try:
-        queued = await api.scheduler.submit(_as_submitted(body, key))
+        queued = await api.scheduler.submit(_as_submitted(body, key, who.tenant))
     except QueueFull:
         raise ApiProblem(503, BUSY, headers={"Retry-After": "1"}) from None
     except ModelNotFound as missing:
@@ -430,8 +450,8 @@ async def _submit(api: JobsApi, body: SubmitJob, key: str | None) -> Response:
     return _accepted(accepted, 202)
 
 
-def _as_submitted(body: SubmitJob, key: str | None) -> JobSubmitted:
-    """The event a submission becomes: async jobs never stream."""
+def _as_submitted(body: SubmitJob, key: str | None, tenant: str | None) -> JobSubmitted:
+    """The event ``tenant``'s submission becomes: async jobs never stream."""
     request = body.request.model_dump()
     if body.kind != "embed":
         request["stream"] = False
@@ -444,6 +464,7 @@ def _as_submitted(body: SubmitJob, key: str | None) -> JobSubmitted:
         origin="async",
         idempotency_key=key,
         metadata=body.metadata,
+        tenant=tenant,
     )
 
 
@@ -463,26 +484,28 @@ async def _accepted_view(api: JobsApi, job: Job) -> JobAccepted:
     )
 
 
-async def _record(api: JobsApi, job_id: str) -> JobRecord:
+async def _record(api: JobsApi, job_id: str, who: Principal) -> JobRecord:
+    """The job, if ``who`` may see it: another tenant's is as unknown as none (404)."""
     record = await api.reader.read(job_record, job_id)
-    if record is None:
-        await _missing(api, job_id)
+    if record is None or not who.owns(record.job.tenant):
+        await _missing(api, job_id, who)
     return record
 
 
-async def _missing(api: JobsApi, job_id: str) -> NoReturn:
-    """404, or 410 for a job the log has but the janitor pruned."""
-    if await api.reader.read(was_submitted, job_id):
+async def _missing(api: JobsApi, job_id: str, who: Principal) -> NoReturn:
+    """404, or 410 for a job of ``who``'s that the log has but the janitor pruned."""
+    submitted = await api.reader.read(submitted_job, job_id)
+    if submitted is not None and who.owns(submitted.tenant):
         raise ApiProblem(410, f"job {job_id} finished long ago and was pruned (FOREMAN_JOB_TTL)")
     raise ApiProblem(404, f"no job {job_id!r}")
 
 
-async def _view(api: JobsApi, job_id: str) -> JobView:
+async def _view(api: JobsApi, job_id: str, who: Principal) -> JobView:
     """The job's view: its record, outputs and deliveries read in one go on the
     reader's thread, its queue position from the scheduler."""
     found = await api.reader.read(_read_view, api, job_id)
-    if found is None:
-        await _missing(api, job_id)
+    if found is None or not who.owns(found[0].job.tenant):
+        await _missing(api, job_id, who)
     record, artifacts, deliveries = found
     job = record.job
     return job_view(

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from foreman.actors import AnswerError
+from foreman.api.auth import principal_of
 from foreman.api.front_door import (
     FrontDoor,
     Refused,
@@ -65,7 +66,7 @@ def refused(error: Refused) -> Response:
 async def _run_job(door: FrontDoor, kind: JobKind, request: Request) -> Response:
     raw = await request.body()  # its size and deadline: foreman.api.guard
     body = decode_json(raw)
-    submitted = _submission(kind, body)
+    submitted = _submission(kind, body, principal_of(request).tenant)
     try:
         started = await start_job(door, submitted, raw, request)
     except Refused as error:
@@ -75,8 +76,9 @@ async def _run_job(door: FrontDoor, kind: JobKind, request: Request) -> Response
     return NDJSONStream(_stream(door, started))
 
 
-def _submission(kind: JobKind, body: object) -> JobSubmitted:
-    """The job a request body becomes, or the 400 naming what the log could not hold."""
+def _submission(kind: JobKind, body: object, tenant: str | None) -> JobSubmitted:
+    """The job ``tenant``'s request body becomes, or the 400 naming what the log could
+    not hold."""
     if not isinstance(body, dict):
         raise OllamaError(400, "the request body must be a JSON object")
     model = body.get("model")
@@ -86,7 +88,7 @@ def _submission(kind: JobKind, body: object) -> JobSubmitted:
     if options is not None and not isinstance(options, dict):
         raise OllamaError(400, "options must be a JSON object")
     try:
-        return JobSubmitted(kind=kind, model=model, request=body, origin="sync")
+        return JobSubmitted(kind=kind, model=model, request=body, origin="sync", tenant=tenant)
     except ValidationError as error:
         raise OllamaError(400, first_problem(error, within="request")) from None
 

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
 from foreman.actors import AnswerError
+from foreman.api.auth import principal_of
 from foreman.api.front_door import (
     Answered,
     FrontDoor,
@@ -108,7 +109,13 @@ async def _run_job(
     body = decode_body(await request.body())  # its size and deadline: foreman.api.guard
     native = translate(body)
     try:
-        submitted = JobSubmitted(kind=kind, model=native["model"], request=native, origin="sync")
+        submitted = JobSubmitted(
+            kind=kind,
+            model=native["model"],
+            request=native,
+            origin="sync",
+            tenant=principal_of(request).tenant,
+        )
     except ValidationError as error:
         raise OpenAIError(400, first_problem(error, within="request")) from None
     try:

@@ -103,7 +103,7 @@ def check(data: bytes) -> Checked:
             endpoint = endpoint or line.url
             if line.url != endpoint:
                 raise BadLine(f"url {line.url!r} differs from the file's first, {endpoint!r}")
-            job_for(line, "batch_check")
+            job_for(line, "batch_check", None)
         except BadLine as error:
             bad += 1
             if len(problems) < MAX_PROBLEMS:
@@ -125,8 +125,8 @@ def read(data: bytes) -> list[InputLine]:
     return [_parse(number, raw) for number, raw in _lines(data)]
 
 
-def job_for(line: InputLine, batch_id: str) -> JobSubmitted:
-    """The job a line runs as; :class:`BadLine` when it cannot be one."""
+def job_for(line: InputLine, batch_id: str, tenant: str | None) -> JobSubmitted:
+    """The job a line of ``tenant``'s batch runs as; :class:`BadLine` when it cannot be one."""
     try:
         native = _TRANSLATE[line.url](line.body)
     except OpenAIError as error:
@@ -138,6 +138,7 @@ def job_for(line: InputLine, batch_id: str) -> JobSubmitted:
             request=native,
             origin="batch",
             batch=BatchLine(batch_id=batch_id, line=line.line, custom_id=line.custom_id),
+            tenant=tenant,
         )
     except ValidationError as error:
         first = error.errors()[0]

@@ -9,9 +9,9 @@ import click
 import trio
 
 from foreman import logs
-from foreman.cli.config import cli_settings, settings_options
+from foreman.cli.config import InvalidConfiguration, cli_settings, settings_options
 from foreman.config import Settings
-from foreman.supervisor import run_foreman
+from foreman.supervisor import Unprotected, protected_keyring, run_foreman
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +23,10 @@ def serve(ctx: click.Context) -> None:
     """Serve Ollama's API with a durable queue in front of the backend."""
     settings = cli_settings(ctx)
     logs.configure(settings.log_format)
+    try:
+        protected_keyring(settings)  # refused before anything starts
+    except Unprotected as refused:
+        raise InvalidConfiguration(refused) from None
     trio.run(_serve, settings)
 
 

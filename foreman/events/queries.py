@@ -49,12 +49,6 @@ def success(recorded: RecordedEvent) -> JobSucceeded | None:
     return event
 
 
-def was_submitted(log: EventLog, job_id: str) -> bool:
-    """Whether the log has a job of this id, pruned or not."""
-    found = log.conn.execute("SELECT 1 FROM events WHERE stream = ? LIMIT 1", (job_id,))
-    return found.fetchone() is not None
-
-
 def submission(log: EventLog, job_id: str) -> JobSubmitted:
     first = log.conn.execute(
         "SELECT seq FROM events WHERE stream = ? AND version = 1", (job_id,)
@@ -64,9 +58,33 @@ def submission(log: EventLog, job_id: str) -> JobSubmitted:
     return event.event
 
 
-def job_by_idempotency_key(log: EventLog, key: str) -> tuple[str, JobSubmitted] | None:
-    """The job an ``Idempotency-Key`` created, and what it was submitted with."""
-    row = log.conn.execute("SELECT id FROM jobs WHERE idempotency_key = ?", (key,)).fetchone()
+def submitted_job(log: EventLog, job_id: str) -> JobSubmitted | None:
+    """What the job was submitted with, pruned or not; None when the log has no such
+    job, or its submission cannot be read back."""
+    first = log.conn.execute(
+        "SELECT seq FROM events WHERE stream = ? AND version = 1", (job_id,)
+    ).fetchone()
+    if first is None:
+        return None
+    return submitted_as(log.events_at([first[0]])[0])
+
+
+def submitted_as(first: RecordedEvent) -> JobSubmitted | None:
+    """A job stream's first event as the submission it is, if it can be read back."""
+    try:
+        event = first.event
+    except UnreadableEvent:
+        return None
+    return event if isinstance(event, JobSubmitted) else None
+
+
+def job_by_idempotency_key(
+    log: EventLog, key: str, tenant: str | None
+) -> tuple[str, JobSubmitted] | None:
+    """The job ``tenant``'s ``Idempotency-Key`` created, and what it was submitted with."""
+    row = log.conn.execute(
+        "SELECT id FROM jobs WHERE idempotency_key = ? AND tenant IS ?", (key, tenant)
+    ).fetchone()
     return None if row is None else (row[0], submission(log, row[0]))
 
 
