@@ -54,10 +54,12 @@ by then its job was cancelled as ``client_stalled`` (the worker is the first to 
 
 @dataclass(frozen=True, slots=True)
 class Running:
-    """A started Foreman: where it serves, and its journal (to follow its commits)."""
+    """A started Foreman: where it serves, its journal (to follow its commits), and the
+    app it serves (its routes)."""
 
     url: str
     journal: JournalClient
+    app: FastAPI
 
 
 class Unprotected(ConfigError):
@@ -192,7 +194,7 @@ async def run_foreman(
         url = await nursery.start(_serve, app, settings, stop_accepting)
         logger.info("http: listening on %s", url)
         sender = await _start_dispatcher(nursery, settings, journal, reader, url)
-        task_status.started(Running(url, journal))
+        task_status.started(Running(url, journal, app))
 
         await stop.wait()
         logger.info("stopping: no new requests; running jobs have %.1f s", settings.shutdown_grace)

@@ -54,6 +54,9 @@ class JobSummary(_View):
     backend: str | None = Field(description="The backend host of its latest attempt.")
     error: JobErrorView | None
     metadata: dict[str, Any] | None
+    tenant: str | None = Field(
+        None, description="Whose job it is: its key's tenant (null: submitted with no key)."
+    )
 
 
 class DeliveryView(_View):
@@ -115,6 +118,7 @@ def job_summary(job: Job) -> JobSummary:
         backend=job.backend,
         error=None if job.error is None else JobErrorView(**job.error._asdict()),
         metadata=None if job.metadata is None else json.loads(job.metadata),
+        tenant=job.tenant,
     )
 
 

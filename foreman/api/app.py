@@ -23,6 +23,7 @@ from foreman.api.jobs import JobsApi, job_routes
 from foreman.api.keys import KeysApi, key_routes
 from foreman.api.ollama import ollama_routes
 from foreman.api.openai import openai_routes
+from foreman.api.usage import usage_routes
 from foreman.backend import Backend, BackendUnreachable
 from foreman.ollama_protocol import OllamaJSON
 from foreman.views import WebhookPayload
@@ -88,6 +89,7 @@ def create_app(
     urls = {name: str(backend) for name, backend in door.backends.items()}
     app.include_router(backend_routes(BackendsApi(door.scheduler, urls)))
     app.include_router(key_routes(keys))
+    app.include_router(usage_routes(jobs))
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from foreman.api.errors import error_response, openai_error_response, speaks_openai
+from foreman.api.rates import SubmissionRates
 from foreman.events.tenants import ApiKey, Keyring, Limits
 from foreman.events.types import RecordedEvent
 from foreman.openai_protocol import OpenAIError
@@ -34,6 +35,18 @@ UNAUTHENTICATED = (
 )
 UNKNOWN_KEY = "this API key is not valid: it is unknown, or was revoked"
 OPEN_PATHS = frozenset({"/healthz"})
+SUBMISSIONS = frozenset(
+    ("POST", path)
+    for path in (
+        "/jobs",
+        "/api/chat",
+        "/api/generate",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/batches",
+    )
+)
+"""The requests that make work, counted against a tenant's rate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +89,7 @@ class Keychain:
         self.keyring = keyring
 
     def why_not_revoke(self, key: ApiKey) -> str | None:
-        """Why revoking ``key`` would lock every admin out, if it would: it is the last
-        live admin key and other keys stay (nobody could manage them), or it is the
-        last key of all and Foreman listens beyond loopback (nobody could get in)."""
-        live = [other for other in self.keyring.keys.values() if other.revoked_at is None]
-        if not key.admin or sum(other.admin for other in live) > 1:
-            return None
-        if len(live) > 1:
-            return "this is the last admin key: issue another admin key before revoking it"
-        if self.required and not self.loopback:
-            return (
-                "this is the last key, and Foreman listens beyond loopback: revoked, it "
-                "would let nobody in; issue another admin key first"
-            )
-        return None
+        return self.keyring.why_not_revoke(key, exposed=self.required and not self.loopback)
 
     def limits(self, tenant: str | None) -> Limits:
         return self.keyring.limits_of(tenant)
@@ -109,11 +109,13 @@ class Keychain:
 
 class KeyGuard:
     """ASGI middleware: a request without a live key is answered 401 before any route
-    reads it (and before its body is read); one with a key carries its principal."""
+    reads it (and before its body is read), and a submission beyond its tenant's rate
+    429; one let in carries its principal."""
 
     def __init__(self, app: ASGIApp, *, keychain: Keychain) -> None:
         self.app = app
         self.keychain = keychain
+        self.rates = SubmissionRates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -125,8 +127,27 @@ class KeyGuard:
                     await _refused(path, found)(scope, receive, send)
                     return
                 who = found
+                refused = self._over_rate(scope, who)
+                if refused is not None:
+                    await refused(scope, receive, send)
+                    return
             scope[SCOPE_KEY] = who
         await self.app(scope, receive, send)
+
+    def _over_rate(self, scope: Scope, who: Principal) -> Response | None:
+        """429 for a submission beyond its tenant's rate (``foreman keys limits --rate``)."""
+        if who.tenant is None or (scope["method"], scope["path"]) not in SUBMISSIONS:
+            return None
+        rate = self.keychain.limits(who.tenant).rate
+        wait = self.rates.take(who.tenant, rate)
+        if wait is None:
+            return None
+        message = f"tenant {who.tenant} may submit {rate} requests a minute: try again in {wait} s"
+        headers = {"Retry-After": str(wait)}
+        if speaks_openai(scope["path"]):
+            error = OpenAIError(429, message, code="rate_limit_exceeded")
+            return openai_error_response(error, headers)
+        return error_response(scope["path"], 429, message, headers)
 
 
 def _refused(path: str, why: str) -> Response:

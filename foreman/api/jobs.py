@@ -205,7 +205,7 @@ def job_routes(api: JobsApi) -> APIRouter:
     ) -> Response:
         """Jobs, newest first, a page at a time (503 beyond FOREMAN_MAX_LISTINGS at once);
         a tenant's key lists its own."""
-        with _listing(api):
+        with listing(api):
             page = await api.listing_reader.read(
                 lambda log: _page(
                     log,
@@ -350,7 +350,7 @@ def _page(
 
 
 @contextmanager
-def _listing(api: JobsApi) -> Iterator[None]:
+def listing(api: JobsApi) -> Iterator[None]:
     """One of the FOREMAN_MAX_LISTINGS places for the block, or 503 at once."""
     try:
         with api.listings.slot():

@@ -19,7 +19,7 @@ from foreman.actors import JournalClient
 from foreman.api.auth import Keychain, Principal, principal
 from foreman.api.errors import ApiProblem
 from foreman.api.schemas import ApiError
-from foreman.events.tenants import ApiKey, Limits, new_key
+from foreman.events.tenants import ApiKey, Limits, limits_set, new_key
 from foreman.events.types import KeyRevoked, TenantLimitsSet, TenantName, key_stream, tenant_stream
 
 ADMIN_ONLY = "managing keys takes an admin key (`foreman keys create --admin`)"
@@ -104,10 +104,10 @@ def key_routes(api: KeysApi) -> APIRouter:
         key_id, secret, issued = new_key(body.tenant, admin=body.admin)
         committed = await api.journal.append(key_stream(key_id), [issued], expected_version=0)
         api.keychain.fold(committed)
-        changed = body.model_dump(exclude={"tenant", "admin"}, exclude_none=True)
-        if changed:
-            current = _limits_view(api.keychain.limits(body.tenant)).model_dump(exclude={"set_at"})
-            await _set_limits(api, body.tenant, LimitsBody(**current | changed))
+        changes = body.model_dump(exclude={"tenant", "admin"}, exclude_none=True)
+        if changes:
+            event = limits_set(api.keychain.limits(body.tenant), **changes)
+            await _set_limits(api, body.tenant, event)
         return NewKey(**_view(api, api.keychain.keyring.keys[key_id]).model_dump(), key=secret)
 
     @router.get("/keys", operation_id="list_keys", response_model=KeyList, responses=errors)
@@ -145,14 +145,13 @@ def key_routes(api: KeysApi) -> APIRouter:
     ) -> LimitsView:
         """Replace a tenant's share and limits."""
         _require_admin(who)
-        await _set_limits(api, tenant, body)
-        return _limits_view(api.keychain.limits(tenant))
+        await _set_limits(api, tenant, TenantLimitsSet(**body.model_dump()))
+        return limits_view(api.keychain.limits(tenant))
 
     return router
 
 
-async def _set_limits(api: KeysApi, tenant: str, body: LimitsBody) -> None:
-    event = TenantLimitsSet(**body.model_dump())
+async def _set_limits(api: KeysApi, tenant: str, event: TenantLimitsSet) -> None:
     api.keychain.fold(await api.journal.append(tenant_stream(tenant), [event]))
 
 
@@ -161,7 +160,7 @@ def _require_admin(who: Principal) -> None:
         raise ApiProblem(403, ADMIN_ONLY)
 
 
-def _limits_view(limits: Limits) -> LimitsView:
+def limits_view(limits: Limits) -> LimitsView:
     return LimitsView(
         weight=limits.weight,
         max_queued=limits.max_queued,
@@ -172,6 +171,10 @@ def _limits_view(limits: Limits) -> LimitsView:
 
 
 def _view(api: KeysApi, key: ApiKey) -> KeyView:
+    return key_view(key, api.keychain.limits(key.tenant))
+
+
+def key_view(key: ApiKey, limits: Limits) -> KeyView:
     return KeyView(
         id=key.id,
         tenant=key.tenant,
@@ -179,5 +182,5 @@ def _view(api: KeysApi, key: ApiKey) -> KeyView:
         prefix=key.prefix,
         issued_at=key.issued_at,
         revoked_at=key.revoked_at,
-        limits=_limits_view(api.keychain.limits(key.tenant)),
+        limits=limits_view(limits),
     )

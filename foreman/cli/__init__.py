@@ -9,8 +9,10 @@ from foreman.cli.backends import backends
 from foreman.cli.batches import batches
 from foreman.cli.config import config
 from foreman.cli.events import events
+from foreman.cli.keys import keys
 from foreman.cli.serve import serve
 from foreman.cli.simulate import simulate
+from foreman.cli.usage import usage
 from foreman.cli.webhooks import webhooks
 
 __all__ = ["main"]
@@ -29,3 +31,5 @@ main.add_command(config)
 main.add_command(webhooks)
 main.add_command(backends)
 main.add_command(batches)
+main.add_command(keys)
+main.add_command(usage)

@@ -34,17 +34,29 @@ url_option = click.option(
     help="Where the running Foreman answers.",
 )
 
+API_KEY_VARIABLE = "FOREMAN_API_KEY"
+"""The key the commands that call a running Foreman send, once keys are in use."""
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Output JSON, for scripts.")
 
 
+class NoAnswer(click.ClickException):
+    """Nothing answers at the URL: Foreman is not running there."""
+
+
 def call(method: str, url: str, path: str, *, ok: int, body: Any = None) -> Any:
-    """``method path`` on the Foreman at ``url``: its JSON answer, or a clean error
-    (exit 1) with Foreman's message (:func:`error_message`) when the status is not ``ok``."""
+    """``method path`` on the Foreman at ``url``, with the key in ``FOREMAN_API_KEY`` if
+    set: its JSON answer, or a clean error (exit 1) with Foreman's message
+    (:func:`error_message`) when the status is not ``ok``; :class:`NoAnswer` when
+    nothing answers."""
+    key = os.environ.get(API_KEY_VARIABLE)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        response = httpx.request(method, f"{url.rstrip('/')}{path}", json=body, timeout=30)
+        response = httpx.request(
+            method, f"{url.rstrip('/')}{path}", json=body, headers=headers, timeout=30
+        )
     except httpx.HTTPError as error:
-        message = f"no answer from Foreman at {url} ({error}): is it running?"
-        raise click.ClickException(message) from None
+        raise NoAnswer(f"no answer from Foreman at {url} ({error}): is it running?") from None
     try:
         answer = response.json()
     except ValueError:

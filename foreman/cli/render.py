@@ -64,6 +64,8 @@ def summary(type_: str, data: Any) -> str:
     match type_:
         case "JobSubmitted":
             text = f"{get('kind')} on {get('model')}, priority {get('priority')}, {get('origin')}"
+            if get("tenant") is not None:
+                text += f", tenant {get('tenant')}"
         case "JobStarted":
             text = f"attempt {get('attempt')} on {get('backend')}"
         case "JobAttemptFailed":
@@ -159,6 +161,7 @@ def job_grid(job: Job) -> Table:
         ("state", job.state),
         ("kind", job.kind),
         ("model", job.model),
+        ("tenant", job.tenant),
         ("priority", job.priority),
         ("origin", job.origin),
         ("attempts", job.attempts),

@@ -90,6 +90,23 @@ class Keyring:
     def limits_of(self, tenant: str | None) -> Limits:
         return self.limits.get(tenant, NO_LIMITS) if tenant is not None else NO_LIMITS
 
+    def why_not_revoke(self, key: ApiKey, *, exposed: bool) -> str | None:
+        """Why revoking ``key`` would lock every admin out, if it would: it is the last
+        live admin key and other keys stay (nobody could manage them), or it is the
+        last key of all and Foreman is ``exposed`` (beyond loopback: nobody could get
+        in)."""
+        live = [other for other in self.keys.values() if other.revoked_at is None]
+        if not key.admin or sum(other.admin for other in live) > 1:
+            return None
+        if len(live) > 1:
+            return "this is the last admin key: issue another admin key before revoking it"
+        if exposed:
+            return (
+                "this is the last key, and Foreman listens beyond loopback: revoked, it "
+                "would let nobody in; issue another admin key first"
+            )
+        return None
+
     def evolve(self, recorded: RecordedEvent) -> Keyring:
         """The keyring after ``recorded`` (unchanged by any other stream's events, and
         by an event that cannot be read back: a key it issued stays unusable)."""
@@ -149,6 +166,18 @@ def read_keyring(log: EventLog) -> Keyring:
 def _prefix_range(prefix: str) -> tuple[str, str]:
     """The bounds of the strings that start with ``prefix`` (one ending in ``/``)."""
     return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def limits_set(current: Limits, **changes: float | int | None) -> TenantLimitsSet:
+    """The event that sets a tenant's limits to ``current`` with ``changes`` (those not
+    None) applied."""
+    fields = {
+        "weight": current.weight,
+        "max_queued": current.max_queued,
+        "rate": current.rate,
+        "batch_share": current.batch_share,
+    }
+    return TenantLimitsSet(**fields | {k: v for k, v in changes.items() if v is not None})
 
 
 def digest(secret: str) -> str:
