@@ -74,6 +74,8 @@ async def test_the_first_key_closes_foreman_and_each_dialect_answers_401_its_way
     foreman: Foreman, http: httpx.AsyncClient
 ) -> None:
     assert (await http.get("/jobs")).status_code == 200  # no key issued: open on loopback
+    proxied = await http.get("/jobs", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert proxied.status_code == 401 and "through a proxy" in proxied.json()["error"]
     key, _ = await issue(http, "ops", admin=True)
 
     jobs = await http.get("/jobs")

@@ -5,7 +5,8 @@ With a key issued (``FOREMAN_AUTH=keys``, the default), every request but
 ``openai`` client's ``api_key``, the ``ollama`` client's ``headers``); any other
 is answered 401 in the route's dialect. With none issued, everyone is let in as
 :data:`OPEN`, as before keys existed; the supervisor starts Foreman that way only
-on loopback. The route reads the :class:`Principal` with :func:`principal`.
+on loopback, and a request a proxy forwarded (``X-Forwarded-For``, ``Forwarded``,
+``X-Real-IP``) is not let in so: the proxy may serve the world. The route reads the :class:`Principal` with :func:`principal`.
 
 The :class:`Keychain` holds the current :class:`~foreman.events.tenants.Keyring`;
 the keys routes fold each change they commit into it before they answer, so a
@@ -34,6 +35,12 @@ UNAUTHENTICATED = (
     "(an admin makes one with `foreman keys create`)"
 )
 UNKNOWN_KEY = "this API key is not valid: it is unknown, or was revoked"
+PROXIED = (
+    "this request came through a proxy, and Foreman is open without keys to its own "
+    "machine only: issue keys (`foreman keys create`) to serve it through a proxy"
+)
+FORWARDED = frozenset({"forwarded", "x-forwarded-for", "x-real-ip"})
+"""Headers a reverse proxy adds: a request that carries one did not start here."""
 OPEN_PATHS = frozenset({"/healthz"})
 SUBMISSIONS = frozenset(
     ("POST", path)
@@ -94,11 +101,14 @@ class Keychain:
     def limits(self, tenant: str | None) -> Limits:
         return self.keyring.limits_of(tenant)
 
-    def who(self, authorization: str | None) -> Principal | str:
-        """The principal a request's ``Authorization`` header makes it, or why none."""
-        if not self.required or (self.loopback and not self.keyring.in_use):
+    def who(self, headers: Headers) -> Principal | str:
+        """The principal a request's headers make it, or why none."""
+        if not self.required:
             return OPEN
-        scheme, _, secret = (authorization or "").partition(" ")
+        if self.loopback and not self.keyring.in_use:
+            # Open to this machine only: not to whoever a proxy on it passes along.
+            return PROXIED if FORWARDED.intersection(headers) else OPEN
+        scheme, _, secret = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             return UNAUTHENTICATED
         key = self.keyring.find(secret.strip())
@@ -122,7 +132,7 @@ class KeyGuard:
             path = scope["path"]
             who = OPEN
             if path not in OPEN_PATHS:
-                found = self.keychain.who(Headers(scope=scope).get("authorization"))
+                found = self.keychain.who(Headers(scope=scope))
                 if isinstance(found, str):
                     await _refused(path, found)(scope, receive, send)
                     return
