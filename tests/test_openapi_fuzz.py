@@ -8,13 +8,14 @@ API) and checks each answer against the schema.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.processes import running, start_foreman_process
+from tests.processes import foreman_command, running, start_foreman_process
 
 pytestmark = pytest.mark.slow  # schemathesis against a Foreman process
 
@@ -29,12 +30,17 @@ CHECKS = ",".join(
 
 
 def test_no_server_errors_and_every_answer_fits_the_schema(tmp_path: Path) -> None:
-    with running(
-        start_foreman_process(tmp_path / "foreman.log", "sim", tmp_path / "foreman.db")
-    ) as foreman:
+    # With keys in use from the start, as an exposed Foreman runs: an admin's key lets
+    # every operation be tried, and a key the run itself makes changes nothing.
+    db = tmp_path / "foreman.db"
+    made = foreman_command("keys", "create", "--tenant", "ops", "--admin", "--json",
+                           "--url", "http://127.0.0.1:9", "--db", str(db))  # fmt: skip
+    key = json.loads(made.stdout)["key"]
+    with running(start_foreman_process(tmp_path / "foreman.log", "sim", db)) as foreman:
         run = subprocess.run(
             [
                 sys.executable, "-m", "schemathesis.cli", "run", f"{foreman.url}/openapi.json",
+                "--header", f"Authorization: Bearer {key}",
                 "--checks", CHECKS, "--max-examples", "30", "--seed", "1",
                 "--phases", "examples,coverage,fuzzing,stateful", "--request-timeout", "30",
                 "--generation-database", "none", "--no-color",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 from fastapi import FastAPI
@@ -23,6 +24,7 @@ from foreman.api.jobs import JobsApi, job_routes
 from foreman.api.keys import KeysApi, key_routes
 from foreman.api.ollama import ollama_routes
 from foreman.api.openai import openai_routes
+from foreman.api.schemas import ApiError
 from foreman.api.usage import usage_routes
 from foreman.backend import Backend, BackendUnreachable
 from foreman.ollama_protocol import OllamaJSON
@@ -85,11 +87,14 @@ def create_app(
     app.include_router(ollama_routes(door), include_in_schema=False)
     app.include_router(openai_routes(door), include_in_schema=False)
     app.include_router(batch_routes(batches), include_in_schema=False)
-    app.include_router(job_routes(jobs))
+    keyed: dict[int | str, dict[str, Any]] = {
+        401: {"model": ApiError, "description": "No live API key (once keys are in use)."}
+    }
+    app.include_router(job_routes(jobs), responses=keyed)
     urls = {name: str(backend) for name, backend in door.backends.items()}
-    app.include_router(backend_routes(BackendsApi(door.scheduler, urls)))
-    app.include_router(key_routes(keys))
-    app.include_router(usage_routes(jobs))
+    app.include_router(backend_routes(BackendsApi(door.scheduler, urls)), responses=keyed)
+    app.include_router(key_routes(keys), responses=keyed)
+    app.include_router(usage_routes(jobs), responses=keyed)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:

@@ -6,7 +6,8 @@ With a key issued (``FOREMAN_AUTH=keys``, the default), every request but
 is answered 401 in the route's dialect. With none issued, everyone is let in as
 :data:`OPEN`, as before keys existed; the supervisor starts Foreman that way only
 on loopback, and a request a proxy forwarded (``X-Forwarded-For``, ``Forwarded``,
-``X-Real-IP``) is not let in so: the proxy may serve the world. The route reads the :class:`Principal` with :func:`principal`.
+``X-Real-IP``) is not let in so: the proxy may serve the world. The route reads the
+:class:`Principal` with :func:`principal`.
 
 The :class:`Keychain` holds the current :class:`~foreman.events.tenants.Keyring`;
 the keys routes fold each change they commit into it before they answer, so a

@@ -92,6 +92,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         410: "The job finished long ago and was pruned (FOREMAN_JOB_TTL).",
         413: "The body is over FOREMAN_MAX_BODY.",
         422: "A field is missing or invalid.",
+        429: "Over the tenant's limits (queued jobs, submissions a minute): see Retry-After.",
         503: "The queue is full (FOREMAN_MAX_QUEUE).",
     }.items()
 }
@@ -159,6 +160,7 @@ def job_routes(api: JobsApi) -> APIRouter:
             409,
             413,
             422,
+            429,
             503,
             extra={
                 200: {"model": JobAccepted, "description": "The job this key made."},
@@ -301,7 +303,7 @@ def job_routes(api: JobsApi) -> APIRouter:
         operation_id="redeliver_webhooks",
         status_code=202,
         response_model=Redelivery,
-        responses=responses(400, 404, 409, 410, 413, 422),
+        responses=responses(400, 404, 409, 410, 413, 422, 429),
     )
     async def redeliver(
         job_id: str, who: principal, body: RedeliverWebhooks | None = None

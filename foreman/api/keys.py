@@ -90,9 +90,11 @@ class KeysApi:
 def key_routes(api: KeysApi) -> APIRouter:
     router = APIRouter(tags=["keys"])
     errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": ApiError, "description": "The body is not JSON."},
         403: {"model": ApiError, "description": "Not an admin key."},
         404: {"model": ApiError, "description": "No such key."},
         409: {"model": ApiError, "description": "Already revoked, or the last admin key."},
+        422: {"model": ApiError, "description": "A field is missing or invalid."},
     }
 
     @router.post(

@@ -50,7 +50,10 @@ def usage_routes(api: JobsApi) -> APIRouter:
         "/usage",
         operation_id="get_usage",
         response_model=UsageReport,
-        responses={503: {"model": ApiError, "description": "Too many listings at once."}},
+        responses={
+            422: {"model": ApiError, "description": "A query parameter is invalid."},
+            503: {"model": ApiError, "description": "Too many listings at once."},
+        },
     )
     async def usage(
         who: principal,
