@@ -26,7 +26,10 @@ PRIVATE = (
     IPv4Network("172.16.0.0/12"),
     IPv4Network("192.168.0.0/16"),
     IPv6Network("fc00::/7"),
+    IPv6Network("fec0::/10"),
 )
+"""RFC 1918, unique local IPv6, and site-local IPv6 (deprecated, which ``ipaddress``
+counts as global, but a site's own all the same)."""
 SHARED = IPv4Network("100.64.0.0/10")
 """Carrier-grade NAT's address space (RFC 6598): a provider's internal network."""
 LOCAL_NAT64 = IPv6Network("64:ff9b:1::/48")
