@@ -388,15 +388,15 @@ async def test_allowed_hosts_are_exceptions_to_the_public_addresses_rule_not_a_l
     """FOREMAN_WEBHOOK_ALLOWED_HOSTS names hosts that may be internal (ADR-0040): a
     host it does not name is still accepted, and judged by its addresses."""
     async for foreman in start_foreman(
-        nursery, db_path, webhook_allowed_hosts="hooks.example, *.internal.example, 10.1.2.3"
+        nursery, db_path, webhook_allowed_hosts="hooks.example, *.internal.example, 192.0.2.10"
     ):
         body = {"kind": "chat", "request": CHAT}
         for url in (
             "http://hooks.example/x",
             "https://a.internal.example/y",
             "https://elsewhere.example/z",  # not named: judged when sent
-            "http://10.1.2.3:8000/x",
-            "http://0x0a010203:8000/x",  # the same address, spelled otherwise
+            "http://192.0.2.10:8000/x",  # documentation's: nothing answers there
+            "http://0xc000020a:8000/x",  # the same address, spelled otherwise
         ):
             ok = await client.post(f"{foreman.url}/jobs", json=body | {"state_webhook_url": url})
             assert ok.status_code == 202, url
