@@ -90,6 +90,8 @@ TRANSITIONS = ("job.queued", "job.running", "job.succeeded")
 """What each job of the workload owes its receiver."""
 SECRET = "whsec_" + base64.b64encode(b"foreman webhook benchmark key 32").decode()
 RECEIVER = Path(__file__).resolve().parent / "_receiver.py"
+RECEIVER_HOST = "127.0.0.1"
+"""Where the receiver listens: on loopback, so FOREMAN_WEBHOOK_ALLOWED_HOSTS names it."""
 HOOK = "/hook"
 MODEL = "llama3"
 JSON = {"content-type": "application/json"}
@@ -341,6 +343,7 @@ def foreman_env(args: argparse.Namespace, durability: Durability) -> dict[str, s
         "FOREMAN_DURABILITY": durability.value,
         "FOREMAN_WEBHOOK_SECRET": SECRET,
         "FOREMAN_WEBHOOK_CONCURRENCY": str(args.concurrency),
+        "FOREMAN_WEBHOOK_ALLOWED_HOSTS": RECEIVER_HOST,
         "FOREMAN_MAX_QUEUE": "1000000",
         "FOREMAN_SHUTDOWN_GRACE": "0",
     }
@@ -543,7 +546,7 @@ async def baseline(
 async def run_all(args: argparse.Namespace) -> dict[str, list[Row]]:
     """Every row ``--repeat`` times, interleaved, so each round's rows see the same machine."""
     runs: dict[str, list[Row]] = {}
-    argv = [sys.executable, str(RECEIVER)]
+    argv = [sys.executable, str(RECEIVER), "--listen", f"{RECEIVER_HOST}:0"]
     async with (
         simulator("subprocess", sim_config(0.0, 0.0, args.tokens)) as sim,
         program("webhooks-receiver", argv, {}, "receiver: listening on") as receiver,

@@ -177,12 +177,12 @@ def _origin_list(value: object) -> object:
 
 
 def _host_list(value: object) -> object:
-    """``a.example, *.b.example`` (or a list, from the file): lower case, no spaces,
-    ``None`` when empty."""
+    """``a.example, *.b.example, 127.0.0.1, [::1]`` (or a list, from the file): lower
+    case, no spaces or brackets, ``None`` when empty."""
     items = _comma_separated(value)
     if items is None:
         return value
-    hosts = sorted({host.lower() for host in items})
+    hosts = sorted({host.lower().removeprefix("[").removesuffix("]") for host in items})
     for host in hosts:
         if not re.fullmatch(r"(\*\.)?[a-z0-9_.:-]+", host):
             raise ValueError(f"not a host name: {host!r}")
@@ -526,10 +526,12 @@ class Settings(BaseSettings):
     no key is ever asked for, wherever Foreman listens (say so only when something in
     front of it authenticates)."""
     webhook_allowed_hosts: Annotated[str | None, BeforeValidator(_host_list)] = Field(
-        None, description="host names separated by commas; *.example.com allows subdomains"
+        None,
+        description="host names or addresses separated by commas; *.example.com for subdomains",
     )
-    """When set, webhooks go only to these hosts (checked on submission and on every
-    attempt); unset: anywhere."""
+    """Hosts webhooks may reach even at a loopback, private or other internal address (a
+    receiver on this machine, in development); any other host only at public ones
+    (ADR-0040)."""
     durability: Annotated[Durability, BeforeValidator(_lower)] = Field(
         Durability.FULL, description=f"one of {', '.join(Durability)}"
     )
@@ -596,9 +598,9 @@ class Settings(BaseSettings):
         return self.artifacts_dir or self.db.with_suffix(".artifacts")
 
     @property
-    def allowed_hosts(self) -> frozenset[str] | None:
+    def allowed_hosts(self) -> frozenset[str]:
         hosts = self.webhook_allowed_hosts
-        return None if hosts is None else frozenset(hosts.split(","))
+        return frozenset() if hosts is None else frozenset(hosts.split(","))
 
     @property
     def webhook_key(self) -> bytes | None:

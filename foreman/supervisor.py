@@ -43,7 +43,7 @@ from foreman.logs import log_transitions
 from foreman.recovery import recover
 from foreman.simulator import SimulatorConfig, serve_simulator
 from foreman.units import format_duration
-from foreman.webhooks import RetryPolicy, Sender
+from foreman.webhooks import GuardedNetwork, RetryPolicy, Sender, Targets
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ async def run_foreman(
             settings.artifact_inline_max,
             listings=Bound(settings.max_listings),
             listing_reader=await nursery.start(Reader(settings.db).run),
-            allowed_hosts=settings.allowed_hosts,
+            webhook_targets=Targets(settings.allowed_hosts),
         )
         app = create_app(
             door,
@@ -238,7 +238,7 @@ async def _start_dispatcher(
     sender = Sender(
         key=settings.webhook_key,
         timeout=settings.webhook_timeout,
-        allowed_hosts=settings.allowed_hosts,
+        network=GuardedNetwork(Targets(settings.allowed_hosts)),
         connections=settings.webhook_concurrency,
     )
     dispatcher = Dispatcher(

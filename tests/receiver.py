@@ -22,6 +22,8 @@ from fastapi import FastAPI
 
 from foreman.actors.http import serve_http
 
+RECEIVER_HOST = "127.0.0.1"
+
 
 @dataclass(frozen=True)
 class Answer:
@@ -108,22 +110,26 @@ class Receiver:
         return types
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+def free_port(host: str = RECEIVER_HOST) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.bind((host.strip("[]"), 0))
         return int(probe.getsockname()[1])
 
 
 @asynccontextmanager
-async def serving(receiver: Receiver, port: int = 0) -> AsyncIterator[Receiver]:
-    """``receiver`` listening on 127.0.0.1:``port`` until the block ends; then it stops
-    at once, answers it was still stalling or trickling cut off."""
+async def serving(
+    receiver: Receiver, port: int = 0, host: str = RECEIVER_HOST
+) -> AsyncIterator[Receiver]:
+    """``receiver`` listening on ``host:port`` (an IPv6 host in brackets) until the
+    block ends; then it stops at once, answers it was still stalling or trickling cut
+    off."""
     async with trio.open_nursery() as nursery:
         base = await nursery.start(
             partial(
                 serve_http,
                 cast(FastAPI, receiver),
-                f"127.0.0.1:{port}",
+                f"{host}:{port}",
                 shutdown_trigger=trio.sleep_forever,
             )
         )

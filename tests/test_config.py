@@ -173,6 +173,16 @@ def test_listen_takes_ipv6_in_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.address == Address("::1", 11435)
 
 
+def test_webhook_allowed_hosts_take_names_wildcards_and_addresses(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hosts = "Hooks.Example, *.corp.example, [::1],127.1"
+    monkeypatch.setenv("FOREMAN_WEBHOOK_ALLOWED_HOSTS", hosts)
+    assert load_settings().allowed_hosts == {"hooks.example", "*.corp.example", "::1", "127.1"}
+    monkeypatch.delenv("FOREMAN_WEBHOOK_ALLOWED_HOSTS")
+    assert load_settings().allowed_hosts == frozenset()  # no exceptions: public addresses only
+
+
 @pytest.mark.parametrize(
     ("ollama_host", "backend"),
     [

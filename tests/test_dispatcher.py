@@ -1,19 +1,19 @@
 """The webhook dispatcher's timing, exactly, on Trio's MockClock.
 
-A real journal, reader and dispatcher over a log on disk; the receiver is
-httpx's MockTransport, which answers at once without I/O, so that the clock only
-moves when every task waits for a retry.
+A real journal, reader, dispatcher and sender over a log on disk; the receiver
+is a network of the test's own under the sender's httpcore, which answers at once
+without I/O, so that the clock only moves when every task waits for a retry.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
+import httpcore
 import pytest
 import trio
 import trio.testing
@@ -36,10 +36,44 @@ UNBOUNDED = math.inf
 """No bound on a wait: the MockClock's seconds are the schedule under test."""
 
 
-def response(status: int, **headers: str) -> httpx.Response:
-    """An answer as a transport gives it: its body a stream, not read yet."""
-    named = {name.replace("_", "-"): value for name, value in headers.items()}
-    return httpx.Response(status, headers=named, stream=httpx.ByteStream(b"answer"))
+def response(status: int, **headers: str) -> bytes:
+    """An answer as a receiver sends it."""
+    named = "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in headers.items())
+    return f"HTTP/1.1 {status} X\r\ncontent-length: 6\r\n{named}\r\nanswer".encode()
+
+
+class Receiver(httpcore.AsyncNetworkStream):
+    """A connection to the receiver: each read is the whole answer to the request just
+    sent (httpcore reads again only for the next one)."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        pass
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return self.rig.answer()
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Network(httpcore.AsyncNetworkBackend):
+    """The sender's network: every connection reaches the receiver."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return Receiver(self.rig)
 
 
 def trio_wall_clock() -> datetime:
@@ -52,10 +86,10 @@ class Rig:
         self.db_path = db_path
         self.journal = journal
         self.reader = reader
-        self.answers: list[httpx.Response] = []
+        self.answers: list[bytes] = []
         self.attempts: list[float] = []
 
-    def answer(self, request: httpx.Request) -> httpx.Response:
+    def answer(self) -> bytes:
         self.attempts.append(trio.current_time())
         return self.answers.pop(0) if self.answers else response(200)
 
@@ -66,9 +100,8 @@ class Rig:
         sender = Sender(
             key=None,
             timeout=10,
-            allowed_hosts=None,
+            network=Network(self),
             connections=4,
-            transport=httpx.MockTransport(self.answer),
         )
         dispatcher = Dispatcher(
             self.journal.clone(),

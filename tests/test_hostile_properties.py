@@ -156,11 +156,12 @@ def simulator(workdir: Path) -> Iterator[Process]:
 
 
 def serve(workdir: Path, simulator: Process, output: str) -> Process:
+    """Foreman with no FOREMAN_WEBHOOK_ALLOWED_HOSTS: no generated state_webhook_url can
+    reach this machine or its network (ADR-0040)."""
     return start_foreman_process(
         workdir / output,
         simulator.url,
         workdir / "foreman.db",
-        webhook_allowed_hosts="127.0.0.1",  # nothing generated may reach another host
         durability="normal",
     )
 

@@ -29,7 +29,7 @@ from foreman.events.types import (
 from foreman.events.values import MAX_DEPTH, MAX_METADATA_BYTES
 from foreman.ids import new_ulid
 from tests.processes import foreman_command
-from tests.receiver import Receiver, serving
+from tests.receiver import RECEIVER_HOST, Receiver, serving
 from tests.running import Foreman, event_types, recorded, start_foreman, until
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": False}
@@ -421,7 +421,7 @@ async def test_a_quarantined_jobs_webhook_receiver_is_told_it_failed(
         finally:
             log.close()
         seq = plant(db_path, job, 2, "JobStarted", '{"attempt": 0}')
-        async for _ in start_foreman(nursery, db_path):
+        async for _ in start_foreman(nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST):
             queued, failed = [request.payload for request in await receiver.until(2)]
         assert (queued["type"], failed["type"]) == ("job.queued", "job.failed")
         assert failed["job"]["state"] == "failed"

@@ -128,7 +128,9 @@ async def test_the_example_receiver_prints_each_notification_once_and_refuses_fo
     secret: str,
 ) -> None:
     url = await listening(receiver)
-    async for foreman in start_foreman(nursery, db_path, webhook_secret=secret):
+    async for foreman in start_foreman(
+        nursery, db_path, webhook_secret=secret, webhook_allowed_hosts="127.0.0.1"
+    ):
         committed = await foreman.running.journal.subscribe()
         body = {"kind": "chat", "request": CHAT, "state_webhook_url": url}
         submitted = await client.post(f"{foreman.url}/jobs", json=body)

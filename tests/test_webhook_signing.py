@@ -1,4 +1,5 @@
-"""Signatures, the retry policy, destinations and the sender, part by part."""
+"""Signatures, the retry policy and the sender, part by part (destinations:
+test_webhook_targets.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from foreman.webhooks.guard import GuardedNetwork
 from foreman.webhooks.policy import (
     MAX_RETRY_AFTER,
     RetryPolicy,
-    host_allowed,
     is_retryable,
     retry_after,
 )
 from foreman.webhooks.sender import Sender
 from foreman.webhooks.signing import secret_key, signature_headers
+from foreman.webhooks.targets import Targets
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -91,18 +93,8 @@ def test_which_statuses_are_worth_another_try() -> None:
     ]
 
 
-def test_allowed_hosts_match_names_and_subdomains_only() -> None:
-    allowed = frozenset({"hooks.example", "*.corp.example"})
-    assert host_allowed("https://HOOKS.example:8443/x", allowed)
-    assert host_allowed("http://a.b.corp.example/", allowed)
-    assert not host_allowed("http://corp.example/", allowed)
-    assert not host_allowed("http://evilcorp.example/", allowed)
-    assert not host_allowed("http://hooks.example.evil/", allowed)
-    assert host_allowed("http://anything/", None)
-
-
 async def test_a_host_that_cannot_be_named_is_a_final_failure_not_a_crash() -> None:
-    sender = Sender(key=None, timeout=5, allowed_hosts=None, connections=1)
+    sender = Sender(key=None, timeout=5, network=GuardedNetwork(Targets()), connections=1)
     try:
         attempt = await sender.send("http://a..b/hook", "01J", b"{}")
     finally:

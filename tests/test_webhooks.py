@@ -26,7 +26,7 @@ from foreman.events.types import (
     WebhookAttemptFailed,
     delivery_stream,
 )
-from tests.receiver import Answer, Receiver, free_port, serving
+from tests.receiver import RECEIVER_HOST, Answer, Receiver, free_port, serving
 from tests.running import Foreman, counted, of_type, start_foreman, until
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -81,7 +81,9 @@ async def test_each_state_is_posted_in_order_signed_for_standard_webhooks_receiv
     db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     async with serving(Receiver()) as receiver:
-        async for foreman in start_foreman(nursery, db_path, webhook_secret=SECRET):
+        async for foreman in start_foreman(
+            nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST, webhook_secret=SECRET
+        ):
             job_id = await one_settled_job(client, foreman, receiver.url, metadata={"ticket": 7})
 
             received = receiver.received
@@ -121,7 +123,9 @@ async def test_a_plain_secret_keys_the_hmac_with_its_utf8_bytes(
 ) -> None:
     secret = "correct horse battery staple"
     async with serving(Receiver()) as receiver:
-        async for foreman in start_foreman(nursery, db_path, webhook_secret=secret):
+        async for foreman in start_foreman(
+            nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST, webhook_secret=secret
+        ):
             await one_settled_job(client, foreman, receiver.url)
             assert [request.payload["type"] for request in receiver.received] == LIFE
             for request in receiver.received:
@@ -132,7 +136,7 @@ async def test_without_a_secret_webhooks_carry_their_id_but_no_signature(
     db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     async with serving(Receiver()) as receiver:
-        async for foreman in start_foreman(nursery, db_path):
+        async for foreman in start_foreman(nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST):
             await one_settled_job(client, foreman, receiver.url)
             first = receiver.received[0]
             assert first.headers["webhook-id"] == first.payload["id"]
@@ -146,7 +150,9 @@ async def test_503_three_times_then_200_is_retried_with_the_same_id_and_order_he
 ) -> None:
     receiver = Receiver(Answer(503), Answer(503), Answer(503))
     async with serving(receiver):
-        async for foreman in start_foreman(nursery, db_path, webhook_backoff="10ms"):
+        async for foreman in start_foreman(
+            nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST, webhook_backoff="10ms"
+        ):
             committed = await foreman.running.journal.subscribe()
             job_id = await submit(client, foreman, receiver.url)
             settled = Settled(job_id, 3)
@@ -177,7 +183,9 @@ async def test_a_garbled_retry_after_is_ignored_and_the_delivery_retried(
     # The byte 0xB2 reads as "²", a digit to str.isdigit() but not to float().
     receiver = Receiver(Answer(503, {"retry-after": "\xb2"}))
     async with serving(receiver):
-        async for foreman in start_foreman(nursery, db_path, webhook_backoff="10ms"):
+        async for foreman in start_foreman(
+            nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST, webhook_backoff="10ms"
+        ):
             job_id = await one_settled_job(client, foreman, receiver.url)
             assert receiver.by_job() == {job_id: LIFE}
             assert len(receiver.received) == 4
@@ -187,9 +195,13 @@ async def test_a_receiver_down_then_up_gets_every_notification_in_order(
     db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     port = free_port()
-    url = f"http://127.0.0.1:{port}/hook"
+    url = f"http://{RECEIVER_HOST}:{port}/hook"
     async for foreman in start_foreman(
-        nursery, db_path, webhook_backoff="20ms", webhook_max_retries=30
+        nursery,
+        db_path,
+        webhook_allowed_hosts=RECEIVER_HOST,
+        webhook_backoff="20ms",
+        webhook_max_retries=30,
     ):
         committed = await foreman.running.journal.subscribe()
         job_id = await submit(client, foreman, url)
@@ -211,7 +223,11 @@ async def test_a_receiver_stalling_past_the_timeout_is_cut_off_and_tried_again(
     receiver = Receiver(Answer(stall=30))
     async with serving(receiver):
         async for foreman in start_foreman(
-            nursery, db_path, webhook_timeout="200ms", webhook_backoff="10ms"
+            nursery,
+            db_path,
+            webhook_allowed_hosts=RECEIVER_HOST,
+            webhook_timeout="200ms",
+            webhook_backoff="10ms",
         ):
             committed = await foreman.running.journal.subscribe()
             job_id = await submit(client, foreman, receiver.url)
@@ -229,7 +245,9 @@ async def test_a_receiver_trickling_an_endless_answer_is_read_only_so_far(
     # 600 chunks of 16 KiB take 6 s to send: reading them all would outlast the timeout.
     receiver = Receiver(Answer(trickle=600))
     async with serving(receiver):
-        async for foreman in start_foreman(nursery, db_path, webhook_timeout="2s"):
+        async for foreman in start_foreman(
+            nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST, webhook_timeout="2s"
+        ):
             job_id = await one_settled_job(client, foreman, receiver.url)
             view = (await client.get(f"{foreman.url}/jobs/{job_id}")).json()
             assert [(w["state"], w["attempts"]) for w in view["webhooks"]] == [("delivered", 1)] * 3
@@ -254,7 +272,7 @@ async def test_a_4xx_or_a_redirect_is_final_and_the_job_goes_on(
     error: str,
 ) -> None:
     async with serving(Receiver(answer)) as receiver:
-        async for foreman in start_foreman(nursery, db_path):
+        async for foreman in start_foreman(nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST):
             job_id = await one_settled_job(client, foreman, receiver.url)
             view = (await client.get(f"{foreman.url}/jobs/{job_id}")).json()
             queued, *rest = view["webhooks"]
@@ -272,7 +290,11 @@ async def test_abandoned_after_the_last_retry_then_redelivered_by_api_and_cli(
     receiver = Receiver(*[Answer(503)] * 3)
     async with serving(receiver):
         async for foreman in start_foreman(
-            nursery, db_path, webhook_backoff="10ms", webhook_max_retries=2
+            nursery,
+            db_path,
+            webhook_allowed_hosts=RECEIVER_HOST,
+            webhook_backoff="10ms",
+            webhook_max_retries=2,
         ):
             job_id = await one_settled_job(client, foreman, receiver.url)
             committed = await foreman.running.journal.subscribe()
@@ -312,7 +334,7 @@ async def test_redeliver_refuses_what_cannot_be_sent_again(
     db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     async with serving(Receiver()) as receiver:
-        async for foreman in start_foreman(nursery, db_path):
+        async for foreman in start_foreman(nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST):
             job_id = await one_settled_job(client, foreman, receiver.url)
             base = f"{foreman.url}/jobs"
 
@@ -346,7 +368,11 @@ async def test_each_jobs_notifications_keep_their_order_while_jobs_deliver_concu
     receiver = Receiver(*answers, stall_between=lambda: pace.uniform(0, 0.02))
     async with serving(receiver):
         async for foreman in start_foreman(
-            nursery, db_path, webhook_backoff="5ms", webhook_concurrency=8
+            nursery,
+            db_path,
+            webhook_allowed_hosts=RECEIVER_HOST,
+            webhook_backoff="5ms",
+            webhook_concurrency=8,
         ):
             committed = await foreman.running.journal.subscribe()
             job_ids = [await submit(client, foreman, receiver.url) for _ in range(30)]
@@ -356,24 +382,33 @@ async def test_each_jobs_notifications_keep_their_order_while_jobs_deliver_concu
             assert receiver.most_in_flight > 1
 
 
-async def test_allowed_hosts_refuse_other_destinations_on_submission(
+async def test_allowed_hosts_are_exceptions_to_the_public_addresses_rule_not_a_list_of_all(
     db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
+    """FOREMAN_WEBHOOK_ALLOWED_HOSTS names hosts that may be internal (ADR-0040): a
+    host it does not name is still accepted, and judged by its addresses."""
     async for foreman in start_foreman(
-        nursery, db_path, webhook_allowed_hosts="hooks.example, *.internal.example"
+        nursery, db_path, webhook_allowed_hosts="hooks.example, *.internal.example, 192.0.2.10"
     ):
         body = {"kind": "chat", "request": CHAT}
-        for url in ("http://hooks.example/x", "https://a.internal.example/y"):
+        for url in (
+            "http://hooks.example/x",
+            "https://a.internal.example/y",
+            "https://elsewhere.example/z",  # not named: judged when sent
+            "http://192.0.2.10:8000/x",  # documentation's: nothing answers there
+            "http://0xc000020a:8000/x",  # the same address, spelled otherwise
+        ):
             ok = await client.post(f"{foreman.url}/jobs", json=body | {"state_webhook_url": url})
-            assert ok.status_code == 202
+            assert ok.status_code == 202, url
         refused = await client.post(
-            f"{foreman.url}/jobs", json=body | {"state_webhook_url": "http://127.0.0.1:9/x"}
+            f"{foreman.url}/jobs", json=body | {"state_webhook_url": "http://10.1.2.4:8000/x"}
         )
         assert refused.status_code == 422
         assert refused.json()["detail"] == [
             {
                 "field": "state_webhook_url",
-                "message": "the host is not in FOREMAN_WEBHOOK_ALLOWED_HOSTS",
+                "message": "10.1.2.4 is a private address: webhooks go only to public "
+                "addresses unless FOREMAN_WEBHOOK_ALLOWED_HOSTS names the host",
             }
         ]
 
@@ -395,7 +430,9 @@ async def test_a_job_carried_over_a_restart_keeps_notifying_in_order(
 ) -> None:
     async with serving(Receiver()) as receiver:
         # The job is running, held by the backend, when Foreman stops: it is requeued.
-        async for foreman in start_foreman(nursery, db_path, shutdown_grace="0"):
+        async for foreman in start_foreman(
+            nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST, shutdown_grace="0"
+        ):
             committed = await foreman.running.journal.subscribe()
             sim = str((await client.get(f"{foreman.url}/healthz")).json()["backends"][0]["url"])
             stall = {"kind": "stall", "seconds": 30, "times": 1}
@@ -403,7 +440,7 @@ async def test_a_job_carried_over_a_restart_keeps_notifying_in_order(
             job_id = await submit(client, foreman, receiver.url)
             await until(committed, of_type("JobStarted"))
         # A new Foreman runs it; its dispatcher follows a job it did not see submitted.
-        async for _ in start_foreman(nursery, db_path):
+        async for _ in start_foreman(nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST):
             # The receiver, not the journal: the job may be done before a subscription.
             # (A notification the first Foreman sent may come again: at least once.)
             while "job.succeeded" not in receiver.by_job().get(job_id, []):
@@ -416,8 +453,10 @@ async def test_a_job_carried_over_a_restart_keeps_notifying_in_order(
 async def test_a_notification_still_pending_is_not_redelivered(
     db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
-    url = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens: it stays pending
-    async for foreman in start_foreman(nursery, db_path, webhook_backoff="1h"):
+    url = f"http://{RECEIVER_HOST}:{free_port()}/hook"  # nothing listens: it stays pending
+    async for foreman in start_foreman(
+        nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST, webhook_backoff="1h"
+    ):
         committed = await foreman.running.journal.subscribe()
         job_id = await submit(client, foreman, url)
         failed = (await until(committed, of_type("WebhookAttemptFailed"))).event
@@ -433,7 +472,7 @@ async def test_redelivery_is_rate_limited_per_job_by_the_log(
     db_path: Path, nursery: trio.Nursery, client: httpx.AsyncClient
 ) -> None:
     async with serving(Receiver()) as receiver:
-        async for foreman in start_foreman(nursery, db_path):
+        async for foreman in start_foreman(nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST):
             job_id = await one_settled_job(client, foreman, receiver.url)
             committed = await foreman.running.journal.subscribe()
             url = f"{foreman.url}/jobs/{job_id}/webhooks/redeliver"

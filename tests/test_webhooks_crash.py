@@ -14,7 +14,7 @@ from standardwebhooks import Webhook
 from foreman.events.deliveries import DeliveriesProjection
 from foreman.events.log import EventLog
 from tests.processes import Process, running, start_foreman_process, start_simulator
-from tests.receiver import Receiver, free_port, serving
+from tests.receiver import RECEIVER_HOST, Receiver, free_port, serving
 
 pytestmark = pytest.mark.slow  # Foreman killed with kill -9 while deliveries are owed
 
@@ -27,6 +27,7 @@ WEBHOOKS = {
     "webhook_backoff": "50ms",
     "webhook_max_retries": "1000",
     "webhook_concurrency": "2",
+    "webhook_allowed_hosts": RECEIVER_HOST,
 }
 
 
@@ -64,7 +65,7 @@ async def test_kill_9_with_deliveries_pending_then_every_one_is_delivered_after_
 ) -> None:
     db = tmp_path / "foreman.db"
     port = free_port()
-    hook = f"http://127.0.0.1:{port}/hook"
+    hook = f"http://{RECEIVER_HOST}:{port}/hook"
     simulator = await trio.to_thread.run_sync(
         partial(start_simulator, tmp_path / "simulator.log", *SIMULATOR)
     )

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any, NoReturn
 
+import httpx
 import trio
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -69,7 +70,7 @@ from foreman.views import (
     job_summary,
     job_view,
 )
-from foreman.webhooks import host_allowed
+from foreman.webhooks import Targets
 
 BUSY = "the queue is full (FOREMAN_MAX_QUEUE): try again shortly"
 LISTINGS_BUSY = "too many job listings at once (FOREMAN_MAX_LISTINGS): try again shortly"
@@ -124,8 +125,9 @@ class JobsApi:
     listing_reader: Reader
     """Listings read on a connection and thread of their own: a job poll never waits
     behind pages of a thousand jobs."""
-    allowed_hosts: frozenset[str] | None = None
-    """FOREMAN_WEBHOOK_ALLOWED_HOSTS: where a state_webhook_url may point."""
+    webhook_targets: Targets = field(default_factory=Targets)
+    """Where a state_webhook_url may point: public addresses, and the hosts
+    FOREMAN_WEBHOOK_ALLOWED_HOSTS names."""
     _key_locks: dict[str, trio.Lock] = field(default_factory=dict)
 
     @asynccontextmanager
@@ -384,9 +386,14 @@ async def _settled_view(api: JobsApi, job_id: str, who: Principal) -> JobView:
 
 
 def _check_webhook_host(api: JobsApi, body: SubmitJob) -> None:
+    """A URL naming an address webhooks may not go to is refused now; one naming a
+    host is judged by what the host resolves to when a notification is sent (a
+    resolution now could differ then, and would cost each submission a lookup)."""
     url = body.state_webhook_url
-    if url is not None and not host_allowed(url, api.allowed_hosts):
-        problem = "the host is not in FOREMAN_WEBHOOK_ALLOWED_HOSTS"
+    if url is None:
+        return
+    problem = api.webhook_targets.literal_refusal(httpx.URL(url).raw_host.decode("ascii"))
+    if problem is not None:
         raise RequestValidationError(
             [{"type": "value_error", "loc": ("body", "state_webhook_url"), "msg": problem}]
         )

@@ -14,7 +14,6 @@ from __future__ import annotations
 import email.utils
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import urlsplit
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 MAX_RETRY_AFTER = 3600.0
@@ -61,14 +60,3 @@ def retry_after(value: str | None, now: datetime) -> float | None:
     if when.tzinfo is None:
         return None
     return max(0.0, (when - now).total_seconds())
-
-
-def host_allowed(url: str, allowed: frozenset[str] | None) -> bool:
-    """Whether ``FOREMAN_WEBHOOK_ALLOWED_HOSTS`` lets ``url`` be a destination: any
-    host when unset, else a listed host, or a subdomain of a ``*.domain`` entry."""
-    if allowed is None:
-        return True
-    host = (urlsplit(url).hostname or "").lower()
-    return host in allowed or any(
-        entry.startswith("*.") and host.endswith(entry[1:]) for entry in allowed
-    )
