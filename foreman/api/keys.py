@@ -9,9 +9,10 @@ that made it; the log keeps its SHA-256.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import trio
 from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,6 +86,8 @@ class KeyList(_Model):
 class KeysApi:
     journal: JournalClient
     keychain: Keychain
+    changing: trio.Lock = field(default_factory=trio.Lock)
+    """One change at a time: a check (the last admin key) holds until its append."""
 
 
 def key_routes(api: KeysApi) -> APIRouter:
@@ -104,12 +107,13 @@ def key_routes(api: KeysApi) -> APIRouter:
         """Issue a key (shown once); with limits, set its tenant's too."""
         _require_admin(who)
         key_id, secret, issued = new_key(body.tenant, admin=body.admin)
-        committed = await api.journal.append(key_stream(key_id), [issued], expected_version=0)
-        api.keychain.fold(committed)
-        changes = body.model_dump(exclude={"tenant", "admin"}, exclude_none=True)
-        if changes:
-            event = limits_set(api.keychain.limits(body.tenant), **changes)
-            await _set_limits(api, body.tenant, event)
+        async with api.changing:
+            committed = await api.journal.append(key_stream(key_id), [issued], expected_version=0)
+            api.keychain.fold(committed)
+            changes = body.model_dump(exclude={"tenant", "admin"}, exclude_none=True)
+            if changes:
+                event = limits_set(api.keychain.limits(body.tenant), **changes)
+                await _set_limits(api, body.tenant, event)
         return NewKey(**_view(api, api.keychain.keyring.keys[key_id]).model_dump(), key=secret)
 
     @router.get("/keys", operation_id="list_keys", response_model=KeyList, responses=errors)
@@ -124,16 +128,17 @@ def key_routes(api: KeysApi) -> APIRouter:
     async def revoke(key_id: str, who: principal) -> KeyView:
         """Revoke a key: it is refused from the next request on."""
         _require_admin(who)
-        keyring = api.keychain.keyring
-        key = keyring.keys.get(key_id)
-        if key is None:
-            raise ApiProblem(404, f"no key {key_id!r}: GET /keys lists them")
-        if key.revoked_at is not None:
-            raise ApiProblem(409, f"key {key_id} was revoked at {key.revoked_at}")
-        refused = api.keychain.why_not_revoke(key)
-        if refused is not None:
-            raise ApiProblem(409, refused)
-        api.keychain.fold(await api.journal.append(key_stream(key_id), [KeyRevoked()]))
+        async with api.changing:
+            key = api.keychain.keyring.keys.get(key_id)
+            if key is None:
+                raise ApiProblem(404, f"no key {key_id!r}: GET /keys lists them")
+            if key.revoked_at is not None:
+                raise ApiProblem(409, f"key {key_id} was revoked at {key.revoked_at}")
+            refused = api.keychain.why_not_revoke(key)
+            if refused is not None:
+                raise ApiProblem(409, refused)
+            revoked = await api.journal.append(key_stream(key_id), [KeyRevoked()])
+            api.keychain.fold(revoked)
         return _view(api, api.keychain.keyring.keys[key_id])
 
     @router.put(
@@ -147,7 +152,8 @@ def key_routes(api: KeysApi) -> APIRouter:
     ) -> LimitsView:
         """Replace a tenant's share and limits."""
         _require_admin(who)
-        await _set_limits(api, tenant, TenantLimitsSet(**body.model_dump()))
+        async with api.changing:
+            await _set_limits(api, tenant, TenantLimitsSet(**body.model_dump()))
         return limits_view(api.keychain.limits(tenant))
 
     return router
