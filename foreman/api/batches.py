@@ -17,13 +17,14 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import trio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, params
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
 
 from foreman.actors import BatcherClient, BatchNotFound, CannotCancel, JournalClient, store_file
 from foreman.api.stored import stored_headers
+from foreman.api.writable import unstored
 from foreman.artifacts import ArtifactStore
 from foreman.batching import lines
 from foreman.events.batches import ENDED, Batch, LineCounts, counted_batch, list_batches
@@ -68,10 +69,11 @@ class BatchRequest(BaseModel):
     metadata: BatchMetadata | None = None
 
 
-def batch_routes(api: BatchesApi) -> APIRouter:
+def batch_routes(api: BatchesApi, writes: params.Depends) -> APIRouter:
+    """``writes``: the dependency of a route that appends (:mod:`foreman.api.writable`)."""
     router = APIRouter(prefix="/v1")
 
-    @router.post("/files")
+    @router.post("/files", dependencies=[writes])
     async def upload(request: Request) -> Response:
         return JSONResponse(file_object(await _upload(api, request)))
 
@@ -102,7 +104,7 @@ def batch_routes(api: BatchesApi) -> APIRouter:
             raise OpenAIError(404, f"no such file: {file_id}") from None
         return Response(data, media_type=JSONL, headers=stored_headers(found.filename, JSONL))
 
-    @router.delete("/files/{file_id}")
+    @router.delete("/files/{file_id}", dependencies=[writes])
     async def delete(file_id: str) -> Response:
         found = await _file(api, file_id)
         running = await api.reader.read(input_of_unended_batch, found.id)
@@ -112,7 +114,7 @@ def batch_routes(api: BatchesApi) -> APIRouter:
         await trio.to_thread.run_sync(api.store.remove, found.id.removeprefix("file-"))
         return JSONResponse({"id": found.id, "object": "file", "deleted": True})
 
-    @router.post("/batches")
+    @router.post("/batches", dependencies=[writes])
     async def create(request: Request) -> Response:
         body = _batch_request(await request.body())
         input_file = await api.reader.read(stored_file, body.input_file_id)
@@ -146,7 +148,7 @@ def batch_routes(api: BatchesApi) -> APIRouter:
     async def get(batch_id: str) -> Response:
         return JSONResponse(await _batch_object(api, batch_id))
 
-    @router.post("/batches/{batch_id}/cancel")
+    @router.post("/batches/{batch_id}/cancel", dependencies=[writes])
     async def cancel(batch_id: str) -> Response:
         try:
             await api.batcher.cancel(batch_id)
@@ -188,6 +190,8 @@ async def _upload(api: BatchesApi, request: Request) -> StoredFile:
     except ValidationError as error:
         message = error.errors()[0]["msg"]
         raise OpenAIError(400, f"filename: {message}", param="file") from None
+    except OSError as error:  # the disk is full or read-only (ADR-0041)
+        raise unstored("the file", error) from None
     found = await api.reader.read(stored_file, file_id)
     assert found is not None
     return found
