@@ -26,7 +26,16 @@ from foreman.actors import StorageFault
 from foreman.events.types import batch_stream
 from tests.disks import SmallDisk, small_disk
 from tests.processes import foreman_command
-from tests.running import ENDS, Done, Foreman, counted, recorded, start_foreman, until
+from tests.running import (
+    ENDS,
+    Done,
+    Foreman,
+    counted,
+    event_types,
+    recorded,
+    start_foreman,
+    until,
+)
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "why is the sky blue?"}]}
 JOB = {"kind": "chat", "request": CHAT}
@@ -127,6 +136,47 @@ async def test_a_full_log_disk_stops_intake_keeps_reads_and_the_work_in_hand_the
     assert [level for level, _ in lines] == ["WARNING", "INFO"]
     assert full in lines[0][1]
     assert "can be written again" in lines[1][1]
+    verified = foreman_command("events", "verify", "--db", str(db))
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+async def test_stopping_while_the_log_cannot_be_written_loses_only_what_recovery_redoes(
+    disk: SmallDisk, tmp_path: Path, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM while the disk is full: Foreman does not wait for the disk (within its
+    grace), says what is lost, and at the next start, with room, runs the job whose
+    outcome it could not record again: only unacknowledged work was lost."""
+    db, artifacts = disk.root / "foreman.db", tmp_path / "artifacts"
+    caplog.set_level(logging.ERROR, logger="foreman.supervisor")
+    with trio.fail_after(20):
+        async for foreman in start_foreman(
+            nursery, db, artifacts_dir=artifacts, shutdown_grace="0.5s"
+        ):
+            committed = await foreman.running.journal.subscribe()
+            async with httpx.AsyncClient(base_url=foreman.url) as http:
+                sim = (await http.get("/healthz")).json()["backends"][0]["url"]
+                stall = {"kind": "stall", "seconds": 1, "after_tokens": 1}
+                await http.post(f"{sim}/_sim/faults", json=stall)
+                job = (await http.post("/jobs", json=JOB)).json()["job_id"]
+                await until(committed, recorded(job, "JobStarted"))
+                disk.fill()
+                await faulted(foreman)  # its outcome is refused
+    (stopping,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert stopping.startswith("stopping while the event log cannot be written")
+    assert event_types(db, job) == ["JobSubmitted", "JobStarted"]
+
+    disk.free()
+    async for foreman in start_foreman(nursery, db, artifacts_dir=artifacts):
+        committed = await foreman.running.journal.subscribe()
+        if event_types(db, job)[-1] != "JobSucceeded":
+            await until(committed, recorded(job, "JobSucceeded"))
+    assert event_types(db, job) == [
+        "JobSubmitted",
+        "JobStarted",
+        "JobRequeued",
+        "JobStarted",
+        "JobSucceeded",
+    ]
     verified = foreman_command("events", "verify", "--db", str(db))
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
