@@ -20,7 +20,11 @@ import pytest
 
 @dataclass(frozen=True)
 class SmallDisk:
-    """A tmpfs of its own: :meth:`fill` leaves no byte free, :meth:`free` undoes it."""
+    """A tmpfs of its own: :meth:`fill` leaves no byte free, :meth:`free` undoes it.
+
+    SQLite meets the full disk when its WAL must grow: a log whose WAL was
+    checkpointed and rewound (after a thousand pages) writes on into the space it
+    has, for a few commits more. The tests fill the disk well before that."""
 
     root: Path
 
