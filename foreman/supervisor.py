@@ -10,7 +10,9 @@ An actor that fails cancels the nursery: Foreman stops loudly, never half-alive.
 
 Stopping (SIGINT/SIGTERM): stop accepting, let the running jobs finish within
 ``shutdown_grace`` (else they are requeued as interrupted), then stop the rest;
-every commit already sent to the journal completes.
+every commit already sent to the journal completes, unless the log cannot be
+written (ADR-0041): then Foreman stops without them, says so, and recovery runs
+those jobs again at the next start.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from foreman.actors import (
     Janitor,
     Journal,
     JournalClient,
+    JournalFailed,
+    JournalStatus,
     Prober,
     Scheduler,
     Worker,
@@ -205,7 +209,7 @@ async def run_foreman(
             await workers_done.wait()
         # Past the grace running jobs are requeued, while the journal still takes it.
         workers_scope.cancel()
-        await workers_done.wait()
+        await _settled(workers_done, journal.status)
         nursery.cancel_scope.cancel()
     for backend in backends.values():
         await backend.aclose()
@@ -277,11 +281,35 @@ async def _start_backends(
     return backends
 
 
+async def _settled(workers_done: trio.Event, log: JournalStatus) -> None:
+    """Until the workers have recorded what they hold, or, the log being unwritable,
+    until it is clear they cannot: stopping must not wait for the disk."""
+    async with trio.open_nursery() as nursery:
+
+        async def give_up_when_unwritable() -> None:
+            while (fault := log.fault) is None:
+                await log.changed()
+            logger.error(
+                "stopping while the event log cannot be written: what was not recorded is "
+                "lost, and the jobs it belongs to run again at the next start (%s)",
+                fault.reason,
+            )
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(give_up_when_unwritable)
+        await workers_done.wait()
+        nursery.cancel_scope.cancel()
+
+
 async def _run_workers(workers: list[Worker], scope: trio.CancelScope, done: trio.Event) -> None:
     try:
         with scope:
             async with trio.open_nursery() as nursery:
                 for worker in workers:
                     nursery.start_soon(worker.run)
+    except* JournalFailed:
+        # The journal stopped under them: Foreman stops while the log cannot be
+        # written (_settled), or for the journal's own failure, which it reports.
+        logger.warning("workers: stopped with outcomes the log did not take")
     finally:
         done.set()

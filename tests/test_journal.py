@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from foreman.actors.journal import Journal, JournalClient, JournalFailed
+from foreman.actors.journal import Journal, JournalClient, JournalFailed, StorageFault
 from foreman.events.audit import verify
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import ConcurrencyError, Durability, EventLog
@@ -14,6 +16,7 @@ from foreman.events.projection import IllegalTransition
 from foreman.events.store import open_log
 from foreman.events.types import RecordedEvent
 from foreman.ids import new_ulid
+from tests.disks import small_disk
 from tests.factories import started, submitted, succeeded
 
 
@@ -150,6 +153,87 @@ async def test_lazy_appends_wait_for_company_and_an_eager_one_takes_them_along(
     mock_clock.jump(10)  # the linger is over: it commits alone
     (alone,) = await late.wait()
     assert alone.stream == lines[2]
+
+
+async def test_appends_the_storage_refuses_wait_and_go_through_in_order_once_it_takes_them(
+    tmp_path: Path,
+    nursery: trio.Nursery,
+    mock_clock: trio.testing.MockClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk does not stop the journal (ADR-0041): its status says why, it tries
+    the same appends again 1, 2, 4, 8, then every 10 s (on Trio's clock), its writers
+    wait, appends handed over meanwhile wait behind them, and once there is room all
+    are committed in the order they were handed over. One warning, one info line."""
+    with small_disk(tmp_path / "disk") as disk:
+        path = disk.root / "foreman.db"
+        client: JournalClient = await nursery.start(Journal(path).run)
+        status = client.status
+        job = new_ulid()
+        await client.append(job, [submitted()])
+        disk.fill()
+        with caplog.at_level(logging.INFO, logger="foreman.actors.journal"):
+            refused = [
+                await client.enqueue(job, [started()]),
+                await client.enqueue(new_ulid(), [submitted()]),
+            ]
+            await status.changed()
+            fault = status.fault
+            assert fault is not None
+            assert fault.reason.startswith("foreman.db cannot be written: the disk is full")
+            later = await client.enqueue(new_ulid(), [submitted()])  # behind the refused
+            waits = []
+            for _ in range(6):
+                waits.append(fault.retry_at - trio.current_time())
+                mock_clock.jump(waits[-1])
+                await status.changed()
+                retried = status.fault
+                assert isinstance(retried, StorageFault)
+                assert (retried.attempts, retried.since) == (fault.attempts + 1, fault.since)
+                fault = retried
+            assert waits == pytest.approx([1, 2, 4, 8, 10, 10])
+            assert _committed(path) == [job]
+
+            disk.free()
+            mock_clock.jump(fault.retry_at - trio.current_time())
+            await status.changed()
+            assert status.fault is None
+            events = [event for reply in [*refused, later] for event in await reply.wait()]
+        assert [event.seq for event in events] == [2, 3, 4]
+        assert [event.type for event in events] == ["JobStarted", "JobSubmitted", "JobSubmitted"]
+        journal_lines = [(r.levelname, r.getMessage()) for r in caplog.records]
+        assert [level for level, _ in journal_lines] == ["WARNING", "INFO"]
+        assert "Foreman takes no new work" in journal_lines[0][1]
+        assert "after 7 failed attempts" in journal_lines[1][1]
+        await client.aclose()
+
+
+async def test_stopping_while_the_storage_refuses_tells_the_waiting_writers(
+    tmp_path: Path, mock_clock: trio.testing.MockClock
+) -> None:
+    with small_disk(tmp_path / "disk") as disk:
+        async with trio.open_nursery() as nursery:
+            client: JournalClient = await nursery.start(Journal(disk.root / "foreman.db").run)
+            disk.fill()
+            waiting = await client.enqueue(new_ulid(), [submitted()])
+            await client.status.changed()
+            nursery.cancel_scope.cancel()
+        with pytest.raises(JournalFailed, match="not committed"):
+            await waiting.wait()
+
+
+async def test_a_failure_that_is_not_the_storage_stops_the_journal(db_path: Path) -> None:
+    """Another process dropped a projection's table: no retry mends that."""
+    client: JournalClient
+    dropped = pytest.RaisesExc(sqlite3.OperationalError, match="no such table")
+    with pytest.RaisesGroup(dropped):
+        async with trio.open_nursery() as nursery:
+            client = await nursery.start(Journal(db_path).run)
+            with sqlite3.connect(db_path) as other:
+                other.execute("DROP TABLE jobs")
+            with pytest.raises(JournalFailed, match="no such table"):
+                await client.append(new_ulid(), [submitted()])
+    assert client.status.fault is None
 
 
 def _committed(db_path: Path) -> list[str]:

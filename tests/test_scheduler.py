@@ -18,6 +18,7 @@ from foreman.events.types import BatchLine, JobSubmitted
 from foreman.ids import new_ulid
 from foreman.scheduling import QueuedJob
 from tests import factories
+from tests.disks import small_disk
 from tests.running import event_types
 
 
@@ -188,3 +189,33 @@ async def test_a_batch_line_never_overtakes_a_job_whose_submission_is_being_comm
     assert [first.job.job_id] == submitted
     await rig.scheduler.done(first.job.job_id)
     assert (await rig.ready().receive()).job.job_id == line_id
+
+
+async def test_the_queue_is_answered_while_a_cancel_waits_for_the_log(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """While the log cannot be written (a full disk), a cancel's JobCancelled waits in
+    the journal, and so does its answer, but not the scheduler: queue positions (GET
+    /jobs/{id}) and hosts are answered meanwhile (ADR-0041)."""
+    with small_disk(tmp_path / "disk") as disk:
+        journal = await nursery.start(Journal(disk.root / "foreman.db").run)
+        scheduler = await nursery.start(Scheduler(journal, 600, 512).run)
+        first, second = [(await scheduler.submit(factories.submitted())).job_id for _ in "12"]
+        disk.fill()
+        outcomes: list[CancelOutcome] = []
+
+        async def cancel() -> None:
+            outcomes.append(await scheduler.cancel(first, "cancelled_by_request"))
+
+        async with trio.open_nursery() as cancelling:
+            cancelling.start_soon(cancel)
+            await journal.status.changed()
+            assert journal.status.fault is not None
+            with trio.fail_after(5):
+                assert await scheduler.position(second) == 0  # the cancelled one is out
+                assert [host.name for host in await scheduler.hosts()] == []
+            assert outcomes == []
+            disk.free()
+        assert outcomes == ["cancelled"]
+        assert journal.status.fault is None
+        assert event_types(disk.root / "foreman.db", first) == ["JobSubmitted", "JobCancelled"]

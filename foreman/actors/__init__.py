@@ -12,7 +12,13 @@ from foreman.actors.batcher import (
 from foreman.actors.dispatcher import Dispatcher
 from foreman.actors.http import serve_http
 from foreman.actors.janitor import Janitor
-from foreman.actors.journal import Journal, JournalClient, JournalFailed
+from foreman.actors.journal import (
+    Journal,
+    JournalClient,
+    JournalFailed,
+    JournalStatus,
+    StorageFault,
+)
 from foreman.actors.prober import Prober
 from foreman.actors.scheduler import (
     CancelOutcome,
@@ -40,12 +46,14 @@ __all__ = [
     "Journal",
     "JournalClient",
     "JournalFailed",
+    "JournalStatus",
     "ModelNotFound",
     "Prober",
     "QueueFull",
     "Queued",
     "Scheduler",
     "SchedulerClient",
+    "StorageFault",
     "Worker",
     "serve_http",
     "store_file",

@@ -28,7 +28,12 @@ from datetime import datetime
 import trio
 
 from foreman.actors._reply import Reply
-from foreman.actors.journal import JournalClient
+from foreman.actors.journal import (
+    FIRST_RETRY,
+    LONGEST_RETRY,
+    JournalClient,
+    storage_retries,
+)
 from foreman.actors.scheduler import SchedulerClient
 from foreman.artifacts import ArtifactStore, new_file_id
 from foreman.batching import lines as batch_lines
@@ -347,18 +352,36 @@ class Batcher:
         )
 
     async def _store_file(self, run: _Run, which: str, data: bytes) -> str | None:
-        """Store one of a batch's files (none when it would be empty); its id."""
+        """Store one of a batch's files (none when it would be empty); its id. While the
+        disk refuses it (full, read-only), try again and again: the batch stays
+        ``finalizing`` meanwhile, and its results are in the log, so none is lost
+        (ADR-0041)."""
         if not data:
             return None
         name = f"{run.id}_{which}.jsonl"
-        return await store_file(
-            self._journal,
-            self._store,
-            data,
-            filename=name,
-            purpose="batch_output",
-            tenant=run.tenant,
-        )
+        delays = storage_retries()
+        while True:
+            try:
+                return await store_file(
+                    self._journal,
+                    self._store,
+                    data,
+                    filename=name,
+                    purpose="batch_output",
+                    tenant=run.tenant,
+                )
+            except OSError as error:
+                delay = next(delays)
+                if delay == FIRST_RETRY:
+                    logger.warning(
+                        "batch %s: its %s file cannot be stored (%s); it stays finalizing, "
+                        "trying again, at most every %g s",
+                        run.id,
+                        which,
+                        error.strerror or error,
+                        LONGEST_RETRY,
+                    )
+                await trio.sleep(delay)
 
     async def _input_lines(self, run: _Run) -> list[batch_lines.InputLine] | None:
         """The lines of the batch's input file; None when the file is gone."""

@@ -13,12 +13,21 @@ A *lazy* append (a batch's line starting or ending, ADR-0038) may wait up to
 appends until then, or until an append that is not lazy rings its bell, and
 commits them all together. Losing one in a crash only means a line runs again;
 lazy appends do not even wake the journal.
+
+A commit the storage refuses (the disk is full, the file cannot be written:
+:mod:`foreman.events.faults`) does not stop the journal: it says so in its
+:class:`JournalStatus`, waits, and tries the same appends again, 1 s later, then
+twice as long each time up to 10 s, until they are written, in order. Their
+writers wait meanwhile, so nothing acknowledged is lost, and the HTTP routes
+refuse new work while the status shows the fault (ADR-0041). Any other failure
+stops the journal, and Foreman with it.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,19 +35,78 @@ import trio
 
 from foreman.actors._reply import Reply, deliver
 from foreman.dbthread import DedicatedThread
-from foreman.events.log import Append, Durability, EventLog
+from foreman.events.faults import storage_fault
+from foreman.events.log import Append, AppendResult, Durability, EventLog, utc_now
 from foreman.events.store import open_log
 from foreman.events.types import Event, RecordedEvent
 from foreman.events.writer_lock import sole_writer
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 4096
 """Events per transaction at most: bounds a commit's latency and the WAL's growth."""
 DEFAULT_LINGER = 0.25
 """Seconds a commit of lazy appends only may wait for more."""
+FIRST_RETRY = 1.0
+LONGEST_RETRY = 10.0
+
+
+def storage_retries() -> Iterator[float]:
+    """Seconds to wait before each new attempt at a write the storage refused:
+    1, 2, 4, 8, then 10 s for ever. Short enough that work resumes within seconds
+    of the disk having room, long enough that a fault costs no CPU to speak of."""
+    delay = FIRST_RETRY
+    while True:
+        yield delay
+        delay = min(delay * 2, LONGEST_RETRY)
 
 
 class JournalFailed(RuntimeError):
-    """The journal could not commit (a storage failure): it stops, and so does Foreman."""
+    """The journal stopped (a failure that is not the storage's, or shutdown) before
+    committing the append."""
+
+
+@dataclass(frozen=True, slots=True)
+class StorageFault:
+    """Why the log cannot be written now."""
+
+    reason: str
+    """What failed, for a person to act on (:func:`~foreman.events.faults.storage_fault`)."""
+    since: str
+    """When the first commit failed, as the log writes timestamps."""
+    attempts: int
+    """Commits failed since then."""
+    retry_at: float
+    """Trio time of the next attempt."""
+
+
+class JournalStatus:
+    """Whether the log can be written, as the journal last found it: anyone may read
+    it (the HTTP routes refuse new work while it cannot be, the workers take no
+    job); only the journal changes it."""
+
+    def __init__(self) -> None:
+        self._fault: StorageFault | None = None
+        self._changed = trio.Event()
+
+    @property
+    def fault(self) -> StorageFault | None:
+        """Why the last commit failed, until one succeeds; None while all is well."""
+        return self._fault
+
+    async def changed(self) -> None:
+        """Return at the next change: a commit failed (again), or one went through."""
+        await self._changed.wait()
+
+    async def writable(self) -> None:
+        """Return once the log can be written (at once while it can)."""
+        while self._fault is not None:
+            await self._changed.wait()
+
+    def _set(self, fault: StorageFault | None) -> None:
+        self._fault = fault
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +145,16 @@ class _Bell:
 class JournalClient:
     """An actor's handle on the journal; cheap to copy with :meth:`clone`."""
 
-    def __init__(self, requests: trio.MemorySendChannel[_Message], bell: _Bell) -> None:
+    def __init__(
+        self, requests: trio.MemorySendChannel[_Message], bell: _Bell, status: JournalStatus
+    ) -> None:
         self._requests = requests
         self._bell = bell
+        self.status = status
+        """Whether the log can be written now."""
 
     def clone(self) -> JournalClient:
-        return JournalClient(self._requests.clone(), self._bell)
+        return JournalClient(self._requests.clone(), self._bell, self.status)
 
     async def aclose(self) -> None:
         await self._requests.aclose()
@@ -102,7 +174,8 @@ class JournalClient:
         *,
         lazy: bool = False,
     ) -> list[RecordedEvent]:
-        """Append and wait until the events are durable; raises when they are refused
+        """Append and wait until the events are durable (while the storage refuses
+        them, until it takes them); raises when they are refused
         (:class:`~foreman.events.log.ConcurrencyError`,
         :class:`~foreman.events.projection.IllegalTransition`)."""
         committed = await self.enqueue(stream, events, expected_version, lazy=lazy)
@@ -168,6 +241,7 @@ class Journal:
         self.max_batch = max_batch
         self.linger = linger
         self._buffer = buffer
+        self._status = JournalStatus()
 
     async def run(
         self, *, task_status: trio.TaskStatus[JournalClient] = trio.TASK_STATUS_IGNORED
@@ -182,7 +256,7 @@ class Journal:
                 try:
                     send, receive = trio.open_memory_channel[_Message](self._buffer)
                     bell = _Bell()
-                    task_status.started(JournalClient(send, bell))
+                    task_status.started(JournalClient(send, bell, self._status))
                     with receive:
                         try:
                             await self._commit_loop(thread, log, receive, bell)
@@ -221,7 +295,7 @@ class Journal:
         self, thread: DedicatedThread, log: EventLog, batch: list[_Request]
     ) -> list[RecordedEvent]:
         try:
-            results = await thread.run(log.append_many, [request.append for request in batch])
+            results = await self._written(thread, log, [request.append for request in batch])
         except BaseException as error:
             for request in batch:
                 request.reply.put(JournalFailed(f"the append was not committed: {error!r}"))
@@ -232,6 +306,50 @@ class Journal:
             if isinstance(result, list):
                 committed += result
         return committed
+
+    async def _written(
+        self, thread: DedicatedThread, log: EventLog, appends: list[Append]
+    ) -> list[AppendResult]:
+        """Commit ``appends``, trying again for as long as the storage refuses them;
+        raises a failure that is not the storage's."""
+        path, delays = Path(self.path), storage_retries()
+        while True:
+            try:
+                results = await thread.run(log.append_many, appends)
+            except Exception as error:
+                reason = await thread.run(storage_fault, error, path)
+                if reason is None:
+                    raise
+                delay = next(delays)
+                self._faulted(reason, trio.current_time() + delay)
+                await trio.sleep(delay)
+            else:
+                self._cleared()
+                return results
+
+    def _faulted(self, reason: str, retry_at: float) -> None:
+        """Say why the log cannot be written; one warning when that begins."""
+        fault = self._status.fault
+        if fault is None:
+            logger.warning(
+                "journal: the event log cannot be written, so Foreman takes no new work "
+                "until it can (reads go on; trying again, at most every %g s): %s",
+                LONGEST_RETRY,
+                reason,
+            )
+            fault = StorageFault(reason, utc_now(), 0, retry_at)
+        self._status._set(StorageFault(reason, fault.since, fault.attempts + 1, retry_at))
+
+    def _cleared(self) -> None:
+        fault = self._status.fault
+        if fault is not None:
+            logger.info(
+                "journal: the event log can be written again after %d failed attempts "
+                "since %s; taking work again",
+                fault.attempts,
+                fault.since,
+            )
+            self._status._set(None)
 
 
 class _Batch:

@@ -25,6 +25,11 @@ job for the loaded model arriving meanwhile still goes first.
 job is committed, so a job refused as :class:`QueueFull` leaves no trace. A
 cancelled job still queued never runs: the scheduler records ``JobCancelled``;
 one already at the backend is the worker's to stop, so the stop goes on to it.
+
+What the scheduler records itself (a cancel, a host going down or drained) it
+hands to the journal in order and goes on serving: an answer that needs the
+commit waits for it beside the loop, so while the log cannot be written
+(ADR-0041) queue positions and hosts are still answered.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import heapq
 import json
 import math
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -47,8 +52,10 @@ from foreman.events.types import (
     BackendDrained,
     BackendResumed,
     BackendUp,
+    Event,
     JobCancelled,
     JobSubmitted,
+    RecordedEvent,
     backend_stream,
 )
 from foreman.ids import new_ulid
@@ -454,14 +461,15 @@ class Scheduler:
         self._ready: list[_Ready] = []
         self._at_backend: dict[str, _AtBackend] = {}  # in the order they were sent
         self._loaded: str | None = None
+        self._commits: trio.Nursery | None = None  # where answers wait for their commit
 
     async def run(
         self, *, task_status: trio.TaskStatus[SchedulerClient] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Report a client, then serve requests until every client is closed."""
         send, inbox = trio.open_memory_channel[_Message](INBOX)
-        task_status.started(SchedulerClient(send, self._journal))
-        async with inbox:
+        async with inbox, trio.open_nursery() as self._commits:
+            task_status.started(SchedulerClient(send, self._journal))
             while True:
                 try:
                     message = await self._next_message(inbox)
@@ -547,34 +555,46 @@ class Scheduler:
             host.up,
         )
 
+    async def _record(
+        self, stream: str, events: list[Event], then: Callable[[], None] | None = None
+    ) -> None:
+        """Hand ``events`` to the journal, behind whatever was handed to it before, and
+        go on; ``then`` runs once they are committed."""
+        committed = await self._journal.enqueue(stream, events)
+        assert self._commits is not None  # set while running
+        self._commits.start_soon(_after, committed, then)
+
     async def _health(self, health: _Health) -> None:
-        """A host went down or came back: recorded first, once per change."""
+        """A host went down or came back, answered once recorded (once per change):
+        whether another host that takes work can run the model."""
         host = self._host(health.host)
-        if len(self._hosts) > 1 and host.up != health.up:  # alone, it is never passed over
-            change = BackendUp() if health.up else BackendDown(reason=health.reason)
-            await self._journal.append(backend_stream(host.name), [change])
-            host.up = health.up
         model = health.model
-        health.reply.put(
-            model is not None
-            and any(
-                other.takes_work and other.can_run(model)
-                for other in self._hosts.values()
-                if other is not host
-            )
+        elsewhere = model is not None and any(
+            other.takes_work and other.can_run(model)
+            for other in self._hosts.values()
+            if other is not host
         )
+        if len(self._hosts) == 1 or host.up == health.up:  # alone, it is never passed over
+            health.reply.put(elsewhere)
+            return
+        change = BackendUp() if health.up else BackendDown(reason=health.reason)
+        host.up = health.up
+        await self._record(backend_stream(host.name), [change], lambda: health.reply.put(elsewhere))
 
     async def _drain(self, drain: _Drain) -> None:
-        """Drain or resume a host, recorded first; a change that is no change is not."""
+        """Drain or resume a host, answered once recorded; a change that is no change
+        is not recorded."""
         host = self._hosts.get(drain.host)
         if host is None:
             drain.reply.put(LookupError(drain.host))
             return
-        if host.draining != drain.draining:
-            change = BackendDrained() if drain.draining else BackendResumed()
-            await self._journal.append(backend_stream(host.name), [change])
-            host.draining = drain.draining
-        drain.reply.put(self._status(host))
+        if host.draining == drain.draining:
+            drain.reply.put(self._status(host))
+            return
+        change = BackendDrained() if drain.draining else BackendResumed()
+        host.draining = drain.draining
+        status = self._status(host)
+        await self._record(backend_stream(host.name), [change], lambda: drain.reply.put(status))
 
     def _done(self, job: _AtBackend, took: Took | None) -> None:
         """A call ended: count it, and learn how long jobs and loads take."""
@@ -672,12 +692,12 @@ class Scheduler:
     async def _cancel(self, cancel: _Cancel) -> None:
         outcome: CancelOutcome = "not_found"
         if self._queue.remove(cancel.job_id) is not None:
-            await self._cancel_queued(self._work.pop(cancel.job_id), cancel.reason)
-            outcome = "cancelled"
-        elif cancel.job_id in self._delayed:
-            await self._cancel_queued(self._delayed.pop(cancel.job_id), cancel.reason)
-            outcome = "cancelled"
-        elif cancel.job_id in self._at_backend:
+            await self._cancel_queued(self._work.pop(cancel.job_id), cancel)
+            return
+        if cancel.job_id in self._delayed:
+            await self._cancel_queued(self._delayed.pop(cancel.job_id), cancel)
+            return
+        if cancel.job_id in self._at_backend:
             await self._at_backend[cancel.job_id].stops.send(Stop(cancel.job_id, cancel.reason))
             outcome = "stopping"
         if cancel.outcome is not None:
@@ -693,7 +713,21 @@ class Scheduler:
             withdrawn.append(job_id)
         return withdrawn
 
-    async def _cancel_queued(self, work: Work, reason: str) -> None:
-        await self._journal.append(work.job.job_id, [JobCancelled(reason=reason)])
-        if work.answers is not None:
-            await work.answers.aclose()
+    async def _cancel_queued(self, work: Work, cancel: _Cancel) -> None:
+        """A job taken out of the queue is cancelled: once that is committed, its caller
+        (if waiting) is let go and the canceller told."""
+
+        def cancelled() -> None:
+            if work.answers is not None:
+                work.answers.close()
+            if cancel.outcome is not None:
+                cancel.outcome.put("cancelled")
+
+        await self._record(work.job.job_id, [JobCancelled(reason=cancel.reason)], cancelled)
+
+
+async def _after(committed: Reply[list[RecordedEvent]], then: Callable[[], None] | None) -> None:
+    """Wait for a commit, then run ``then``; a refused append fails the scheduler."""
+    await committed.wait()
+    if then is not None:
+        then()

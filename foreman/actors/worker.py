@@ -221,6 +221,9 @@ class Worker:
         if self._draining.is_set():
             return None
         with trio.CancelScope() as self._waiting:
+            # No job while the log cannot record it: it would run with its outcome
+            # held in memory only (ADR-0041). The ones already at the backend finish.
+            await self._journal.status.writable()
             return await self._scheduler.next_job(self.host, stops)
         return None
 
@@ -327,7 +330,9 @@ class Worker:
     async def _succeed(self, work: Work, result: dict[str, Any]) -> None:
         """Store the job's outputs, then record the success naming them: an event never
         points at an output that is not on disk (a batch's line has none of its own).
-        An answer the log could not read back (ADR-0032) fails the job instead."""
+        An answer the log could not read back (ADR-0032) fails the job instead, and so
+        do outputs the disk refuses (full, read-only: ADR-0041), saying so; the caller,
+        if any, has its answer already."""
         try:
             succeeded = JobSucceeded(result=result)
         except ValidationError as error:
@@ -338,9 +343,14 @@ class Worker:
             await self._finish(work, [succeeded])
             return
         with trio.CancelScope(shield=True):
-            artifacts = await trio.to_thread.run_sync(
-                self._store_outputs, work.job.job_id, work.kind, result
-            )
+            try:
+                artifacts = await trio.to_thread.run_sync(
+                    self._store_outputs, work.job.job_id, work.kind, result
+                )
+            except OSError as error:
+                why = f"the job's outputs could not be stored: {error.strerror or error}"
+                await self._finish(work, [JobFailed(error=why)])
+                return
         await self._finish(work, [succeeded.model_copy(update={"artifacts": artifacts})])
 
     def _store_outputs(

@@ -26,6 +26,7 @@ from foreman.api.ollama import ollama_routes
 from foreman.api.openai import openai_routes
 from foreman.api.schemas import ApiError
 from foreman.api.usage import usage_routes
+from foreman.api.writable import log_writable, refusal, retry_after
 from foreman.backend import Backend, BackendUnreachable
 from foreman.ollama_protocol import OllamaJSON
 from foreman.views import WebhookPayload
@@ -84,21 +85,27 @@ def create_app(
         expose_headers=["Retry-After", "ETag", "Location"],
     )
     app.add_middleware(BrowserGuard, origins=allowed, loopback=loopback)
-    app.include_router(ollama_routes(door), include_in_schema=False)
-    app.include_router(openai_routes(door), include_in_schema=False)
-    app.include_router(batch_routes(batches), include_in_schema=False)
+    status = jobs.journal.status
+    writes = log_writable(status)
+    app.include_router(ollama_routes(door, writes), include_in_schema=False)
+    app.include_router(openai_routes(door, writes), include_in_schema=False)
+    app.include_router(batch_routes(batches, writes), include_in_schema=False)
     keyed: dict[int | str, dict[str, Any]] = {
         401: {"model": ApiError, "description": "No live API key (once keys are in use)."}
     }
-    app.include_router(job_routes(jobs), responses=keyed)
+    app.include_router(job_routes(jobs, writes), responses=keyed)
     urls = {name: str(backend) for name, backend in door.backends.items()}
-    app.include_router(backend_routes(BackendsApi(door.scheduler, urls)), responses=keyed)
-    app.include_router(key_routes(keys), responses=keyed)
+    app.include_router(backend_routes(BackendsApi(door.scheduler, urls), writes), responses=keyed)
+    app.include_router(key_routes(keys, writes), responses=keyed)
     app.include_router(usage_routes(jobs), responses=keyed)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:
-        """Ready: every actor runs (one that fails stops Foreman); each backend's state."""
+        """Ready: every actor runs (one that fails stops Foreman) and the event log can
+        be written; each backend's state. While the log cannot be written, 503 with the
+        reason (and ``Retry-After``): Foreman takes no new work, though it still answers
+        reads, so a load balancer should send new work elsewhere. A restart would not
+        help (ADR-0041): use it for readiness, not liveness."""
         backends: list[dict[str, object]] = [
             {"name": name, "url": str(backend)} for name, backend in door.backends.items()
         ]
@@ -118,7 +125,20 @@ def create_app(
             ),
             "running",
         )
-        return OllamaJSON({"status": "ok", "actors": actors, "backends": backends})
+        fault = status.fault
+        if fault is None:
+            log: dict[str, Any] = {"writable": True}
+            return OllamaJSON({"status": "ok", "log": log, "actors": actors, "backends": backends})
+        actors["journal"] = "waiting for the storage"
+        log = {
+            "writable": False,
+            "reason": fault.reason,
+            "since": fault.since,
+            "failed_attempts": fault.attempts,
+            "retry_in": retry_after(fault),
+        }
+        body = {"status": refusal(fault), "log": log, "actors": actors, "backends": backends}
+        return OllamaJSON(body, status_code=503, headers={"Retry-After": str(log["retry_in"])})
 
     @app.webhooks.post("job-state", tags=["webhooks"])
     def job_state(payload: WebhookPayload) -> None:

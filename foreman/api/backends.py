@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, params
 
 from foreman.actors import HostStatus, SchedulerClient
 from foreman.api.auth import Principal, principal
@@ -28,7 +28,8 @@ class BackendsApi:
     urls: dict[str, str]
 
 
-def backend_routes(api: BackendsApi) -> APIRouter:
+def backend_routes(api: BackendsApi, writes: params.Depends) -> APIRouter:
+    """``writes``: the dependency of a route that appends (:mod:`foreman.api.writable`)."""
     router = APIRouter(prefix="/backends", tags=["backends"])
     missing: dict[int | str, dict[str, Any]] = {
         403: {"model": ApiError, "description": "Not an admin key."},
@@ -41,7 +42,11 @@ def backend_routes(api: BackendsApi) -> APIRouter:
         return BackendList(backends=[_view(api, host) for host in await api.scheduler.hosts()])
 
     @router.post(
-        "/{name}/drain", operation_id="drain_backend", response_model=BackendView, responses=missing
+        "/{name}/drain",
+        operation_id="drain_backend",
+        response_model=BackendView,
+        responses=missing,
+        dependencies=[writes],
     )
     async def drain(name: str, who: principal) -> BackendView:
         """Let the host finish what it runs and give it nothing more (admin keys)."""
@@ -56,6 +61,7 @@ def backend_routes(api: BackendsApi) -> APIRouter:
         operation_id="resume_backend",
         response_model=BackendView,
         responses=missing,
+        dependencies=[writes],
     )
     async def resume(name: str, who: principal) -> BackendView:
         """Give a drained host work again (admin keys)."""

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Annotated, Any, Literal
 
 import trio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, params
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.responses import JSONResponse, Response
@@ -25,6 +25,7 @@ from starlette.responses import JSONResponse, Response
 from foreman.actors import BatcherClient, BatchNotFound, CannotCancel, JournalClient, store_file
 from foreman.api.auth import Principal, principal
 from foreman.api.stored import stored_headers
+from foreman.api.writable import unstored
 from foreman.artifacts import ArtifactStore
 from foreman.batching import lines
 from foreman.events.batches import ENDED, Batch, LineCounts, counted_batch, list_batches
@@ -69,10 +70,11 @@ class BatchRequest(BaseModel):
     metadata: BatchMetadata | None = None
 
 
-def batch_routes(api: BatchesApi) -> APIRouter:
+def batch_routes(api: BatchesApi, writes: params.Depends) -> APIRouter:
+    """``writes``: the dependency of a route that appends (:mod:`foreman.api.writable`)."""
     router = APIRouter(prefix="/v1")
 
-    @router.post("/files")
+    @router.post("/files", dependencies=[writes])
     async def upload(request: Request, who: principal) -> Response:
         return JSONResponse(file_object(await _upload(api, request, who.tenant)))
 
@@ -110,7 +112,7 @@ def batch_routes(api: BatchesApi) -> APIRouter:
             raise OpenAIError(404, f"no such file: {file_id}") from None
         return Response(data, media_type=JSONL, headers=stored_headers(found.filename, JSONL))
 
-    @router.delete("/files/{file_id}")
+    @router.delete("/files/{file_id}", dependencies=[writes])
     async def delete(file_id: str, who: principal) -> Response:
         found = await _file(api, file_id, who)
         running = await api.reader.read(input_of_unended_batch, found.id)
@@ -120,7 +122,7 @@ def batch_routes(api: BatchesApi) -> APIRouter:
         await trio.to_thread.run_sync(api.store.remove, found.id.removeprefix("file-"))
         return JSONResponse({"id": found.id, "object": "file", "deleted": True})
 
-    @router.post("/batches")
+    @router.post("/batches", dependencies=[writes])
     async def create(request: Request, who: principal) -> Response:
         body = _batch_request(await request.body())
         input_file = await api.reader.read(stored_file, body.input_file_id)
@@ -158,7 +160,7 @@ def batch_routes(api: BatchesApi) -> APIRouter:
     async def get(batch_id: str, who: principal) -> Response:
         return JSONResponse(await _batch_object(api, batch_id, who))
 
-    @router.post("/batches/{batch_id}/cancel")
+    @router.post("/batches/{batch_id}/cancel", dependencies=[writes])
     async def cancel(batch_id: str, who: principal) -> Response:
         await _batch_object(api, batch_id, who)  # 404 unless it is the caller's
         try:
@@ -208,6 +210,8 @@ async def _upload(api: BatchesApi, request: Request, tenant: str | None) -> Stor
     except ValidationError as error:
         message = error.errors()[0]["msg"]
         raise OpenAIError(400, f"filename: {message}", param="file") from None
+    except OSError as error:  # the disk is full or read-only (ADR-0041)
+        raise unstored("the file", error) from None
     found = await api.reader.read(stored_file, file_id)
     assert found is not None
     return found

@@ -18,7 +18,7 @@ from typing import Annotated, Any, NoReturn
 
 import httpx
 import trio
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, params
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 from starlette.responses import FileResponse, Response
@@ -94,7 +94,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "The body is over FOREMAN_MAX_BODY.",
         422: "A field is missing or invalid.",
         429: "Over the tenant's limits (queued jobs, submissions a minute): see Retry-After.",
-        503: "The queue is full (FOREMAN_MAX_QUEUE).",
+        503: "The queue is full (FOREMAN_MAX_QUEUE), or the event log cannot be written "
+        "now: Foreman takes no new work (the reason, and Retry-After).",
     }.items()
 }
 
@@ -143,7 +144,8 @@ class JobsApi:
                 self._key_locks.pop(idempotency_key, None)
 
 
-def job_routes(api: JobsApi) -> APIRouter:
+def job_routes(api: JobsApi, writes: params.Depends) -> APIRouter:
+    """``writes``: the dependency of a route that appends (:mod:`foreman.api.writable`)."""
     router = APIRouter(prefix="/jobs", tags=["jobs"])
 
     def responses(
@@ -169,6 +171,7 @@ def job_routes(api: JobsApi) -> APIRouter:
                 202: {"links": JOB_LINKS},
             },
         ),
+        dependencies=[writes],
     )
     async def submit(
         body: SubmitJob,
@@ -260,8 +263,10 @@ def job_routes(api: JobsApi) -> APIRouter:
             404,
             409,
             410,
+            503,
             extra={202: {"model": JobView, "description": "Running: being stopped."}},
         ),
+        dependencies=[writes],
     )
     async def cancel(job_id: str, who: principal) -> Response:
         """Cancel: a queued job never runs (200); a running one's backend call is
@@ -305,7 +310,8 @@ def job_routes(api: JobsApi) -> APIRouter:
         operation_id="redeliver_webhooks",
         status_code=202,
         response_model=Redelivery,
-        responses=responses(400, 404, 409, 410, 413, 422, 429),
+        responses=responses(400, 404, 409, 410, 413, 422, 429, 503),
+        dependencies=[writes],
     )
     async def redeliver(
         job_id: str, who: principal, body: RedeliverWebhooks | None = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import trio
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, params
 from pydantic import BaseModel, ConfigDict, Field
 
 from foreman.actors import JournalClient
@@ -90,7 +90,8 @@ class KeysApi:
     """One change at a time: a check (the last admin key) holds until its append."""
 
 
-def key_routes(api: KeysApi) -> APIRouter:
+def key_routes(api: KeysApi, writes: params.Depends) -> APIRouter:
+    """``writes``: the dependency of a route that appends (:mod:`foreman.api.writable`)."""
     router = APIRouter(tags=["keys"])
     errors: dict[int | str, dict[str, Any]] = {
         400: {"model": ApiError, "description": "The body is not JSON."},
@@ -98,10 +99,16 @@ def key_routes(api: KeysApi) -> APIRouter:
         404: {"model": ApiError, "description": "No such key."},
         409: {"model": ApiError, "description": "Already revoked, or the last admin key."},
         422: {"model": ApiError, "description": "A field is missing or invalid."},
+        503: {"model": ApiError, "description": "The event log cannot be written now."},
     }
 
     @router.post(
-        "/keys", operation_id="create_key", status_code=201, response_model=NewKey, responses=errors
+        "/keys",
+        operation_id="create_key",
+        status_code=201,
+        response_model=NewKey,
+        responses=errors,
+        dependencies=[writes],
     )
     async def create(body: CreateKey, who: principal) -> NewKey:
         """Issue a key (shown once); with limits, set its tenant's too."""
@@ -123,7 +130,11 @@ def key_routes(api: KeysApi) -> APIRouter:
         return KeyList(keys=[_view(api, key) for key in api.keychain.keyring.keys.values()])
 
     @router.delete(
-        "/keys/{key_id}", operation_id="revoke_key", response_model=KeyView, responses=errors
+        "/keys/{key_id}",
+        operation_id="revoke_key",
+        response_model=KeyView,
+        responses=errors,
+        dependencies=[writes],
     )
     async def revoke(key_id: str, who: principal) -> KeyView:
         """Revoke a key: it is refused from the next request on."""
@@ -146,6 +157,7 @@ def key_routes(api: KeysApi) -> APIRouter:
         operation_id="set_tenant_limits",
         response_model=LimitsView,
         responses=errors,
+        dependencies=[writes],
     )
     async def set_limits(
         tenant: Annotated[str, TENANT_PATH], body: LimitsBody, who: principal

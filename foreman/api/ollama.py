@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, params
 from pydantic import ValidationError
 from starlette.responses import Response
 
@@ -40,14 +40,15 @@ ERROR_TEXT_LIMIT = 512
 """Characters of a backend's non-JSON error answer quoted in Foreman's JSON one."""
 
 
-def ollama_routes(door: FrontDoor) -> APIRouter:
+def ollama_routes(door: FrontDoor, writes: params.Depends) -> APIRouter:
+    """``writes``: the dependency of a route that appends (:mod:`foreman.api.writable`)."""
     router = APIRouter()
 
-    @router.post("/api/chat")
+    @router.post("/api/chat", dependencies=[writes])
     async def chat(request: Request) -> Response:
         return await _run_job(door, "chat", request)
 
-    @router.post("/api/generate")
+    @router.post("/api/generate", dependencies=[writes])
     async def generate(request: Request) -> Response:
         return await _run_job(door, "generate", request)
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, params
 from pydantic import ValidationError
 from starlette.responses import JSONResponse, Response
 
@@ -61,14 +61,15 @@ class EventStream(NDJSONStream):
     media_type = "text/event-stream"
 
 
-def openai_routes(door: FrontDoor) -> APIRouter:
+def openai_routes(door: FrontDoor, writes: params.Depends) -> APIRouter:
+    """``writes``: the dependency of a route that appends (:mod:`foreman.api.writable`)."""
     router = APIRouter()
 
-    @router.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", dependencies=[writes])
     async def chat_completions(request: Request) -> Response:
         return await _run_job(door, request, "chat", chat_request)
 
-    @router.post("/v1/completions")
+    @router.post("/v1/completions", dependencies=[writes])
     async def completions(request: Request) -> Response:
         return await _run_job(door, request, "generate", completion_request)
 

@@ -429,7 +429,8 @@ class EventLog:
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception."""
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any exception, a failed
+    ``COMMIT`` included, so the connection is never left inside a transaction."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -439,6 +440,16 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._roll_back()
+                raise
         else:
+            self._roll_back()
+
+    def _roll_back(self) -> None:
+        """Unless SQLite has rolled back already, as it does when the disk is full or
+        fails: a ROLLBACK then would fail too, hiding why the transaction did."""
+        if self._conn.in_transaction:
             self._conn.execute("ROLLBACK")

@@ -140,11 +140,17 @@ class SimulatedGPU:
         self.resident: Resident | None = None
         self.loads = 0
         self.generations: list[GenerationRecord] = []
+        self._generated = trio.Event()
 
     async def until_waiting(self, count: int) -> None:
         """Return once ``count`` requests wait for the GPU (for tests to synchronise on)."""
         while self.waiting != count:
             await self._waiting_changed.wait()
+
+    async def until_generated(self, count: int) -> None:
+        """Return once ``count`` generations have completed (for tests to synchronise on)."""
+        while len(self.generations) < count:
+            await self._generated.wait()
 
     def _add_waiting(self, delta: int) -> None:
         self.waiting += delta
@@ -226,6 +232,8 @@ class SimulatedGPU:
                     job.path, job.model.name, started_at, time.time(), load_seconds, count
                 )
             )
+            self._generated.set()
+            self._generated = trio.Event()
             yield Finished(
                 done_reason="stop" if count == self.config.tokens else "length",
                 total_duration=end - job.received_ns,

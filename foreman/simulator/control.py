@@ -3,7 +3,8 @@
 - ``GET /_sim/stats``: model loads so far, the resident model and its load
   options, how many requests wait for the GPU, and every completed generation
   with its start and end (Unix seconds). ``?until_waiting=N`` answers once N
-  requests wait (a test's way to know a request has reached the GPU's queue).
+  requests wait (a test's way to know a request has reached the GPU's queue),
+  ``?until_generations=N`` once N generations have completed.
 - ``POST /_sim/reset``: clear the counters and the faults, unload the model.
 - ``GET|POST|DELETE /_sim/faults``: list, arm (a fault or a list of them), clear.
 - ``POST /_sim/outage {"seconds": S}``: refuse connections for S seconds.
@@ -42,9 +43,13 @@ def control_routes(sim: Simulator) -> APIRouter:
         return {"faults": [fault.model_dump() for fault in sim.faults.armed()]}
 
     @router.get("/stats")
-    async def get_stats(until_waiting: int | None = None) -> Response:
+    async def get_stats(
+        until_waiting: int | None = None, until_generations: int | None = None
+    ) -> Response:
         if until_waiting is not None:
             await sim.gpu.until_waiting(until_waiting)
+        if until_generations is not None:
+            await sim.gpu.until_generated(until_generations)
         return OllamaJSON(stats())
 
     @router.post("/reset")
