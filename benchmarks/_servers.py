@@ -34,6 +34,9 @@ from fastapi import FastAPI
 from foreman.actors.http import serve_http
 from foreman.config import load_settings
 from foreman.events.log import Durability
+from foreman.events.store import open_log
+from foreman.events.types import KEY_ID_PREFIX, KeyIssued, key_stream
+from foreman.ids import new_ulid
 from foreman.simulator import SimulatorConfig, parse_models, serve_simulator
 from foreman.supervisor import Running, run_foreman
 
@@ -186,12 +189,25 @@ async def simulator(
 
 @asynccontextmanager
 async def foreman(
-    mode: str, name: str, backend: str, durability: Durability, *, max_wait: float = 60.0
+    mode: str,
+    name: str,
+    backend: str,
+    durability: Durability,
+    *,
+    max_wait: float = 60.0,
+    key: KeyIssued | None = None,
 ) -> AsyncIterator[tuple[str, Path]]:
-    """A running Foreman in front of ``backend`` on a fresh log; yields (URL, log path)."""
+    """A running Foreman in front of ``backend`` on a fresh log; yields (URL, log path).
+    With ``key`` issued in the log first, every request must carry it."""
     WORK_DIR.mkdir(exist_ok=True)
     db = WORK_DIR / f"{name}.db"
     remove_db(db)
+    if key is not None:
+        log = open_log(db)
+        try:
+            log.append(key_stream(f"{KEY_ID_PREFIX}{new_ulid()}"), [key])
+        finally:
+            log.close()
     if mode == "subprocess":
         args = ["serve", "--backend", backend, "--listen", "127.0.0.1:0", "--db", str(db)]
         env = {"FOREMAN_DURABILITY": durability.value, "FOREMAN_MAX_WAIT": str(max_wait)}

@@ -10,6 +10,7 @@ so both series see the same machine; each has its own keep-alive connection.
 
     python benchmarks/latency.py [--requests N] [--durability full normal] [--json]
     python benchmarks/latency.py --mode inprocess   # all in this process's trio loop
+    python benchmarks/latency.py --key              # with API keys in use (ADR-0043)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from _servers import MODES, chat, foreman, limits, percentile, sim_config, simul
 
 from foreman.events.log import Durability
 from foreman.events.store import open_log
+from foreman.events.tenants import new_key
 
 TARGET_MS = 2.0
 """Added latency at p50 that Foreman may cost."""
@@ -139,11 +141,14 @@ async def timed_version(client: httpx.AsyncClient, url: str) -> float:
 
 async def measure(args: argparse.Namespace, durability: Durability) -> Run:
     config = sim_config(0.0, 0.0, args.tokens)
+    _, secret, issued = new_key("benchmark", admin=False)
+    key = issued if args.key else None
+    auth = {"Authorization": f"Bearer {secret}"} if args.key else {}
     async with (
         simulator(args.mode, config) as sim,
-        foreman(args.mode, f"latency-{durability.value}", sim, durability) as (url, _),
+        foreman(args.mode, f"latency-{durability.value}", sim, durability, key=key) as (url, _),
         httpx.AsyncClient(limits=limits(1), timeout=30) as direct_client,
-        httpx.AsyncClient(limits=limits(1), timeout=30) as foreman_client,
+        httpx.AsyncClient(limits=limits(1), timeout=30, headers=auth) as foreman_client,
     ):
         progress(f"durability {durability.value}: {args.warmup} warm-up requests each way ...")
         for n in range(args.warmup):
@@ -237,6 +242,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="one run per durability, each with a fresh Foreman and log",
     )
     parser.add_argument("--mode", choices=MODES, default="subprocess")
+    parser.add_argument(
+        "--key", action="store_true", help="keys in use: every call through Foreman carries one"
+    )
     parser.add_argument("--model", default="llama3")
     parser.add_argument("--tokens", type=int, default=8, help="tokens per answer")
     parser.add_argument(
