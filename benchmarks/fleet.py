@@ -32,7 +32,7 @@ the generations that needed no load, as the hosts timed them.
 
 Then the scheduler's cost per decision as the queue grows, in-process: a JobQueue of
 1k, 10k, 100k jobs over six models and three priorities, and cycles of
-``peek_for(HostView(...))`` + ``remove`` + ``push`` for a host of a fleet whose two
+``peek_for(HostView(...))`` + ``take`` + ``push`` for a host of a fleet whose two
 other hosts drain two of the models, beside ``peek(loaded)`` (the one-host rule).
 
     python benchmarks/fleet.py [--jobs N] [--repeat N] [--durability full|normal] [--json]
@@ -431,14 +431,14 @@ def _decide(queue: JobQueue, row: str) -> Callable[[float], QueuedJob | None]:
 
 
 def _cycles(queue: JobQueue, decide: Callable[[float], QueuedJob | None], count: int) -> float:
-    """Seconds for ``count`` decide + remove + push cycles (the job pushed back as a new
+    """Seconds for ``count`` decide + take + push cycles (the job pushed back as a new
     arrival, so the queue keeps its size and mix)."""
     arrival = len(queue) + 10**9
     started = time.perf_counter()
     for _ in range(count):
         job = decide(0.0)
         assert job is not None
-        queue.remove(job.job_id)
+        queue.take(job.job_id)
         arrival += 1
         queue.push(QueuedJob(job.job_id, arrival, job.priority, job.model_key, 0.0))
     return time.perf_counter() - started
@@ -543,7 +543,7 @@ def _cost_report(costs: list[Cost], args: argparse.Namespace) -> list[str]:
     lines = [
         table(headers, rows, left=2),
         "",
-        f"µs per decision: the decision + remove + push of the picked job (pushed back as a "
+        f"µs per decision: the decision + take + push of the picked job (pushed back as a "
         f"new arrival), median of {args.cost_trials} trials of {args.decisions:,} decisions; "
         f"6 models, 3 priorities, at random.",
     ]

@@ -609,7 +609,7 @@ class Scheduler:
             if job is None:
                 waiting.append(ready)
                 continue
-            self._queue.remove(job.job_id)
+            self._queue.take(job.job_id)
             host = self._hosts[ready.host]
             swapped = host.loaded != job.model_key
             host.loads += swapped
