@@ -22,6 +22,7 @@ from foreman.actors.scheduler import (
     QueueFull,
     Scheduler,
     SchedulerClient,
+    TenantQueueFull,
 )
 from foreman.actors.worker import Answer, AnswerError, AnswerLine, Worker
 
@@ -46,6 +47,7 @@ __all__ = [
     "Queued",
     "Scheduler",
     "SchedulerClient",
+    "TenantQueueFull",
     "Worker",
     "serve_http",
     "store_file",
