@@ -9,15 +9,16 @@ The rule, applied by :meth:`JobQueue.pick`:
    there; else the model of the oldest job there.
 
 Within the chosen model (at that priority), jobs go in *fair order* between
-tenants (ADR-0042): start-time fair queueing, a tag per job. A tenant's jobs there
-are taken oldest first; the first has the tag ``start`` of its tenant's line, the
-k-th ``start + k * share``, where ``share`` is :data:`SHARE_SCALE` / the tenant's
-weight (read from ``weight`` when one of its jobs is queued). The next job is the
-one with the smallest tag, the older of two with the same. The model's queue keeps
-a clock, the tag of its job taken last; a tenant with no job queued there starts
-at the clock, or at the tag its next job would have had, if that is later. So a
-tenant that arrives behind another's thousand jobs runs after at most one more of
-them; with one tenant, jobs go oldest first, as the rule always had them.
+tenants (ADR-0042): start-time fair queueing. A tenant's jobs there form its line,
+oldest first: the k-th (from 0) has the tag ``start + k * share``, where ``share``
+is :data:`SHARE_SCALE` / the tenant's weight (read from ``weight`` when one of its
+jobs is queued). The next job is the one with the smallest tag, the older of two
+with the same. The model's queue keeps a clock, the tag of the job it gave out
+last; taking a job moves its tenant's ``start`` on by one share; a tenant with no
+job queued there starts at the clock, or where its line stood when it last
+emptied, if that is later. So a tenant that arrives behind another's thousand jobs
+runs after at most one more of them, rule 1 or not; with one tenant, jobs go
+oldest first, as the rule always had them.
 
 A batch's lines (:data:`BATCH_PRIORITY`) are below every other priority and
 outside rule 1: a batch has its completion window, not ``max_wait``, and a line
@@ -32,7 +33,8 @@ no other host drains, or share a backlog when that saves more than a load costs
 Ollama load it again when they change. :meth:`JobQueue.position` tells how many
 jobs the rule would run before a given one if nothing new arrived and none
 waited ``max_wait``. Every operation is O(log n) in queued jobs: sorted lists
-of ``(arrival, job_id)`` (ADR-0028), not scans.
+of ``(arrival, job_id)`` (ADR-0028), not scans; finding a model's next job is
+linear in the tenants with jobs queued for it.
 """
 
 from __future__ import annotations
