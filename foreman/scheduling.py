@@ -209,6 +209,7 @@ class _Group:
         line = self.lines.get(tenant)
         if line is None:
             line = self.lines[tenant] = _Line(self._start(tenant), share)
+            self.resume.pop(tenant, None)
         line.share = share
         line.jobs.add(entry)
         if not self.size or entry < self.first:
@@ -230,7 +231,8 @@ class _Group:
             self.first = min(line.jobs[0] for line in self.lines.values())
 
     def _start(self, tenant: Tenant) -> int:
-        return max(self.clock, self.resume.pop(tenant, self.clock))
+        """Where a tenant with no job queued here would start."""
+        return max(self.clock, self.resume.get(tenant, self.clock))
 
     def head(self, held_back: Collection[Tenant] = ()) -> _Entry | None:
         """The job to take next (None: every tenant here is held back)."""
@@ -256,7 +258,7 @@ class _Group:
         its tenant if it is not queued (where it would stand if queued now), or None."""
         own = self.lines.get(tenant)
         if own is None:
-            index, tag = 0, max(self.clock, self.resume.get(tenant, self.clock))
+            index, tag = 0, self._start(tenant)
         else:
             index = own.jobs.bisect_left(entry)
             tag = own.start + index * (own.share if share is None else share)
