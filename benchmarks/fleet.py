@@ -32,8 +32,9 @@ the generations that needed no load, as the hosts timed them.
 
 Then the scheduler's cost per decision as the queue grows, in-process: a JobQueue of
 1k, 10k, 100k jobs over six models and three priorities, and cycles of
-``peek_for(HostView(...))`` + ``remove`` + ``push`` for a host of a fleet whose two
-other hosts drain two of the models, beside ``peek(loaded)`` (the one-host rule).
+``peek_for(HostView(...))`` + ``take`` + ``push`` for a host of a fleet whose two
+other hosts drain two of the models, beside ``peek(loaded)`` (the one-host rule), and
+the drain again with the jobs spread over 8 tenants of weights 1 to 8 (fair order).
 
     python benchmarks/fleet.py [--jobs N] [--repeat N] [--durability full|normal] [--json]
 """
@@ -394,16 +395,23 @@ COST_ROWS = {
     "peek (one host)": "peek(loaded), the one-host rule: drain the loaded model",
     "peek_for: drain": "peek_for a fleet host whose loaded model has jobs",
     "peek_for: switch": "peek_for a fleet host whose model ran dry; 2 others drain 2 models",
+    "peek_for: tenants": "peek_for: drain, the jobs of 8 tenants of weights 1 to 8",
 }
+TENANTS = {"peek_for: tenants": 8}
+"""Rows whose queue holds the jobs of that many tenants (the others: no tenant)."""
 
 
-def _queue(size: int, seed: int) -> JobQueue:
-    """``size`` queued jobs over the six models and three priorities, at random."""
+def _queue(size: int, seed: int, tenants: int) -> JobQueue:
+    """``size`` queued jobs over the six models, three priorities and ``tenants`` tenants
+    (the i-th of weight i; one: no tenant), at random."""
     rng = random.Random(seed)
     keys = [model_key(model) for model in MODELS]
-    queue = JobQueue(max_wait=1e9)  # nothing starves: the rule's main branches run
+    weights = {f"tenant-{i}": float(i) for i in range(1, tenants + 1)} if tenants > 1 else {}
+    names = list(weights) or [None]
+    queue = JobQueue(1e9, lambda tenant: weights.get(tenant or "", 1.0))  # nothing starves
     for n in range(size):
-        queue.push(QueuedJob(f"job-{n}", n, rng.randrange(3), rng.choice(keys), 0.0))
+        job = QueuedJob(f"job-{n}", n, rng.randrange(3), rng.choice(keys), 0.0, rng.choice(names))
+        queue.push(job)
     return queue
 
 
@@ -423,7 +431,7 @@ def _decide(queue: JobQueue, row: str) -> Callable[[float], QueuedJob | None]:
 
     if row == "peek (one host)":
         return lambda now: queue.peek(keys[2], now)
-    if row == "peek_for: drain":
+    if row in ("peek_for: drain", "peek_for: tenants"):
         drain = view(keys[2])
         return lambda now: queue.peek_for(drain, now)
     switch = view(model_key("tinyllama"))  # nothing queued for it
@@ -431,16 +439,16 @@ def _decide(queue: JobQueue, row: str) -> Callable[[float], QueuedJob | None]:
 
 
 def _cycles(queue: JobQueue, decide: Callable[[float], QueuedJob | None], count: int) -> float:
-    """Seconds for ``count`` decide + remove + push cycles (the job pushed back as a new
+    """Seconds for ``count`` decide + take + push cycles (the job pushed back as a new
     arrival, so the queue keeps its size and mix)."""
     arrival = len(queue) + 10**9
     started = time.perf_counter()
     for _ in range(count):
         job = decide(0.0)
         assert job is not None
-        queue.remove(job.job_id)
+        queue.take(job.job_id)
         arrival += 1
-        queue.push(QueuedJob(job.job_id, arrival, job.priority, job.model_key, 0.0))
+        queue.push(QueuedJob(job.job_id, arrival, job.priority, job.model_key, 0.0, job.tenant))
     return time.perf_counter() - started
 
 
@@ -449,10 +457,11 @@ def decision_costs(args: argparse.Namespace) -> list[Cost]:
     for size in args.sizes:
         progress(f"decision cost: {size:,} queued jobs, {args.decisions:,} decisions x "
                  f"{args.cost_trials} trials per row")  # fmt: skip
-        queue = _queue(size, args.seed)
+        queues = {n: _queue(size, args.seed, n) for n in {1, *TENANTS.values()}}
         trials: dict[str, list[float]] = {row: [] for row in COST_ROWS}
-        for _ in range(args.cost_trials):  # the rows interleaved, on the same queue
+        for _ in range(args.cost_trials):  # the rows interleaved, on the same queues
             for row in COST_ROWS:
+                queue = queues[TENANTS.get(row, 1)]
                 seconds = _cycles(queue, _decide(queue, row), args.decisions)
                 trials[row].append(seconds / args.decisions * 1e6)
         costs += [Cost(size, row, statistics.median(t), t) for row, t in trials.items()]
@@ -543,7 +552,7 @@ def _cost_report(costs: list[Cost], args: argparse.Namespace) -> list[str]:
     lines = [
         table(headers, rows, left=2),
         "",
-        f"µs per decision: the decision + remove + push of the picked job (pushed back as a "
+        f"µs per decision: the decision + take + push of the picked job (pushed back as a "
         f"new arrival), median of {args.cost_trials} trials of {args.decisions:,} decisions; "
         f"6 models, 3 priorities, at random.",
     ]

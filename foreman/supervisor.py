@@ -127,7 +127,14 @@ async def run_foreman(
         hosts = {spec.name: spec.models for spec in settings.backends}
         drained = await reader.read(drained_backends, list(hosts))
         scheduler = await nursery.start(
-            Scheduler(journal.clone(), settings.max_wait, settings.max_queue, hosts, drained).run
+            Scheduler(
+                journal.clone(),
+                settings.max_wait,
+                settings.max_queue,
+                hosts,
+                drained,
+                limits=keychain.limits,
+            ).run
         )
         logger.info(
             "scheduler: started; drained backends: %s", ", ".join(sorted(drained)) or "none"

@@ -28,6 +28,7 @@ from foreman.actors.scheduler import (
     QueueFull,
     Scheduler,
     SchedulerClient,
+    TenantQueueFull,
 )
 from foreman.actors.worker import Answer, AnswerError, AnswerLine, Worker
 
@@ -54,6 +55,7 @@ __all__ = [
     "Scheduler",
     "SchedulerClient",
     "StorageFault",
+    "TenantQueueFull",
     "Worker",
     "serve_http",
     "store_file",

@@ -21,10 +21,16 @@ worker's call is in flight, it is given only a job the rule would pick next
 *and* that needs no model swap: a swap waits until the backend is free, so a
 job for the loaded model arriving meanwhile still goes first.
 
-``submit`` keeps the queue within ``max_queue``: it reserves a place before the
-job is committed, so a job refused as :class:`QueueFull` leaves no trace. A
-cancelled job still queued never runs: the scheduler records ``JobCancelled``;
-one already at the backend is the worker's to stop, so the stop goes on to it.
+``submit`` keeps the queue within ``max_queue``, and each tenant's jobs within its
+``max_queued``: it reserves a place before the job is committed, so a job refused
+as :class:`QueueFull` or :class:`TenantQueueFull` leaves no trace. A cancelled
+job still queued never runs: the scheduler records ``JobCancelled``; one already
+at the backend is the worker's to stop, so the stop goes on to it.
+
+Tenants share each model's queue by weight (``JobQueue``'s fair order, ADR-0042),
+and a tenant's batch lines hold at most its ``batch_share`` of the worker slots of
+the hosts that take work; its limits come from ``limits``, asked as they are needed,
+so a change of them counts from then on.
 
 What the scheduler records itself (a cancel, a host going down or drained) it
 hands to the journal in order and goes on serving: an answer that needs the
@@ -47,6 +53,7 @@ import trio
 from foreman.actors._reply import Reply, deliver
 from foreman.actors.journal import JournalClient
 from foreman.actors.worker import Answer, Stop, Took, Work
+from foreman.events.tenants import NO_LIMITS, Limits
 from foreman.events.types import (
     BackendDown,
     BackendDrained,
@@ -71,6 +78,16 @@ is at the backend and its worker stops it; ``not_found``: neither (finished)."""
 
 class QueueFull(Exception):
     """FOREMAN_MAX_QUEUE jobs wait already: the job was not submitted."""
+
+
+class TenantQueueFull(Exception):
+    """The tenant has as many jobs queued as its ``max_queued`` (batch lines aside):
+    the job was not submitted."""
+
+    def __init__(self, tenant: str | None, limit: int) -> None:
+        super().__init__(f"tenant {tenant} has {limit} jobs queued, its limit")
+        self.tenant = tenant
+        self.limit = limit
 
 
 class ModelNotFound(Exception):
@@ -144,12 +161,14 @@ class SchedulerClient:
         answers: trio.MemorySendChannel[Answer] | None = None,
     ) -> Queued:
         """Admit a new job (raises :class:`QueueFull` beyond ``max_queue``,
+        :class:`TenantQueueFull` beyond its tenant's ``max_queued``,
         :class:`ModelNotFound` when no host has its model), commit its
         ``JobSubmitted``, and queue it. ``body``: the backend request as the caller
         sent it (default: the request, encoded); ``answers``: where a waiting caller
         takes the answer."""
         admitted: Reply[bool] = Reply()
-        await deliver(self._requests, _Admit(model_name(submitted.model), admitted))
+        tenant = submitted.tenant
+        await deliver(self._requests, _Admit(model_name(submitted.model), tenant, admitted))
         if not await admitted.wait():
             raise QueueFull
         job_id = new_ulid()
@@ -157,7 +176,7 @@ class SchedulerClient:
             try:
                 (event,) = await self._journal.append(job_id, [submitted], expected_version=0)
             except BaseException:
-                await deliver(self._requests, _Release())
+                await deliver(self._requests, _Release(tenant))
                 raise
             queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
             request = json.dumps(submitted.request).encode() if body is None else body
@@ -368,17 +387,21 @@ class _Done:
 
 @dataclass(frozen=True, slots=True)
 class _Admit:
-    """May one more job for ``model`` queue? True reserves its place (``max_queue``)
-    until its :class:`_Queue` comes, or a :class:`_Release` gives the place back;
-    :class:`ModelNotFound` when no host has the model."""
+    """May one more job of ``tenant`` for ``model`` queue? True reserves its place
+    (``max_queue``, and its tenant's ``max_queued``) until its :class:`_Queue` comes,
+    or a :class:`_Release` gives the place back; :class:`TenantQueueFull` when the
+    tenant has its limit queued, :class:`ModelNotFound` when no host has the model."""
 
     model: str
+    tenant: str | None
     reply: Reply[bool]
 
 
 @dataclass(frozen=True, slots=True)
 class _Release:
-    """An admitted job will not come after all."""
+    """A job admitted for ``tenant`` will not come after all."""
+
+    tenant: str | None
 
 
 _Message = (
@@ -404,6 +427,8 @@ class _AtBackend:
 
     stops: trio.MemorySendChannel[Stop]
     model_key: str
+    tenant: str | None
+    batch: bool
     host: str
     sent_at: float
     """Trio time it was handed to the worker."""
@@ -442,13 +467,16 @@ class Scheduler:
         max_queue: int,
         hosts: dict[str, frozenset[str] | None] | None = None,
         drained: set[str] | frozenset[str] = frozenset(),
+        limits: Callable[[str | None], Limits] = lambda _tenant: NO_LIMITS,
     ) -> None:
         """``hosts``: each host's name and the models it may run (None: any it has);
         a host not named here is added, allowed anything, when its first worker asks.
-        ``drained``: hosts an operator drained (the log says so), which take no work."""
+        ``drained``: hosts an operator drained (the log says so), which take no work.
+        ``limits``: each tenant's weight and limits as they stand now."""
         self._journal = journal
         self.max_queue = max_queue
-        self._queue = JobQueue(max_wait)
+        self._limits = limits
+        self._queue = JobQueue(max_wait, lambda tenant: limits(tenant).weight)
         self._hosts = {
             name: _Host(name, allowed, draining=name in drained)
             for name, allowed in (hosts or {}).items()
@@ -457,9 +485,11 @@ class Scheduler:
         self._work: dict[str, Work] = {}
         self._delayed: dict[str, Work] = {}
         self._due: list[tuple[float, str]] = []  # heap of (not_before, job) for _delayed
-        self._reserved = 0
+        self._reserved: Counter[str | None] = Counter()  # admitted, being committed
         self._ready: list[_Ready] = []
+        self._slots: dict[trio.MemorySendChannel[Stop], str] = {}  # worker -> its host
         self._at_backend: dict[str, _AtBackend] = {}  # in the order they were sent
+        self._lines_out: Counter[str | None] = Counter()  # batch lines at a backend
         self._loaded: str | None = None
         self._commits: trio.Nursery | None = None  # where answers wait for their commit
 
@@ -494,7 +524,7 @@ class Scheduler:
             case _Queue(work=work):
                 job_id = work.job.job_id
                 if message.admitted:
-                    self._reserved -= 1
+                    self._reserved[work.job.tenant] -= 1
                 if message.not_before > trio.current_time():
                     self._delayed[job_id] = work
                     heapq.heappush(self._due, (message.not_before, job_id))
@@ -507,6 +537,7 @@ class Scheduler:
                     self._enqueue(work)
             case _Ready():
                 self._host(message.host)
+                self._slots[message.stops] = message.host
                 self._ready.append(message)
             case _Done():
                 self._done(self._at_backend.pop(message.job_id), message.took)
@@ -528,15 +559,20 @@ class Scheduler:
             case _Position():
                 message.reply.put(self._position(message.job_id))
             case _Admit():
-                if self._hosts and not any(h.can_run(message.model) for h in self._hosts.values()):
-                    message.reply.put(ModelNotFound(message.model))
-                    return
-                admitted = self._queued() + self._reserved < self.max_queue
-                if admitted:
-                    self._reserved += 1
-                message.reply.put(admitted)
+                message.reply.put(self._admit(message))
             case _Release():
-                self._reserved -= 1
+                self._reserved[message.tenant] -= 1
+
+    def _admit(self, admit: _Admit) -> bool | Exception:
+        if self._hosts and not any(h.can_run(admit.model) for h in self._hosts.values()):
+            return ModelNotFound(admit.model)
+        limit = self._limits(admit.tenant).max_queued
+        if limit is not None and self._queued_of(admit.tenant) >= limit:
+            return TenantQueueFull(admit.tenant, limit)
+        admitted = self._queued() + self._reserved.total() < self.max_queue
+        if admitted:
+            self._reserved[admit.tenant] += 1
+        return admitted
 
     def _host(self, name: str) -> _Host:
         return self._hosts.setdefault(name, _Host(name))
@@ -599,6 +635,8 @@ class Scheduler:
     def _done(self, job: _AtBackend, took: Took | None) -> None:
         """A call ended: count it, and learn how long jobs and loads take."""
         host = self._hosts[job.host]
+        if job.batch:
+            self._lines_out[job.tenant] -= 1
         now = trio.current_time()
         started = max(job.sent_at, host.last_done)  # it waited behind the one before
         host.last_done = now
@@ -629,16 +667,17 @@ class Scheduler:
             if job is None:
                 waiting.append(ready)
                 continue
-            self._queue.remove(job.job_id)
+            self._queue.take(job.job_id)
             host = self._hosts[ready.host]
             swapped = host.loaded != job.model_key
             host.loads += swapped
             self._at_backend[job.job_id] = _AtBackend(
-                ready.stops, job.model_key, host.name, now, swapped
+                ready.stops, job.model_key, job.tenant, job.batch, host.name, now, swapped
             )
             host.loaded = self._loaded = job.model_key
             if job.batch:
                 host.batch_model = job.model_key
+                self._lines_out[job.tenant] += 1
             ready.reply.put(self._work.pop(job.job_id))
         self._ready = waiting
 
@@ -646,6 +685,31 @@ class Scheduler:
         """Jobs not started yet: in the queue, or waiting behind another at the backend."""
         workers_busy = len({id(job.stops) for job in self._at_backend.values()})
         return self._queue.interactive + len(self._delayed) + len(self._at_backend) - workers_busy
+
+    def _queued_of(self, tenant: str | None) -> int:
+        """A tenant's jobs not started yet, batch lines aside: queued, held for a retry,
+        waiting behind another at a backend, or admitted and being committed."""
+        delayed = sum(w.job.tenant == tenant and not w.job.batch for w in self._delayed.values())
+        running: set[int] = set()
+        behind = 0
+        for job in self._at_backend.values():  # in the order sent: each worker's first runs
+            behind += id(job.stops) in running and job.tenant == tenant and not job.batch
+            running.add(id(job.stops))
+        return self._queue.waiting(tenant) + delayed + behind + self._reserved[tenant]
+
+    def _held_back(self) -> set[str | None]:
+        """Tenants whose batch lines hold their ``batch_share`` of the worker slots of the
+        hosts that take work (at least one slot: a share never shuts a batch out)."""
+        out = [(tenant, lines) for tenant, lines in self._lines_out.items() if lines]
+        if not out:
+            return set()
+        slots = sum(self._hosts[host].takes_work for host in self._slots.values())
+        held = set()
+        for tenant, lines in out:
+            share = self._limits(tenant).batch_share
+            if share is not None and lines >= max(1, math.ceil(round(share * slots, 9))):
+                held.add(tenant)
+        return held
 
     def _next_for(self, ready: _Ready, now: float) -> QueuedJob | None:
         """The job for this worker now: the fleet rule's pick for its host, unless the
@@ -665,11 +729,18 @@ class Scheduler:
             for other in self._hosts.values()
             if other is not host and other.loaded is not None and other.takes_work
         )
-        view = HostView(loaded, host.can_run, elsewhere, self._worth_sharing, host.batch_model)
+        view = HostView(
+            loaded,
+            host.can_run,
+            elsewhere,
+            self._worth_sharing,
+            host.batch_model,
+            self._held_back(),
+        )
         job = self._queue.peek_for(view, now)
         if busy and job is not None and job.model_key != loaded:
             return None
-        if job is not None and job.batch and (self._reserved or self._sent_to(ready)):
+        if job is not None and job.batch and (self._reserved.total() or self._sent_to(ready)):
             return None
         return job
 

@@ -26,9 +26,11 @@ from foreman.actors import (
     ModelNotFound,
     QueueFull,
     SchedulerClient,
+    TenantQueueFull,
 )
 from foreman.api.bound import Bound, Busy
 from foreman.api.fleet import host_for, merged
+from foreman.api.rates import QUEUED_RETRY_AFTER, over_queue
 from foreman.backend import Backend, BackendUnreachable
 from foreman.events.types import JobSubmitted
 from foreman.ollama_protocol import JSON_TYPE, ConnectionCut
@@ -62,17 +64,18 @@ class FrontDoor:
 
 
 class Refused(Exception):
-    """The call is answered with an error (``status``; ``retry`` adds Retry-After)."""
+    """The call is answered with an error (``status``; ``retry_after`` in seconds adds
+    Retry-After)."""
 
-    def __init__(self, status: int, message: str, *, retry: bool = False) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.retry = retry
+        self.retry_after = retry_after
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.retry else {}
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +96,10 @@ async def start_job(
     send, answers = trio.open_memory_channel[Answer](ANSWER_BUFFER)
     try:
         job_id = (await door.scheduler.submit(submitted, body=body, answers=send)).job_id
+    except TenantQueueFull as full:
+        raise Refused(429, over_queue(full), retry_after=QUEUED_RETRY_AFTER) from None
     except QueueFull:
-        raise Refused(503, BUSY, retry=True) from None
+        raise Refused(503, BUSY, retry_after=RETRY_AFTER_SECONDS) from None
     except ModelNotFound:  # as Ollama answers it
         raise Refused(404, f"model '{submitted.model}' not found") from None
     first = await _first_answer(door, job_id, submitted.model, answers, request)
@@ -126,7 +131,7 @@ async def _first_answer(
         )
     except _NoBackendUp:
         message = f"no backend that has model '{model}' is up: try again"
-        raise Refused(503, message, retry=True) from None
+        raise Refused(503, message, retry_after=RETRY_AFTER_SECONDS) from None
     if isinstance(first, trio.EndOfChannel):
         return None
     if first is None:  # the caller hung up first: its job must not run, or must stop
@@ -209,7 +214,7 @@ async def call_backend(
                     request, lambda: _to_fleet(door, method, path, body, model)
                 )
     except Busy:
-        raise Refused(503, BUSY, retry=True) from None
+        raise Refused(503, BUSY, retry_after=RETRY_AFTER_SECONDS) from None
     except trio.TooSlowError:
         limit = door.passthrough_timeout
         raise Refused(504, f"the backend did not answer within {limit:g} s") from None

@@ -23,10 +23,17 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator
 from starlette.responses import FileResponse, Response
 
-from foreman.actors import JournalClient, ModelNotFound, QueueFull, SchedulerClient
+from foreman.actors import (
+    JournalClient,
+    ModelNotFound,
+    QueueFull,
+    SchedulerClient,
+    TenantQueueFull,
+)
 from foreman.api.auth import Principal, principal
 from foreman.api.bound import Bound, Busy
 from foreman.api.errors import ApiProblem
+from foreman.api.rates import QUEUED_RETRY_AFTER, over_queue
 from foreman.api.schemas import (
     ApiError,
     EventView,
@@ -451,6 +458,9 @@ async def _submit_once(api: JobsApi, body: SubmitJob, key: str, who: Principal) 
 async def _submit(api: JobsApi, body: SubmitJob, key: str | None, who: Principal) -> Response:
     try:
         queued = await api.scheduler.submit(_as_submitted(body, key, who.tenant))
+    except TenantQueueFull as full:
+        headers = {"Retry-After": str(QUEUED_RETRY_AFTER)}
+        raise ApiProblem(429, over_queue(full), headers=headers) from None
     except QueueFull:
         raise ApiProblem(503, BUSY, headers={"Retry-After": "1"}) from None
     except ModelNotFound as missing:

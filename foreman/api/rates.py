@@ -1,4 +1,5 @@
-"""Submissions per minute, per tenant (``TenantLimitsSet.rate``): a sliding window.
+"""A tenant's limits at the door: submissions per minute (``TenantLimitsSet.rate``), a
+sliding window; and how a submission over its queued jobs (``max_queued``) is told.
 
 Each tenant's last ``rate`` submission times are kept (no more): one more within a
 minute of the oldest is refused with the seconds until that one leaves the window.
@@ -13,7 +14,18 @@ from collections import deque
 
 import trio
 
+from foreman.actors import TenantQueueFull
+
 WINDOW = 60.0
+QUEUED_RETRY_AFTER = 5
+"""Seconds a tenant at its ``max_queued`` is asked to wait: a job or more has run by then."""
+
+
+def over_queue(full: TenantQueueFull) -> str:
+    return (
+        f"tenant {full.tenant} has {full.limit} jobs queued, its limit: try again when "
+        "some have run"
+    )
 
 
 class SubmissionRates:
