@@ -75,19 +75,10 @@ def keys() -> None:
 @db_option
 @json_option
 def create(
-    tenant: str,
-    admin: bool,
-    weight: float | None,
-    max_queued: int | None,
-    rate: int | None,
-    batch_share: float | None,
-    url: str,
-    db: Path,
-    as_json: bool,
+    tenant: str, admin: bool, url: str, db: Path, as_json: bool, **limits: float | None
 ) -> None:
     """Issue a key for TENANT and print it, once: it is never shown again. Limits given
     change the tenant's; the others stay."""
-    limits = {"weight": weight, "max_queued": max_queued, "rate": rate, "batch_share": batch_share}
     body = {"tenant": tenant, "admin": admin, **limits}
     try:
         made = call("POST", url, "/keys", ok=201, body=body)
@@ -174,23 +165,9 @@ def _revoke(log: EventLog, keyring: Keyring, key_id: str) -> dict[str, Any]:
 @url_option
 @db_option
 @json_option
-def limits(
-    tenant: str,
-    weight: float | None,
-    max_queued: int | None,
-    rate: int | None,
-    batch_share: float | None,
-    url: str,
-    db: Path,
-    as_json: bool,
-) -> None:
+def limits(tenant: str, url: str, db: Path, as_json: bool, **given: float | None) -> None:
     """Set TENANT's share and limits: those not given are lifted (weight: 1)."""
-    body = {
-        "weight": 1.0 if weight is None else weight,
-        "max_queued": max_queued,
-        "rate": rate,
-        "batch_share": batch_share,
-    }
+    body = given | {"weight": given["weight"] or 1.0}
     try:
         answer = call("PUT", url, f"/tenants/{tenant}/limits", ok=200, body=body)
     except NoAnswer:
