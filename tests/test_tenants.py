@@ -270,6 +270,7 @@ SHARED = {
 
 
 async def test_every_route_keeps_a_tenant_out_of_anothers_work(team: Team) -> None:
+    committed = await team.foreman.running.journal.subscribe()
     routes = app_routes(team.foreman)
     classified = HIDDEN | LISTINGS | ADMIN_ONLY | SUBMISSIONS | SHARED
     assert routes == classified, f"routes to classify: {routes - classified}"
@@ -302,6 +303,12 @@ async def test_every_route_keeps_a_tenant_out_of_anothers_work(team: Team) -> No
         )
         assert batch_of_alphas.status_code == 400
         assert "no file" in batch_of_alphas.json()["error"]["message"]
+        # What the batch writes is its tenant's too.
+        await until(committed, recorded(f"batches/{work.batch}", "BatchEnded"), within=30)
+        output = (await admin.get(f"/v1/batches/{work.batch}")).json()["output_file_id"]
+        assert (await beta.get(f"/v1/files/{output}/content")).status_code == 404
+        async with team.http(team.alpha) as alpha:
+            assert (await alpha.get(f"/v1/files/{output}/content")).status_code == 200
         # Alpha's job is still alpha's, untouched by beta's tries.
         assert (await admin.get(f"/jobs/{work.job}")).json()["tenant"] == "alpha"
 
