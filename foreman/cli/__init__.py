@@ -6,6 +6,7 @@ import click
 
 from foreman import __version__
 from foreman.cli.backends import backends
+from foreman.cli.backups import backup, restore
 from foreman.cli.batches import batches
 from foreman.cli.config import config
 from foreman.cli.events import events
@@ -33,3 +34,5 @@ main.add_command(backends)
 main.add_command(batches)
 main.add_command(keys)
 main.add_command(usage)
+main.add_command(backup)
+main.add_command(restore)
