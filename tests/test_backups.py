@@ -19,6 +19,7 @@ from foreman.events.replay import state_at
 from foreman.events.store import open_log
 from foreman.events.writer_lock import sole_writer
 from tests.factories import submitted
+from tests.processes import foreman_command
 from tests.running import Foreman, counted, of_type, start_foreman, until
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "back me up"}]}
@@ -165,3 +166,22 @@ def test_a_backup_never_lands_in_a_directory_holding_something(tmp_path: Path) -
     dest = small_backup(tmp_path)
     with pytest.raises(backups.BackupError, match="not an empty directory"):
         backups.take(tmp_path / "source.db", tmp_path / "none", dest)
+
+
+@pytest.mark.slow  # each command is a process of its own
+def test_the_commands_as_an_operator_runs_them(tmp_path: Path) -> None:
+    small_backup(tmp_path)
+    source = tmp_path / "source.db"
+    taken = foreman_command("backup", str(tmp_path / "again"), "--db", str(source))
+    assert taken.returncode == 0, taken.stderr
+    assert "events 1..1" in taken.stdout and "verified" in taken.stdout
+    refused = foreman_command("restore", str(tmp_path / "again"), "--db", str(source))
+    assert refused.returncode == 1
+    assert "exists" in refused.stderr
+    restored = foreman_command(
+        "restore", str(tmp_path / "again"), "--db", str(tmp_path / "new.db"), "--json"
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["head_seq"] == 1
+    verified = foreman_command("events", "verify", "--db", str(tmp_path / "new.db"))
+    assert verified.returncode == 0, verified.stdout
