@@ -75,6 +75,15 @@ def replicating(db: Path, replica: Path, output: Path) -> Iterator[subprocess.Po
         process.wait()
 
 
+def until_synced_again(replica: Path, files: int) -> None:
+    """Until Litestream has shipped some of the load: the replica holds more than
+    ``files`` LTX files."""
+    deadline = time.monotonic() + 30
+    while len(list(replica.rglob("*.ltx"))) <= files:
+        assert time.monotonic() < deadline, "Litestream shipped nothing of the load in 30 s"
+        time.sleep(POLL_SECONDS)
+
+
 class Load:
     """Clients submitting jobs until stopped; each acknowledged job with its time."""
 
@@ -147,8 +156,10 @@ def test_a_log_restored_from_litestreams_replica_after_the_machine_died(tmp_path
     replica = tmp_path / "replica"
     foreman = start_foreman_process(tmp_path / "foreman.out", "sim", db)
     with running(foreman), replicating(db, replica, tmp_path / "litestream.out") as litestream:
+        synced = len(list(replica.rglob("*.ltx")))
         with Load(foreman.url) as load:
             assert load.enough.wait(120), "the load did not get its acknowledgements"
+            until_synced_again(replica, synced)
             litestream.send_signal(signal.SIGKILL)  # the machine dies: both at once
             foreman.kill()
             died = time.time()
@@ -171,6 +182,7 @@ def test_a_log_restored_from_litestreams_replica_after_the_machine_died(tmp_path
 
     assert backups.problems(db) == []  # hash chain, versions, projections == replay
     head_seq, head_hash = head(db)
+    assert head_seq > 0
     assert live_hashes[head_seq] == head_hash  # a prefix of the lost log
     restored_jobs, _ = submissions(db)
     kept = {job for job in acked if submitted[job] <= head_seq}
