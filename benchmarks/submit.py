@@ -14,7 +14,12 @@ answers 202 with a made-up id, keeping nothing (``_ceiling.py``, also a process)
 rows run in ``--repeat`` interleaved rounds; the target is judged on the median of the
 rounds' Foreman / ceiling ratios.
 
+With ``--litestream``, each durability also gets a row with Litestream replicating
+Foreman's log to a local directory throughout (``litestream replicate``, a process,
+``sync-interval`` 1 s as docs/backups.md sets it), in the same rounds.
+
     python benchmarks/submit.py [--requests N] [--clients C] [--durability full normal]
+        [--litestream]
 """
 
 from __future__ import annotations
@@ -22,17 +27,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import sqlite3
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-from _logs import scratch
+from _logs import WORK_DIR, scratch
 from _report import Cell, emit, fmt_float, machine, median_run, progress, rate, table
 from _servers import (
     CHAT_MODELS,
@@ -148,16 +157,57 @@ async def ceiling(args: argparse.Namespace) -> Row:
         return await load("ceiling: HTTP actor, parse, 202", served.url, served.pid, args)
 
 
-async def through_foreman(args: argparse.Namespace, sim: str, durability: Durability) -> Row:
-    name = f"submit-{durability.value}"
+LITESTREAM = Path(sys.executable).with_name("litestream")
+
+
+@asynccontextmanager
+async def replicated(db: Path) -> AsyncIterator[None]:
+    """``litestream replicate`` of ``db`` to a fresh directory, from its first snapshot
+    on; SIGTERM at the end (it ships what is left, then exits)."""
+    replica = WORK_DIR / f"{db.stem}.replica"
+    shutil.rmtree(replica, ignore_errors=True)
+    shutil.rmtree(db.with_name(f".{db.name}-litestream"), ignore_errors=True)
+    config = WORK_DIR / f"{db.stem}.litestream.yml"
+    config.write_text(
+        f"dbs:\n  - path: {db}\n    replicas:\n      - type: file\n"
+        f"        path: {replica}\n        sync-interval: 1s\n"
+    )
+    output = WORK_DIR / f"{db.stem}.litestream.log"
+    with output.open("wb") as sink:
+        process = await trio.lowlevel.open_process(
+            [str(LITESTREAM), "replicate", "-config", str(config)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with trio.fail_after(30):
+            while "snapshot complete" not in output.read_text(errors="replace"):
+                if process.poll() is not None:
+                    raise RuntimeError(f"litestream exited with {process.returncode}: {output}")
+                await trio.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def through_foreman(
+    args: argparse.Namespace, sim: str, durability: Durability, *, litestream: bool = False
+) -> Row:
+    name = f"submit-{durability.value}" + ("-litestream" if litestream else "")
     db = scratch(f"{name}.db")
     env = {
         "FOREMAN_DURABILITY": durability.value,
         "FOREMAN_MAX_QUEUE": "1000000",
         "FOREMAN_SHUTDOWN_GRACE": "0",
     }
+    title = f"Foreman, {durability.value.upper()}" + (", Litestream" if litestream else "")
     async with foreman_on(name, db, sim, env) as served:
-        row = await load(f"Foreman, {durability.value.upper()}", served.url, served.pid, args)
+        if litestream:
+            async with replicated(db):
+                row = await load(title, served.url, served.pid, args)
+        else:
+            row = await load(title, served.url, served.pid, args)
     expected = max(args.warmup, args.clients) + args.requests
     if (jobs := jobs_in(db)) != expected:
         raise RuntimeError(f"{db} holds {jobs} jobs, but {expected} submissions were accepted")
@@ -178,6 +228,9 @@ async def run_all(args: argparse.Namespace) -> dict[str, list[Row]]:
             for durability in args.durability:
                 row = await through_foreman(args, sim, durability)
                 runs.setdefault(durability.value, []).append(row)
+                if args.litestream:
+                    row = await through_foreman(args, sim, durability, litestream=True)
+                    runs.setdefault(f"{durability.value}+litestream", []).append(row)
     return runs
 
 
@@ -250,6 +303,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
         nargs="+",
         default=[Durability.FULL, Durability.NORMAL],
         help="one Foreman row per durability",
+    )
+    parser.add_argument(
+        "--litestream",
+        action="store_true",
+        help="also each durability with Litestream replicating the log to a local directory",
     )
     parser.add_argument("--repeat", type=int, default=5, help="runs per row (median)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
