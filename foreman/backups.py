@@ -77,7 +77,14 @@ class Manifest:
         return manifest
 
 
-def take(db: Path, artifacts: Path, dest: Path, progress: Progress | None = None) -> Manifest:
+def take(
+    db: Path,
+    artifacts: Path,
+    dest: Path,
+    progress: Progress | None = None,
+    *,
+    pages_per_step: int = PAGES_PER_STEP,
+) -> Manifest:
     """Copy the log at ``db`` (live or not) and the artifacts under ``artifacts`` to
     the new directory ``dest``."""
     if not db.is_file():
@@ -86,7 +93,7 @@ def take(db: Path, artifacts: Path, dest: Path, progress: Progress | None = None
         raise BackupError(f"{dest} exists and is not an empty directory")
     dest.mkdir(parents=True, exist_ok=True)
     copy = dest / DB_NAME
-    _copy_snapshot(db, copy, progress)
+    _copy_snapshot(db, copy, progress, pages_per_step)
     files = _copy_tree(artifacts, dest / ARTIFACTS_NAME)
     head_seq, head_hash = _head(copy)
     manifest = Manifest(
@@ -103,7 +110,7 @@ def take(db: Path, artifacts: Path, dest: Path, progress: Progress | None = None
     return manifest
 
 
-def _copy_snapshot(db: Path, copy: Path, progress: Progress | None) -> None:
+def _copy_snapshot(db: Path, copy: Path, progress: Progress | None, pages: int) -> None:
     """SQLite's online backup of ``db`` into ``copy``, every step inside one read
     transaction: one consistent snapshot, however long the copy takes, and the
     writer is never blocked (in WAL mode a reader does not hold it up)."""
@@ -115,7 +122,7 @@ def _copy_snapshot(db: Path, copy: Path, progress: Progress | None) -> None:
         source.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the snapshot
         source.backup(
             target,
-            pages=PAGES_PER_STEP,
+            pages=pages,
             progress=None
             if progress is None
             else lambda _s, left, total: progress(total - left, total),

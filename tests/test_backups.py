@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import trio
 
 from foreman import backups
 from foreman.events.jobs import JobsProjection
+from foreman.events.log import Durability
 from foreman.events.replay import state_at
 from foreman.events.store import open_log
 from foreman.events.writer_lock import sole_writer
@@ -113,6 +115,35 @@ async def restored_foreman_serves(
             assert job["state"] == "succeeded"
             (artifact,) = [a for a in job["artifacts"] if a["sha256"] == sha256]
             assert (await http.get(artifact["url"])).status_code == 200
+
+
+def test_the_copy_is_one_snapshot_while_the_writer_commits_between_its_steps(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "source.db"
+    log = open_log(db, durability=Durability.OFF)
+    for n in range(300):
+        log.append(f"01KB{n:022d}", [submitted()], expected_version=0)
+    before = log.head()
+    steps: list[float] = []
+
+    def commit_between_steps(done: int, total: int) -> None:
+        started = time.perf_counter()
+        log.append(f"01KC{len(steps):022d}", [submitted()], expected_version=0)
+        steps.append(time.perf_counter() - started)
+
+    try:
+        manifest = backups.take(
+            db, tmp_path / "none", tmp_path / "backup", commit_between_steps, pages_per_step=4
+        )
+    finally:
+        after = log.head()
+        log.close()
+    assert len(steps) > 3  # the copy took several steps, a commit after each
+    assert max(steps) < 1.0  # none of them waited for the copy (busy_timeout is 10 s)
+    assert after[0] == before[0] + len(steps)
+    assert (manifest.head_seq, manifest.head_hash) == before  # the snapshot, not a mix
+    assert backups.problems(tmp_path / "backup" / backups.DB_NAME) == []
 
 
 def small_backup(tmp_path: Path) -> Path:
