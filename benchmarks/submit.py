@@ -161,9 +161,9 @@ LITESTREAM = Path(sys.executable).with_name("litestream")
 
 
 @asynccontextmanager
-async def replicated(db: Path) -> AsyncIterator[None]:
+async def replicated(db: Path) -> AsyncIterator[int]:
     """``litestream replicate`` of ``db`` to a fresh directory, from its first snapshot
-    on; SIGTERM at the end (it ships what is left, then exits)."""
+    on (yields its pid); SIGTERM at the end (it ships what is left, then exits)."""
     replica = WORK_DIR / f"{db.stem}.replica"
     shutil.rmtree(replica, ignore_errors=True)
     shutil.rmtree(db.with_name(f".{db.name}-litestream"), ignore_errors=True)
@@ -185,7 +185,7 @@ async def replicated(db: Path) -> AsyncIterator[None]:
                 if process.poll() is not None:
                     raise RuntimeError(f"litestream exited with {process.returncode}: {output}")
                 await trio.sleep(0.05)
-        yield
+        yield process.pid
     finally:
         process.terminate()
         await process.wait()
@@ -204,8 +204,11 @@ async def through_foreman(
     title = f"Foreman, {durability.value.upper()}" + (", Litestream" if litestream else "")
     async with foreman_on(name, db, sim, env) as served:
         if litestream:
-            async with replicated(db):
+            async with replicated(db) as litestream:
+                before = cpu_seconds(litestream)
                 row = await load(title, served.url, served.pid, args)
+                used = cpu_seconds(litestream) - before
+                progress(f"  Litestream's CPU meanwhile: {used:.2f} s ({used / row.seconds:.0%})")
         else:
             row = await load(title, served.url, served.pid, args)
     expected = max(args.warmup, args.clients) + args.requests
