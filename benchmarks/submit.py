@@ -15,6 +15,7 @@ rows run in ``--repeat`` interleaved rounds; the target is judged on the median 
 rounds' Foreman / ceiling ratios.
 
     python benchmarks/submit.py [--requests N] [--clients C] [--durability full normal]
+    python benchmarks/submit.py --scrape 1   # GET /metrics every second meanwhile (ADR-0044)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from _servers import (
     limits,
     percentile,
     program,
+    scraping,
     sim_config,
     simulator,
     stall_backend,
@@ -156,8 +158,13 @@ async def through_foreman(args: argparse.Namespace, sim: str, durability: Durabi
         "FOREMAN_MAX_QUEUE": "1000000",
         "FOREMAN_SHUTDOWN_GRACE": "0",
     }
-    async with foreman_on(name, db, sim, env) as served:
+    async with (
+        foreman_on(name, db, sim, env) as served,
+        scraping(served.url, every=args.scrape) as scrapes,
+    ):
         row = await load(f"Foreman, {durability.value.upper()}", served.url, served.pid, args)
+    if scrapes:
+        progress(f"{len(scrapes)} scrapes of /metrics, p50 {percentile(scrapes, 50):.2f} ms")
     expected = max(args.warmup, args.clients) + args.requests
     if (jobs := jobs_in(db)) != expected:
         raise RuntimeError(f"{db} holds {jobs} jobs, but {expected} submissions were accepted")
@@ -252,6 +259,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="one Foreman row per durability",
     )
     parser.add_argument("--repeat", type=int, default=5, help="runs per row (median)")
+    parser.add_argument(
+        "--scrape", type=float, metavar="S", help="GET /metrics every S seconds meanwhile"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
@@ -268,6 +278,7 @@ def main(argv: list[str]) -> None:
         "requests": args.requests,
         "warmup": max(args.warmup, args.clients),
         "repeat": args.repeat,
+        "scrape_every_s": args.scrape,
         "target_share_of_ceiling": TARGET,
         "rows": {key: row.as_dict() for key, row in rows.items()},
         "runs": {key: [row.as_dict() for row in each] for key, each in runs.items()},

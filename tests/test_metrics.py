@@ -4,6 +4,8 @@ who may read it once keys are in use."""
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,7 @@ from tests.test_jobs_api import chat_job, stall_backend
 from tests.test_tenants import Team, issue
 
 Samples = dict[str, list[Sample]]
+METRIC = re.compile(r"\bforeman_[a-z0-9_]+[a-z]\b")
 
 
 async def scrape(http: httpx.AsyncClient) -> Samples:
@@ -124,3 +127,29 @@ async def test_a_tenant_key_is_refused_and_the_scrape_token_reads_only_metrics(
             await scrape(scraper)
             assert (await scraper.get("/jobs")).status_code == 401
             assert (await scraper.get("/metrics/")).status_code == 401
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCUMENTED = (
+    DOCS / "operations.md",
+    DOCS / "operations" / "foreman-alerts.yml",
+    DOCS / "operations" / "grafana-dashboard.json",
+)
+SUFFIXES = ("", "_total", "_bucket", "_count", "_sum")
+
+
+async def test_every_metric_the_rules_dashboard_and_docs_name_is_exposed(
+    foreman: Foreman, http: httpx.AsyncClient
+) -> None:
+    await run_jobs(foreman, http)
+    answer = await http.get("/metrics")
+    exposed = {
+        family.name + suffix
+        for family in text_string_to_metric_families(answer.text)
+        for suffix in SUFFIXES
+    }
+    named = {name for path in DOCUMENTED for name in METRIC.findall(path.read_text())}
+    assert len(named) >= 15
+    assert named <= exposed, f"not exposed: {sorted(named - exposed)}"
+    dashboard = json.loads(DOCUMENTED[2].read_text())
+    assert all(panel["targets"] for panel in dashboard["panels"])
