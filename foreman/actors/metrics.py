@@ -4,7 +4,11 @@ Counters and histograms are folded from the committed events as they arrive; the
 jobs' final-state totals are seeded from the jobs projection at start, so they are
 right after a restart. Gauges (queue depth, backends, webhook backlog, log size)
 are read afresh at every scrape from the projections and the scheduler, never kept.
-A scrape first folds every commit already published, so it sees all a client saw.
+A scrape first folds every commit already queued to it, and the fold loop runs as
+soon as a commit is handed to it (the subscription is the journal's first after the
+transition log's), so a scrape sees every commit a client saw before asking.
+A job's final event whose job the metrics do not hold (it ended before the seed was
+read) is not counted twice.
 """
 
 from __future__ import annotations
@@ -206,7 +210,7 @@ class Metrics:
 
     def _fold(self, events: list[RecordedEvent]) -> None:
         for recorded in events:
-            if recorded.type.startswith("Job"):
+            if recorded.type.startswith("Job") and recorded.readable:
                 self._job_event(recorded)
             elif recorded.type in _DELIVERY_OUTCOMES:
                 self._instruments.deliveries.labels(_DELIVERY_OUTCOMES[recorded.type]).inc()
