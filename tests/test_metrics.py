@@ -14,9 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from foreman.simulator import SimulatorConfig
+from tests.receiver import RECEIVER_HOST, Answer, Receiver, serving
 from tests.running import Foreman, recorded, start_foreman, until
 from tests.test_jobs_api import chat_job, stall_backend
 from tests.test_tenants import Team, issue
+from tests.test_webhooks import one_settled_job
 
 Samples = dict[str, list[Sample]]
 METRIC = re.compile(r"\bforeman_[a-z0-9_]+[a-z]\b")
@@ -153,3 +155,22 @@ async def test_every_metric_the_rules_dashboard_and_docs_name_is_exposed(
     assert named <= exposed, f"not exposed: {sorted(named - exposed)}"
     dashboard = json.loads(DOCUMENTED[2].read_text())
     assert all(panel["targets"] for panel in dashboard["panels"])
+
+
+async def test_webhook_deliveries_are_counted_by_outcome(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    receiver = Receiver(Answer(503), Answer(503))
+    async with serving(receiver), httpx.AsyncClient(timeout=10) as client:
+        async for foreman in start_foreman(
+            nursery, db_path, webhook_allowed_hosts=RECEIVER_HOST, webhook_backoff="10ms"
+        ):
+            job_id = await one_settled_job(client, foreman, receiver.url)
+            async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as http:
+                samples = await scrape(http)
+    deliveries = "foreman_webhook_deliveries_total"
+    assert value(samples, deliveries, outcome="failed") == 2
+    assert value(samples, deliveries, outcome="delivered") == 3
+    assert value(samples, deliveries, outcome="abandoned") == 0
+    assert value(samples, "foreman_webhook_pending_deliveries") == 0
+    assert job_id not in {v for found in samples.values() for s in found for v in s.labels.values()}
