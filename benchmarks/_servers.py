@@ -17,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -319,3 +320,30 @@ async def serve_until_signalled(name: str, app: FastAPI, listen: str) -> None:
             nursery.start_soon(stop_on_signal)
             url = await nursery.start(partial(serve_http, app, listen, shutdown_trigger=stop.wait))
             print(f"{name}: listening on {url}", file=sys.stderr, flush=True)
+
+
+@asynccontextmanager
+async def scraping(
+    url: str, *, every: float | None, headers: dict[str, str] | None = None
+) -> AsyncIterator[list[float]]:
+    """``GET /metrics`` every ``every`` seconds (None: never) while the block runs, as
+    Prometheus would (``--scrape``, ADR-0044); yields each scrape's milliseconds."""
+    took: list[float] = []
+    if every is None:
+        yield took
+        return
+
+    async def scrape() -> None:
+        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http:
+            while True:
+                started = time.perf_counter()
+                answer = await http.get("/metrics")
+                if answer.status_code != 200:
+                    raise RuntimeError(f"GET /metrics answered {answer.status_code}")
+                took.append((time.perf_counter() - started) * 1000)
+                await trio.sleep(every)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(scrape)
+        yield took
+        nursery.cancel_scope.cancel()

@@ -11,6 +11,7 @@ so both series see the same machine; each has its own keep-alive connection.
     python benchmarks/latency.py [--requests N] [--durability full normal] [--json]
     python benchmarks/latency.py --mode inprocess   # all in this process's trio loop
     python benchmarks/latency.py --key              # with API keys in use (ADR-0043)
+    python benchmarks/latency.py --scrape 1         # GET /metrics every second (ADR-0044)
 """
 
 from __future__ import annotations
@@ -27,7 +28,16 @@ import httpx
 import trio
 from _logs import build_work, remove_db, scratch
 from _report import Cell, emit, fmt_float, machine, progress, table
-from _servers import MODES, chat, foreman, limits, percentile, sim_config, simulator
+from _servers import (
+    MODES,
+    chat,
+    foreman,
+    limits,
+    percentile,
+    scraping,
+    sim_config,
+    simulator,
+)
 
 from foreman.events.log import Durability
 from foreman.events.store import open_log
@@ -141,7 +151,8 @@ async def timed_version(client: httpx.AsyncClient, url: str) -> float:
 
 async def measure(args: argparse.Namespace, durability: Durability) -> Run:
     config = sim_config(0.0, 0.0, args.tokens)
-    _, secret, issued = new_key("benchmark", admin=False)
+    # An admin's key when it scrapes too: /metrics takes one (ADR-0044).
+    _, secret, issued = new_key("benchmark", admin=args.scrape is not None)
     key = issued if args.key else None
     auth = {"Authorization": f"Bearer {secret}"} if args.key else {}
     async with (
@@ -149,6 +160,7 @@ async def measure(args: argparse.Namespace, durability: Durability) -> Run:
         foreman(args.mode, f"latency-{durability.value}", sim, durability, key=key) as (url, _),
         httpx.AsyncClient(limits=limits(1), timeout=30) as direct_client,
         httpx.AsyncClient(limits=limits(1), timeout=30, headers=auth) as foreman_client,
+        scraping(url, every=args.scrape, headers=auth) as scrapes,
     ):
         progress(f"durability {durability.value}: {args.warmup} warm-up requests each way ...")
         for n in range(args.warmup):
@@ -162,6 +174,8 @@ async def measure(args: argparse.Namespace, durability: Durability) -> Run:
             if args.pass_through:
                 hop_direct.append(await timed_version(direct_client, sim))
                 hop_through.append(await timed_version(foreman_client, url))
+    if scrapes:
+        progress(f"{len(scrapes)} scrapes of /metrics, p50 {percentile(scrapes, 50):.2f} ms")
     return Run(
         durability.value,
         Series("chat direct to the simulator", None, tuple(direct)),
@@ -253,6 +267,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         action="store_false",
         help="skip the GET /api/version series (the extra HTTP hop alone)",
     )
+    parser.add_argument(
+        "--scrape", type=float, metavar="S", help="GET /metrics every S seconds meanwhile"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
@@ -272,6 +289,7 @@ def main(argv: list[str]) -> None:
         "requests": args.requests,
         "warmup": args.warmup,
         "tokens": args.tokens,
+        "scrape_every_s": args.scrape,
         "target_added_p50_ms": TARGET_MS,
         "runs": [run.as_dict() for run in runs],
     }

@@ -20,6 +20,7 @@ Foreman's log to a local directory throughout (``litestream replicate``, a proce
 
     python benchmarks/submit.py [--requests N] [--clients C] [--durability full normal]
         [--litestream]
+    python benchmarks/submit.py --scrape 1   # GET /metrics every second meanwhile (ADR-0044)
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from _servers import (
     limits,
     percentile,
     program,
+    scraping,
     sim_config,
     simulator,
     stall_backend,
@@ -202,7 +204,10 @@ async def through_foreman(
         "FOREMAN_SHUTDOWN_GRACE": "0",
     }
     title = f"Foreman, {durability.value.upper()}" + (", Litestream" if litestream else "")
-    async with foreman_on(name, db, sim, env) as served:
+    async with (
+        foreman_on(name, db, sim, env) as served,
+        scraping(served.url, every=args.scrape) as scrapes,
+    ):
         if litestream:
             async with replicated(db) as litestream:
                 before = cpu_seconds(litestream)
@@ -211,6 +216,8 @@ async def through_foreman(
                 progress(f"  Litestream's CPU meanwhile: {used:.2f} s ({used / row.seconds:.0%})")
         else:
             row = await load(title, served.url, served.pid, args)
+    if scrapes:
+        progress(f"{len(scrapes)} scrapes of /metrics, p50 {percentile(scrapes, 50):.2f} ms")
     expected = max(args.warmup, args.clients) + args.requests
     if (jobs := jobs_in(db)) != expected:
         raise RuntimeError(f"{db} holds {jobs} jobs, but {expected} submissions were accepted")
@@ -313,6 +320,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="also each durability with Litestream replicating the log to a local directory",
     )
     parser.add_argument("--repeat", type=int, default=5, help="runs per row (median)")
+    parser.add_argument(
+        "--scrape", type=float, metavar="S", help="GET /metrics every S seconds meanwhile"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
@@ -329,6 +339,7 @@ def main(argv: list[str]) -> None:
         "requests": args.requests,
         "warmup": max(args.warmup, args.clients),
         "repeat": args.repeat,
+        "scrape_every_s": args.scrape,
         "target_share_of_ceiling": TARGET,
         "rows": {key: row.as_dict() for key, row in rows.items()},
         "runs": {key: [row.as_dict() for row in each] for key, each in runs.items()},

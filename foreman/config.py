@@ -63,7 +63,7 @@ BACKEND_NAME = re.compile(r"[A-Za-z0-9._:-]+")
 BACKEND_KEYS = ("name", "url", "slots", "models")
 """The keys of a ``[[backends]]`` table in the TOML file."""
 MAX_PORT = 65535
-SECRET_SETTINGS = frozenset({"webhook_secret"})
+SECRET_SETTINGS = frozenset({"webhook_secret", "metrics_token"})
 """Settings whose values are never printed, not even when they are invalid."""
 
 
@@ -496,6 +496,11 @@ class Settings(BaseSettings):
     )
     """The URL others reach Foreman at: webhook payloads link artifacts under it.
     Default: the address Foreman listens on."""
+    metrics_token: SecretStr | None = Field(
+        None, min_length=16, description="text of at least 16 characters"
+    )
+    """A bearer token that reads ``GET /metrics`` and nothing else, for a Prometheus
+    scraper (ADR-0044); unset: ``/metrics`` takes an admin key, as other admin routes."""
     webhook_secret: Annotated[SecretStr | None, BeforeValidator(_valid_secret)] = Field(
         None, description="whsec_ and base64 (Standard Webhooks), or any other non-empty text"
     )

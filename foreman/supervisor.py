@@ -2,7 +2,8 @@
 
 Start order: the simulators (``sim`` backends), the journal (it opens the log
 and catches the projections up), the Reader, the scheduler, the prober (every
-host probed before any worker asks for a job), the janitor, crash recovery, the
+host probed before any worker asks for a job), the janitor, the metrics (they
+follow the commits from before recovery's on), crash recovery, the
 workers (one per host slot), the HTTP actor (nothing is accepted before it can
 be kept), and the webhook dispatcher, whose links need the URL the HTTP actor got;
 it delivers whatever became pending before it started.
@@ -26,11 +27,13 @@ from fastapi import FastAPI
 from foreman.actors import (
     Batcher,
     Dispatcher,
+    Instruments,
     Janitor,
     Journal,
     JournalClient,
     JournalFailed,
     JournalStatus,
+    Metrics,
     Prober,
     Scheduler,
     Worker,
@@ -120,7 +123,10 @@ async def run_foreman(
     )
     async with trio.open_nursery() as nursery:
         backends = await _start_backends(nursery, settings, simulator)
-        journal = await nursery.start(Journal(settings.db, durability=settings.durability).run)
+        instruments = Instruments()
+        journal = await nursery.start(
+            Journal(settings.db, durability=settings.durability, observe=instruments.committed).run
+        )
         logger.info("journal: started on %s", settings.db)
         nursery.start_soon(log_transitions, await journal.subscribe())
         reader = await nursery.start(Reader(settings.db).run)
@@ -154,6 +160,11 @@ async def run_foreman(
         logger.info(
             "janitor: started, pruning jobs finished over %s ago", format_duration(settings.job_ttl)
         )
+        slots = {spec.name: spec.slots for spec in settings.backends}
+        metrics = await nursery.start(
+            Metrics(journal, scheduler.clone(), reader, instruments, slots).run
+        )
+        logger.info("metrics: started")
         requeued = await recover(reader, journal, scheduler, max_attempts=settings.max_attempts)
         logger.info("recovery: %d unfinished jobs queued again", requeued)
         batcher = await nursery.start(Batcher(journal.clone(), reader, scheduler, store).run)
@@ -196,10 +207,12 @@ async def run_foreman(
             jobs,
             BatchesApi(journal, reader, store, batcher),
             KeysApi(journal, keychain),
+            metrics,
             max_body=settings.max_body,
             body_timeout=settings.body_timeout,
             origins=settings.origins.split(",") if settings.origins else (),
             loopback=settings.on_loopback,
+            scrape_token=token.get_secret_value() if (token := settings.metrics_token) else None,
         )
         stop_accepting = trio.Event()
         url = await nursery.start(_serve, app, settings, stop_accepting)

@@ -46,6 +46,7 @@ DEFAULTS = {
     "janitor_interval": 60.0,
     "probe_interval": 30.0,
     "public_url": None,
+    "metrics_token": None,
     "webhook_secret": None,
     "webhook_timeout": 10.0,
     "webhook_backoff": 2.0,
@@ -906,11 +907,16 @@ def test_config_prints_a_table_of_settings_and_sources() -> None:
 
 
 @pytest.mark.slow  # a `foreman config` process
-def test_config_never_prints_the_webhook_secret() -> None:
+def test_config_never_prints_the_webhook_secret_nor_the_metrics_token() -> None:
     for args in ((), ("--json",)):
-        done = foreman_config(*args, FOREMAN_WEBHOOK_SECRET="whsec_c2VjcmV0IGJ5dGVz")
+        done = foreman_config(
+            *args,
+            FOREMAN_WEBHOOK_SECRET="whsec_c2VjcmV0IGJ5dGVz",
+            FOREMAN_METRICS_TOKEN="scrape-token-0123456789",
+        )
         assert done.returncode == 0, done.stderr
         assert "c2VjcmV0IGJ5dGVz" not in done.stdout
+        assert "scrape-token-0123456789" not in done.stdout
         assert "**********" in done.stdout
 
 

@@ -237,6 +237,7 @@ ADMIN_ONLY = {
     ("PUT", "/tenants/{tenant}/limits"),
     ("POST", "/backends/{name}/drain"),
     ("POST", "/backends/{name}/resume"),
+    ("GET", "/metrics"),
 }
 SUBMISSIONS = {
     ("POST", "/jobs"),

@@ -19,6 +19,7 @@ from foreman.actors.journal import (
     JournalStatus,
     StorageFault,
 )
+from foreman.actors.metrics import CONTENT_TYPE, Instruments, Metrics, MetricsClient
 from foreman.actors.prober import Prober
 from foreman.actors.scheduler import (
     CancelOutcome,
@@ -33,6 +34,7 @@ from foreman.actors.scheduler import (
 from foreman.actors.worker import Answer, AnswerError, AnswerLine, Worker
 
 __all__ = [
+    "CONTENT_TYPE",
     "Answer",
     "AnswerError",
     "AnswerLine",
@@ -43,11 +45,14 @@ __all__ = [
     "CannotCancel",
     "Dispatcher",
     "HostStatus",
+    "Instruments",
     "Janitor",
     "Journal",
     "JournalClient",
     "JournalFailed",
     "JournalStatus",
+    "Metrics",
+    "MetricsClient",
     "ModelNotFound",
     "Prober",
     "QueueFull",

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,8 +236,11 @@ class Journal:
         max_batch: int = DEFAULT_MAX_BATCH,
         linger: float = DEFAULT_LINGER,
         buffer: int = 1024,
+        observe: Callable[[float, int], None] | None = None,
     ) -> None:
         self.path = path
+        self._observe = observe
+        """Told each commit's seconds and events (the metrics' journal histograms)."""
         self.durability = durability
         self.max_batch = max_batch
         self.linger = linger
@@ -294,6 +298,7 @@ class Journal:
     async def _commit(
         self, thread: DedicatedThread, log: EventLog, batch: list[_Request]
     ) -> list[RecordedEvent]:
+        began = time.perf_counter()
         try:
             results = await self._written(thread, log, [request.append for request in batch])
         except BaseException as error:
@@ -305,6 +310,8 @@ class Journal:
             request.reply.put(result)
             if isinstance(result, list):
                 committed += result
+        if self._observe is not None:
+            self._observe(time.perf_counter() - began, len(committed))
         return committed
 
     async def _written(

@@ -13,6 +13,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 
 from foreman import __version__
+from foreman.actors import MetricsClient
 from foreman.api.auth import KeyGuard
 from foreman.api.backends import BackendsApi, backend_routes
 from foreman.api.batches import MAX_UPLOAD, BatchesApi, batch_routes
@@ -22,6 +23,7 @@ from foreman.api.front_door import FrontDoor
 from foreman.api.guard import RequestGuard
 from foreman.api.jobs import JobsApi, job_routes
 from foreman.api.keys import KeysApi, key_routes
+from foreman.api.metrics import metrics_routes
 from foreman.api.ollama import ollama_routes
 from foreman.api.openai import openai_routes
 from foreman.api.schemas import ApiError
@@ -48,11 +50,13 @@ def create_app(
     jobs: JobsApi,
     batches: BatchesApi,
     keys: KeysApi,
+    metrics: MetricsClient,
     *,
     max_body: int,
     body_timeout: float,
     origins: Sequence[str] = (),
     loopback: bool = True,
+    scrape_token: str | None = None,
 ) -> FastAPI:
     """The app; ``/docs`` serves its own Swagger UI assets (no CDN, no internet).
     Every request's body must be at most ``max_body`` bytes and arrive within
@@ -60,7 +64,8 @@ def create_app(
     (:class:`~foreman.api.guard.RequestGuard`), and carry a live key once keys are in
     use (:class:`~foreman.api.auth.KeyGuard`, checked before the body is read). A
     browser's request is taken only from the loopback origins, the app schemes and
-    ``origins``, and on ``loopback`` only for this machine's names
+    ``origins``, and on ``loopback`` only for this machine's names; ``scrape_token``
+    reads ``/metrics`` and nothing else
     (:class:`~foreman.api.browsers.BrowserGuard`). No path is redirected to another
     (``/x/`` to ``/x``): a redirect would be built from the request's own ``Host``."""
     app = FastAPIOffline(
@@ -75,7 +80,7 @@ def create_app(
         body_timeout=body_timeout,
         uploads={"/v1/files": max(max_body, MAX_UPLOAD)},
     )
-    app.add_middleware(KeyGuard, keychain=keys.keychain)
+    app.add_middleware(KeyGuard, keychain=keys.keychain, scrape_token=scrape_token)
     allowed = origins_pattern(origins)
     app.add_middleware(
         CORSMiddleware,
@@ -98,6 +103,7 @@ def create_app(
     app.include_router(backend_routes(BackendsApi(door.scheduler, urls), writes), responses=keyed)
     app.include_router(key_routes(keys, writes), responses=keyed)
     app.include_router(usage_routes(jobs), responses=keyed)
+    app.include_router(metrics_routes(metrics), responses=keyed)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:

@@ -16,6 +16,7 @@ revoked key is refused from the next request on.
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -43,6 +44,8 @@ PROXIED = (
 FORWARDED = frozenset({"forwarded", "x-forwarded-for", "x-real-ip"})
 """Headers a reverse proxy adds: a request that carries one did not start here."""
 OPEN_PATHS = frozenset({"/healthz"})
+SCRAPE_PATH = "/metrics"
+"""The one path ``FOREMAN_METRICS_TOKEN`` opens (ADR-0044)."""
 SUBMISSIONS = frozenset(
     ("POST", path)
     for path in (
@@ -77,6 +80,8 @@ class Principal:
 
 
 OPEN = Principal(tenant=None, admin=True)
+SCRAPER = Principal(tenant=None, admin=False, key_id="metrics-token")
+"""A request with ``FOREMAN_METRICS_TOKEN``: it may read ``/metrics``, nothing else."""
 """Anyone, when no key is in use: sees everything, as before keys existed."""
 
 
@@ -123,16 +128,21 @@ class KeyGuard:
     reads it (and before its body is read), and a submission beyond its tenant's rate
     429; one let in carries its principal."""
 
-    def __init__(self, app: ASGIApp, *, keychain: Keychain) -> None:
+    def __init__(
+        self, app: ASGIApp, *, keychain: Keychain, scrape_token: str | None = None
+    ) -> None:
         self.app = app
         self.keychain = keychain
+        self.scrape_token = scrape_token
         self.rates = SubmissionRates()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path = scope["path"]
             who = OPEN
-            if path not in OPEN_PATHS:
+            if path == SCRAPE_PATH and self._scraper(Headers(scope=scope)):
+                who = SCRAPER
+            elif path not in OPEN_PATHS:
                 found = self.keychain.who(Headers(scope=scope))
                 if isinstance(found, str):
                     await _refused(path, found)(scope, receive, send)
@@ -144,6 +154,14 @@ class KeyGuard:
                     return
             scope[SCOPE_KEY] = who
         await self.app(scope, receive, send)
+
+    def _scraper(self, headers: Headers) -> bool:
+        """Whether the request carries the scrape token (compared in constant time)."""
+        if self.scrape_token is None:
+            return False
+        scheme, _, secret = headers.get("authorization", "").partition(" ")
+        given = secret.strip().encode()
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self.scrape_token.encode())
 
     def _over_rate(self, scope: Scope, who: Principal) -> Response | None:
         """429 for a submission beyond its tenant's rate (``foreman keys limits --rate``)."""
