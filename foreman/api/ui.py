@@ -18,6 +18,7 @@ from foreman.api.errors import ApiProblem
 ASSETS = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
 }
 UI_PATHS = frozenset({"/ui", *(f"/ui/{name}" for name in ASSETS)})
 """The page and its assets: open to requests without a key."""
