@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import httpx
 import trio
+from click.testing import CliRunner
 
+from foreman.cli import main
 from tests.running import Foreman, recorded, until
 from tests.test_tenants import Team, team
 
@@ -123,3 +126,19 @@ async def test_the_page_and_its_assets_need_no_key_but_its_data_does(team: Team)
         assert (await anyone.get("/ui/index.html")).status_code == 401  # not an asset
         for data in ("/summary", "/events"):
             assert (await anyone.get(data)).status_code == 401
+
+
+async def test_foreman_top_draws_the_summary_with_the_key(team: Team) -> None:
+    committed = await team.foreman.running.journal.subscribe()
+    async with team.http(team.alpha) as alpha:
+        job = (await alpha.post("/jobs", json=CHAT)).json()["job_id"]
+        await until(committed, recorded(job, "JobSucceeded"))
+    online = ["top", "--once", "--url", team.foreman.url]
+    refused = await trio.to_thread.run_sync(partial(CliRunner().invoke, main, online))
+    assert refused.exit_code == 1 and "API key" in refused.output
+    shown = await trio.to_thread.run_sync(
+        partial(CliRunner().invoke, main, online, env={"FOREMAN_API_KEY": team.alpha})
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "sim" in shown.output and "finished" in shown.output
+    assert " 1\n" in shown.output.split("finished", 1)[1]  # alpha's one job this hour

@@ -12,6 +12,7 @@ from foreman.cli.events import events
 from foreman.cli.keys import keys
 from foreman.cli.serve import serve
 from foreman.cli.simulate import simulate
+from foreman.cli.top import top
 from foreman.cli.usage import usage
 from foreman.cli.webhooks import webhooks
 
@@ -33,3 +34,4 @@ main.add_command(backends)
 main.add_command(batches)
 main.add_command(keys)
 main.add_command(usage)
+main.add_command(top)
