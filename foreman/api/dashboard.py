@@ -9,7 +9,7 @@ are the fleet's, as ``GET /backends`` shows them to any key.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
@@ -81,17 +81,16 @@ def dashboard_routes(api: DashboardApi) -> APIRouter:
         """The queue by model, priority and tenant, each host with what it runs, and the
         last hour per minute; a tenant's key sees its own jobs."""
         hosts = await api.scheduler.hosts()
-        read = await api.reader.read(_read, who.sees)
         at = utc_now()
         now = unix_time(at)
-        groups, running, hour = read
+        groups, running, hour = await api.reader.read(_read, who.sees, now)
         by_host: dict[str | None, list[RunningView]] = {}
         for job in running:
             if who.owns(job.tenant):
                 by_host.setdefault(job.backend, []).append(_running(job, now))
         return Summary(
             at=at,
-            queue=[QueueRow(**_fields(group)) for group in groups],
+            queue=[QueueRow(**asdict(group)) for group in groups],
             backends=[
                 HostView(
                     name=host.name,
@@ -115,18 +114,10 @@ def dashboard_routes(api: DashboardApi) -> APIRouter:
     return router
 
 
-def _read(log: EventLog, tenant: str | None) -> tuple[list[QueueGroup], list[RunningJob], Hour]:
-    return queue_groups(log, tenant), running_now(log), last_hour(log, tenant)
-
-
-def _fields(group: QueueGroup) -> dict[str, object]:
-    return {
-        "model": group.model,
-        "priority": group.priority,
-        "tenant": group.tenant,
-        "queued": group.queued,
-        "running": group.running,
-    }
+def _read(
+    log: EventLog, tenant: str | None, now: float
+) -> tuple[list[QueueGroup], list[RunningJob], Hour]:
+    return queue_groups(log, tenant), running_now(log), last_hour(log, tenant, now)
 
 
 def _running(job: RunningJob, now: float) -> RunningView:
