@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ import trio
 from click.testing import CliRunner
 
 from foreman.cli import main
-from tests.running import Foreman, recorded, until
+from tests.running import Foreman, recorded, start_foreman, until
 from tests.test_tenants import Team, team
 
 __all__ = ["team"]  # the fixture, shared with test_tenants
@@ -145,3 +146,15 @@ async def test_foreman_top_draws_the_summary_with_the_key(team: Team) -> None:
     assert shown.exit_code == 0, shown.output
     assert "sim" in shown.output and "finished" in shown.output
     assert " 1\n" in shown.output.split("finished", 1)[1]  # alpha's one job this hour
+
+
+async def test_a_stream_left_open_does_not_hold_up_a_stop(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        with trio.fail_after(10):  # the stop waits for Foreman to end: the stream ends
+            async for foreman in start_foreman(nursery, db_path):
+                request = client.build_request("GET", f"{foreman.url}/events")
+                opened = await client.send(request, stream=True)
+                assert opened.status_code == 200
+        await opened.aclose()
