@@ -4,12 +4,14 @@ the page's assets; a tenant's key sees only its own jobs through them."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 from click.testing import CliRunner
 
@@ -72,17 +74,36 @@ async def test_the_stream_sends_each_event_as_it_commits(
     assert seen == ["JobSubmitted", "JobStarted", "JobSucceeded"]
 
 
-async def test_a_client_that_does_not_read_holds_no_commit_up(
+async def test_a_client_that_does_not_read_is_let_go_and_holds_no_commit_up(
     foreman: Foreman, http: httpx.AsyncClient
 ) -> None:
-    committed = await foreman.running.journal.subscribe()
-    async with http.stream("GET", "/events"):  # opened, never read
-        jobs = {(await http.post("/jobs", json=CHAT)).json()["job_id"] for _ in range(40)}
+    committed = await foreman.running.journal.subscribe(buffer=4096)
+    small_window = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)]
+    transport = httpx.AsyncHTTPTransport(socket_options=small_window)
+    jobs: set[str] = set()
+
+    async def submit(count: int) -> None:
+        for _ in range(count):
+            jobs.add((await http.post("/jobs", json=CHAT)).json()["job_id"])
+
+    async with (
+        httpx.AsyncClient(base_url=foreman.url, transport=transport, timeout=30) as slow,
+        slow.stream("GET", "/events") as stream,  # not read while the jobs run
+    ):
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(submit, 50)
+        waiting = set(jobs)
         with trio.fail_after(30):
             async for events in committed:
-                jobs -= {event.stream for event in events if event.type == "JobSucceeded"}
-                if not jobs:
+                waiting -= {event.stream for event in events if event.type == "JobSucceeded"}
+                if not waiting:
                     break
+        read = 0
+        with trio.fail_after(10), pytest.raises(httpx.RemoteProtocolError):
+            async for chunk in stream.aiter_bytes():  # what was in flight, then the end
+                read += chunk.count(b"data: ")
+    assert read < 3 * len(jobs)  # let go before the end: 1,024 events behind
 
 
 async def test_a_tenant_sees_only_its_own_jobs_in_the_summary_and_the_stream(
