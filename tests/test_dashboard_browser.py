@@ -88,6 +88,9 @@ def follow_a_job(url: str, errors: list[str]) -> None:
         for index, kind in enumerate(("JobSubmitted", "JobStarted", "JobSucceeded")):
             expect(timeline.nth(index)).to_contain_text(kind)
         expect(page.locator("#artifacts li")).not_to_have_count(0)
+        with page.expect_download() as downloading:
+            page.click("#artifacts button >> text=content.txt")
+        assert Path(downloading.value.path()).read_text()  # the answer, through the key
         expect(page.locator("#cancel")).to_be_hidden()
         shot(page, "job")
 

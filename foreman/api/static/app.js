@@ -168,7 +168,11 @@ async function showJob(id) {
   }));
   $("artifacts").replaceChildren(...job.artifacts.map((a) => {
     const li = document.createElement("li");
-    li.textContent = `${a.name} (${a.media_type}, ${a.size} bytes)`;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = a.name;
+    button.addEventListener("click", () => download(a).catch(report));
+    li.append(button, ` ${a.media_type}, ${a.size} bytes`);
     return li;
   }));
   $("deliveries").replaceChildren(...(job.webhooks || []).map((d) => {
@@ -179,6 +183,17 @@ async function showJob(id) {
   // A key that can read the job may act on it: a tenant's own, or an admin's.
   $("cancel").hidden = ["succeeded", "failed", "cancelled"].includes(job.state);
   $("redeliver").hidden = !(job.webhooks || []).some((d) => d.state === "abandoned");
+}
+
+// Fetched with the key (a plain link could not send it), then saved from a blob.
+async function download(artifact) {
+  const id = encodeURIComponent(jobShown());
+  const answer = await api(`/jobs/${id}/artifacts/${encodeURIComponent(artifact.name)}`);
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(await answer.blob());
+  link.download = artifact.name;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
 }
 
 function jobShown() {
