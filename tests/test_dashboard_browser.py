@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright): it loads
 with no console error, shows a job submitted through the API within 2 s and follows it
-to succeeded, shows the job's timeline, and asks for a key once keys are in use.
+to succeeded, shows the job's timeline, downloads its artifact and cancels a running
+job, and asks for a key once keys are in use.
 Screenshots go to ``.work/screenshots/`` (gitignored)."""
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def follow_a_job(url: str, errors: list[str]) -> None:
         assert Path(downloading.value.path()).read_text()  # the answer, through the key
         expect(page.locator("#cancel")).to_be_hidden()
         shot(page, "job")
+        sim = httpx.get(f"{url}/healthz").json()["backends"][0]["url"]
+        httpx.post(f"{sim}/_sim/faults", json={"kind": "stall", "seconds": 30, "times": 1})
+        stalled = httpx.post(f"{url}/jobs", json=CHAT).json()["job_id"]
+        page.goto(f"{url}/ui#/jobs/{stalled}")
+        expect(page.locator("#timeline")).to_contain_text("JobStarted")
+        page.click("#cancel")
+        expect(page.locator("#job-state")).to_have_text("cancelled")
+        expect(page.locator("#cancel")).to_be_hidden()
 
 
 async def test_with_keys_in_use_the_page_asks_for_one_then_shows_the_data(
