@@ -249,8 +249,13 @@ SUBMISSIONS = {
     ("POST", "/v1/batches"),
 }
 """Make the caller's own work (a batch of another tenant's file: no such file)."""
+DASHBOARD = {("GET", "/summary"), ("GET", "/events")}
+"""Show the caller's own jobs among the fleet's hosts; tests/test_dashboard.py checks
+them with two tenants (one is a stream that never ends)."""
 SHARED = {
     ("GET", "/"),
+    ("GET", "/ui"),
+    ("GET", "/ui/{name}"),
     ("GET", "/api/tags"),
     ("GET", "/api/ps"),
     ("GET", "/api/version"),
@@ -267,13 +272,14 @@ SHARED = {
     ("GET", "/docs/oauth2-redirect"),
     ("GET", "/redoc"),
 }
-"""The models and hosts, health and the API's description: no tenant's data."""
+"""The models and hosts, health, the API's description and the dashboard's page: no
+tenant's data."""
 
 
 async def test_every_route_keeps_a_tenant_out_of_anothers_work(team: Team) -> None:
     committed = await team.foreman.running.journal.subscribe()
     routes = app_routes(team.foreman)
-    classified = HIDDEN | LISTINGS | ADMIN_ONLY | SUBMISSIONS | SHARED
+    classified = HIDDEN | LISTINGS | ADMIN_ONLY | SUBMISSIONS | SHARED | DASHBOARD
     assert routes == classified, f"routes to classify: {routes - classified}"
     work = await alphas_work(team)
     filled = {

@@ -18,15 +18,18 @@ from foreman.api.auth import KeyGuard
 from foreman.api.backends import BackendsApi, backend_routes
 from foreman.api.batches import MAX_UPLOAD, BatchesApi, batch_routes
 from foreman.api.browsers import BrowserGuard, origins_pattern
+from foreman.api.dashboard import DashboardApi, dashboard_routes
 from foreman.api.errors import install_error_handlers
 from foreman.api.front_door import FrontDoor
 from foreman.api.guard import RequestGuard
 from foreman.api.jobs import JobsApi, job_routes
 from foreman.api.keys import KeysApi, key_routes
+from foreman.api.live import LiveApi, live_routes
 from foreman.api.metrics import metrics_routes
 from foreman.api.ollama import ollama_routes
 from foreman.api.openai import openai_routes
 from foreman.api.schemas import ApiError
+from foreman.api.ui import ui_routes
 from foreman.api.usage import usage_routes
 from foreman.api.writable import log_writable, refusal, retry_after
 from foreman.backend import Backend, BackendUnreachable
@@ -104,6 +107,9 @@ def create_app(
     app.include_router(key_routes(keys, writes), responses=keyed)
     app.include_router(usage_routes(jobs), responses=keyed)
     app.include_router(metrics_routes(metrics), responses=keyed)
+    app.include_router(dashboard_routes(DashboardApi(door.scheduler, jobs.reader)), responses=keyed)
+    app.include_router(live_routes(LiveApi(jobs.journal, jobs.reader)), responses=keyed)
+    app.include_router(ui_routes())
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> Response:

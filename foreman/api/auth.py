@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from foreman.api.errors import error_response, openai_error_response, speaks_openai
 from foreman.api.rates import SubmissionRates
+from foreman.api.ui import UI_PATHS
 from foreman.events.tenants import ApiKey, Keyring, Limits
 from foreman.events.types import RecordedEvent
 from foreman.openai_protocol import OpenAIError
@@ -43,7 +44,8 @@ PROXIED = (
 )
 FORWARDED = frozenset({"forwarded", "x-forwarded-for", "x-real-ip"})
 """Headers a reverse proxy adds: a request that carries one did not start here."""
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz"}) | UI_PATHS
+"""Asked for no key: health, and the dashboard's page and assets (they hold no data)."""
 SCRAPE_PATH = "/metrics"
 """The one path ``FOREMAN_METRICS_TOKEN`` opens (ADR-0044)."""
 SUBMISSIONS = frozenset(

@@ -13,6 +13,7 @@ from foreman.cli.events import events
 from foreman.cli.keys import keys
 from foreman.cli.serve import serve
 from foreman.cli.simulate import simulate
+from foreman.cli.top import top
 from foreman.cli.usage import usage
 from foreman.cli.webhooks import webhooks
 
@@ -36,3 +37,4 @@ main.add_command(keys)
 main.add_command(usage)
 main.add_command(backup)
 main.add_command(restore)
+main.add_command(top)

@@ -16,9 +16,9 @@ from rich.text import Text
 from foreman.events.jobs import Job
 from foreman.events.log import EVENT_COLUMNS
 from foreman.events.replay import Progress as ProgressCallback
+from foreman.events.summary import error_text, summary
 from foreman.events.types import EVENT_TYPES, stored_data
 
-SUMMARY_WIDTH = 80
 UNLIMITED_WIDTH = 10_000
 """Console width when stdout is not a terminal: piped tables keep whole lines."""
 
@@ -48,50 +48,6 @@ def event_line(row: Sequence[Any]) -> str:
 def write_jsonl(rows: Iterable[Sequence[Any]], out: IO[str]) -> None:
     for row in rows:
         out.write(event_line(row))
-
-
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= SUMMARY_WIDTH else text[: SUMMARY_WIDTH - 1] + "…"
-
-
-def summary(type_: str, data: Any) -> str:
-    """A short human reading of an event's data; read from the stored JSON rather than
-    decoded, so that a damaged or unknown event still shows."""
-    if not isinstance(data, dict):
-        return _shorten(json.dumps(data))
-    get = data.get
-    match type_:
-        case "JobSubmitted":
-            text = f"{get('kind')} on {get('model')}, priority {get('priority')}, {get('origin')}"
-            if get("tenant") is not None:
-                text += f", tenant {get('tenant')}"
-        case "JobStarted":
-            text = f"attempt {get('attempt')} on {get('backend')}"
-        case "JobAttemptFailed":
-            retry = "retryable" if get("retryable") else "not retryable"
-            text = f"attempt {get('attempt')} failed: {get('error')} ({retry})"
-        case "JobRequeued":
-            text = f"requeued: {get('reason')}"
-        case "JobSucceeded":
-            artifacts = len(get("artifacts") or ())
-            with_artifacts = f" with {artifacts} artifacts" if artifacts else ""
-            text = f"succeeded{with_artifacts}: {json.dumps(get('result'))}"
-        case "JobFailed":
-            text = f"failed: {_error_text(get('error'), get('status'))}"
-        case "JobCancelled":
-            text = f"cancelled: {get('reason')}"
-        case "JobPruned":
-            text = "pruned"
-        case "JobQuarantined":
-            text = f"quarantined (event {get('event_seq')} cannot be read back): {get('reason')}"
-        case _:
-            text = json.dumps(data)
-    return _shorten(text)
-
-
-def _error_text(message: object, status: object) -> str:
-    return f"{message}" if status is None else f"{message} (status {status})"
 
 
 def stdout_console() -> Console:
@@ -171,7 +127,7 @@ def job_grid(job: Job) -> Table:
         ("started", job.started_at),
         ("finished", job.finished_at),
         ("updated", job.updated_at),
-        ("error", job.error and _error_text(*job.error)),
+        ("error", job.error and error_text(*job.error)),
         ("cancel reason", job.cancel_reason),
         ("result", job.result_seq and f"event {job.result_seq} (JobSucceeded)"),
         ("state webhook", job.state_webhook_url),
