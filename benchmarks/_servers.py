@@ -347,3 +347,50 @@ async def scraping(
         nursery.start_soon(scrape)
         yield took
         nursery.cancel_scope.cancel()
+
+
+DASHBOARD_DEBOUNCE = 0.2
+"""The page's wait after an event before it refreshes (``soon`` in ui's app.js)."""
+
+
+@asynccontextmanager
+async def dashboard_open(
+    url: str, *, enabled: bool, headers: dict[str, str] | None = None
+) -> AsyncIterator[list[float]]:
+    """What an open ``/ui`` page asks of Foreman while the block runs (``--dashboard``,
+    ADR-0046): the ``/events`` stream read as it comes, and after each event, at most
+    every 0.2 s, ``GET /summary`` and ``GET /jobs?limit=20``; yields each refresh's
+    milliseconds."""
+    took: list[float] = []
+    if not enabled:
+        yield took
+        return
+    changed = trio.Event()
+
+    async def follow(http: httpx.AsyncClient) -> None:
+        async with http.stream("GET", "/events") as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data:"):
+                    changed.set()
+
+    async def refresh(http: httpx.AsyncClient) -> None:
+        nonlocal changed
+        while True:
+            await changed.wait()
+            await trio.sleep(DASHBOARD_DEBOUNCE)
+            changed = trio.Event()
+            started = time.perf_counter()
+            for path in ("/summary", "/jobs?limit=20"):
+                answer = await http.get(path)
+                if answer.status_code != 200:
+                    raise RuntimeError(f"GET {path} answered {answer.status_code}")
+            took.append((time.perf_counter() - started) * 1000)
+
+    async with (
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as http,
+        trio.open_nursery() as nursery,
+    ):
+        nursery.start_soon(follow, http)
+        nursery.start_soon(refresh, http)
+        yield took
+        nursery.cancel_scope.cancel()

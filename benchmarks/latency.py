@@ -12,6 +12,7 @@ so both series see the same machine; each has its own keep-alive connection.
     python benchmarks/latency.py --mode inprocess   # all in this process's trio loop
     python benchmarks/latency.py --key              # with API keys in use (ADR-0043)
     python benchmarks/latency.py --scrape 1         # GET /metrics every second (ADR-0044)
+    python benchmarks/latency.py --dashboard        # an open /ui page meanwhile (ADR-0046)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from _report import Cell, emit, fmt_float, machine, progress, table
 from _servers import (
     MODES,
     chat,
+    dashboard_open,
     foreman,
     limits,
     percentile,
@@ -161,6 +163,7 @@ async def measure(args: argparse.Namespace, durability: Durability) -> Run:
         httpx.AsyncClient(limits=limits(1), timeout=30) as direct_client,
         httpx.AsyncClient(limits=limits(1), timeout=30, headers=auth) as foreman_client,
         scraping(url, every=args.scrape, headers=auth) as scrapes,
+        dashboard_open(url, enabled=args.dashboard, headers=auth) as refreshes,
     ):
         progress(f"durability {durability.value}: {args.warmup} warm-up requests each way ...")
         for n in range(args.warmup):
@@ -176,6 +179,8 @@ async def measure(args: argparse.Namespace, durability: Durability) -> Run:
                 hop_through.append(await timed_version(foreman_client, url))
     if scrapes:
         progress(f"{len(scrapes)} scrapes of /metrics, p50 {percentile(scrapes, 50):.2f} ms")
+    if refreshes:
+        progress(f"{len(refreshes)} dashboard refreshes, p50 {percentile(refreshes, 50):.2f} ms")
     return Run(
         durability.value,
         Series("chat direct to the simulator", None, tuple(direct)),
@@ -270,6 +275,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--scrape", type=float, metavar="S", help="GET /metrics every S seconds meanwhile"
     )
+    parser.add_argument(
+        "--dashboard", action="store_true", help="an open /ui page meanwhile (its requests)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
@@ -290,6 +298,7 @@ def main(argv: list[str]) -> None:
         "warmup": args.warmup,
         "tokens": args.tokens,
         "scrape_every_s": args.scrape,
+        "dashboard": args.dashboard,
         "target_added_p50_ms": TARGET_MS,
         "runs": [run.as_dict() for run in runs],
     }

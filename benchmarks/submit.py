@@ -21,6 +21,7 @@ Foreman's log to a local directory throughout (``litestream replicate``, a proce
     python benchmarks/submit.py [--requests N] [--clients C] [--durability full normal]
         [--litestream]
     python benchmarks/submit.py --scrape 1   # GET /metrics every second meanwhile (ADR-0044)
+    python benchmarks/submit.py --dashboard  # an open /ui page meanwhile (ADR-0046)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from _report import Cell, emit, fmt_float, machine, median_run, progress, rate, 
 from _servers import (
     CHAT_MODELS,
     cpu_seconds,
+    dashboard_open,
     foreman_on,
     limits,
     percentile,
@@ -207,6 +209,7 @@ async def through_foreman(
     async with (
         foreman_on(name, db, sim, env) as served,
         scraping(served.url, every=args.scrape) as scrapes,
+        dashboard_open(served.url, enabled=args.dashboard) as refreshes,
     ):
         if litestream:
             async with replicated(db) as litestream:
@@ -218,6 +221,8 @@ async def through_foreman(
             row = await load(title, served.url, served.pid, args)
     if scrapes:
         progress(f"{len(scrapes)} scrapes of /metrics, p50 {percentile(scrapes, 50):.2f} ms")
+    if refreshes:
+        progress(f"{len(refreshes)} dashboard refreshes, p50 {percentile(refreshes, 50):.2f} ms")
     expected = max(args.warmup, args.clients) + args.requests
     if (jobs := jobs_in(db)) != expected:
         raise RuntimeError(f"{db} holds {jobs} jobs, but {expected} submissions were accepted")
@@ -323,6 +328,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--scrape", type=float, metavar="S", help="GET /metrics every S seconds meanwhile"
     )
+    parser.add_argument(
+        "--dashboard", action="store_true", help="an open /ui page meanwhile (its requests)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
@@ -340,6 +348,7 @@ def main(argv: list[str]) -> None:
         "warmup": max(args.warmup, args.clients),
         "repeat": args.repeat,
         "scrape_every_s": args.scrape,
+        "dashboard": args.dashboard,
         "target_share_of_ceiling": TARGET,
         "rows": {key: row.as_dict() for key, row in rows.items()},
         "runs": {key: [row.as_dict() for row in each] for key, each in runs.items()},
