@@ -349,7 +349,7 @@ async def scraping(
         nursery.cancel_scope.cancel()
 
 
-DASHBOARD_DEBOUNCE = 0.2
+DASHBOARD_DEBOUNCE = 1.0
 """The page's wait after an event before it refreshes (``soon`` in ui's app.js)."""
 
 
@@ -359,7 +359,7 @@ async def dashboard_open(
 ) -> AsyncIterator[list[float]]:
     """What an open ``/ui`` page asks of Foreman while the block runs (``--dashboard``,
     ADR-0046): the ``/events`` stream read as it comes, and after each event, at most
-    every 0.2 s, ``GET /summary`` and ``GET /jobs?limit=20``; yields each refresh's
+    every second, ``GET /summary`` and ``GET /jobs?limit=20``; yields each refresh's
     milliseconds."""
     took: list[float] = []
     if not enabled:

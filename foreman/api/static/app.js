@@ -92,7 +92,7 @@ function soon(work) {
   refreshing = setTimeout(() => {
     refreshing = null;
     work().catch(report);
-  }, 200);
+  }, 1000);
 }
 
 function report(error) {
