@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from foreman.api.errors import error_response, openai_error_response, speaks_openai
 from foreman.api.rates import SubmissionRates
 from foreman.api.ui import UI_PATHS
-from foreman.events.tenants import ApiKey, Keyring, Limits
+from foreman.events.tenants import ApiKey, Keyring, Limits, fold
 from foreman.events.types import RecordedEvent
 from foreman.openai_protocol import OpenAIError
 
@@ -98,10 +98,7 @@ class Keychain:
         """Listening on loopback only: with no key in use, everyone is let in."""
 
     def fold(self, events: list[RecordedEvent]) -> None:
-        keyring = self.keyring
-        for recorded in events:
-            keyring = keyring.evolve(recorded)
-        self.keyring = keyring
+        self.keyring = fold(events, self.keyring)
 
     def why_not_revoke(self, key: ApiKey) -> str | None:
         return self.keyring.why_not_revoke(key, exposed=self.required and not self.loopback)

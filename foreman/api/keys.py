@@ -143,8 +143,6 @@ def key_routes(api: KeysApi, writes: params.Depends) -> APIRouter:
             key = api.keychain.keyring.keys.get(key_id)
             if key is None:
                 raise ApiProblem(404, f"no key {key_id!r}: GET /keys lists them")
-            if key.revoked_at is not None:
-                raise ApiProblem(409, f"key {key_id} was revoked at {key.revoked_at}")
             refused = api.keychain.why_not_revoke(key)
             if refused is not None:
                 raise ApiProblem(409, refused)

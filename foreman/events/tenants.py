@@ -91,10 +91,12 @@ class Keyring:
         return self.limits.get(tenant, NO_LIMITS) if tenant is not None else NO_LIMITS
 
     def why_not_revoke(self, key: ApiKey, *, exposed: bool) -> str | None:
-        """Why revoking ``key`` would lock every admin out, if it would: it is the last
-        live admin key and other keys stay (nobody could manage them), or it is the
-        last key of all and Foreman is ``exposed`` (beyond loopback: nobody could get
-        in)."""
+        """Why ``key`` may not be revoked, if so: it was already; or revoking it would
+        lock every admin out, being the last live admin key while other keys stay
+        (nobody could manage them), or the last key of all while Foreman is
+        ``exposed`` (beyond loopback: nobody could get in)."""
+        if key.revoked_at is not None:
+            return f"key {key.id} was revoked at {key.revoked_at}"
         live = [other for other in self.keys.values() if other.revoked_at is None]
         if not key.admin or sum(other.admin for other in live) > 1:
             return None
