@@ -25,7 +25,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from foreman.api.errors import error_response, openai_error_response, speaks_openai
+from foreman.api.errors import ApiProblem, error_response, openai_error_response, speaks_openai
 from foreman.api.rates import SubmissionRates
 from foreman.api.ui import UI_PATHS
 from foreman.events.tenants import ApiKey, Keyring, Limits, fold
@@ -79,6 +79,12 @@ class Principal:
     def owns(self, tenant: str | None) -> bool:
         """Whether it may see and act on work of ``tenant``."""
         return self.admin or tenant == self.tenant
+
+
+def require_admin(who: Principal, refusal: str) -> None:
+    """403 with ``refusal`` unless ``who`` holds an admin key (or no key is in use)."""
+    if not who.admin:
+        raise ApiProblem(403, refusal)
 
 
 OPEN = Principal(tenant=None, admin=True)

@@ -14,10 +14,12 @@ from typing import Any
 from fastapi import APIRouter, params
 
 from foreman.actors import HostStatus, SchedulerClient
-from foreman.api.auth import Principal, principal
+from foreman.api.auth import principal, require_admin
 from foreman.api.errors import ApiProblem
 from foreman.api.schemas import ApiError, BackendList, BackendView
 from foreman.scheduling import model_of
+
+HOSTS_ADMIN_ONLY = "draining and resuming hosts takes an admin key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +52,7 @@ def backend_routes(api: BackendsApi, writes: params.Depends) -> APIRouter:
     )
     async def drain(name: str, who: principal) -> BackendView:
         """Let the host finish what it runs and give it nothing more (admin keys)."""
-        _require_admin(who)
+        require_admin(who, HOSTS_ADMIN_ONLY)
         try:
             return _view(api, await api.scheduler.drain(name))
         except LookupError:
@@ -65,7 +67,7 @@ def backend_routes(api: BackendsApi, writes: params.Depends) -> APIRouter:
     )
     async def resume(name: str, who: principal) -> BackendView:
         """Give a drained host work again (admin keys)."""
-        _require_admin(who)
+        require_admin(who, HOSTS_ADMIN_ONLY)
         try:
             return _view(api, await api.scheduler.resume(name))
         except LookupError:
@@ -85,11 +87,6 @@ def _view(api: BackendsApi, host: HostStatus) -> BackendView:
         done=host.done,
         loads=host.loads,
     )
-
-
-def _require_admin(who: Principal) -> None:
-    if not who.admin:
-        raise ApiProblem(403, "draining and resuming hosts takes an admin key")
 
 
 def _no_such(name: str) -> ApiProblem:

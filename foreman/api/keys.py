@@ -17,7 +17,7 @@ from fastapi import APIRouter, Path, params
 from pydantic import BaseModel, ConfigDict, Field
 
 from foreman.actors import JournalClient
-from foreman.api.auth import Keychain, Principal, principal
+from foreman.api.auth import Keychain, principal, require_admin
 from foreman.api.errors import ApiProblem
 from foreman.api.schemas import ApiError
 from foreman.events.tenants import ApiKey, Limits, limits_set, new_key
@@ -112,7 +112,7 @@ def key_routes(api: KeysApi, writes: params.Depends) -> APIRouter:
     )
     async def create(body: CreateKey, who: principal) -> NewKey:
         """Issue a key (shown once); with limits, set its tenant's too."""
-        _require_admin(who)
+        require_admin(who, ADMIN_ONLY)
         key_id, secret, issued = new_key(body.tenant, admin=body.admin)
         async with api.changing:
             committed = await api.journal.append(key_stream(key_id), [issued], expected_version=0)
@@ -126,7 +126,7 @@ def key_routes(api: KeysApi, writes: params.Depends) -> APIRouter:
     @router.get("/keys", operation_id="list_keys", response_model=KeyList, responses=errors)
     async def list_(who: principal) -> KeyList:
         """Every key issued, revoked ones included, oldest first; never the keys."""
-        _require_admin(who)
+        require_admin(who, ADMIN_ONLY)
         return KeyList(keys=[_view(api, key) for key in api.keychain.keyring.keys.values()])
 
     @router.delete(
@@ -138,7 +138,7 @@ def key_routes(api: KeysApi, writes: params.Depends) -> APIRouter:
     )
     async def revoke(key_id: str, who: principal) -> KeyView:
         """Revoke a key: it is refused from the next request on."""
-        _require_admin(who)
+        require_admin(who, ADMIN_ONLY)
         async with api.changing:
             key = api.keychain.keyring.keys.get(key_id)
             if key is None:
@@ -161,7 +161,7 @@ def key_routes(api: KeysApi, writes: params.Depends) -> APIRouter:
         tenant: Annotated[str, TENANT_PATH], body: LimitsBody, who: principal
     ) -> LimitsView:
         """Replace a tenant's share and limits."""
-        _require_admin(who)
+        require_admin(who, ADMIN_ONLY)
         async with api.changing:
             await _set_limits(api, tenant, TenantLimitsSet(**body.model_dump()))
         return limits_view(api.keychain.limits(tenant))
@@ -171,11 +171,6 @@ def key_routes(api: KeysApi, writes: params.Depends) -> APIRouter:
 
 async def _set_limits(api: KeysApi, tenant: str, event: TenantLimitsSet) -> None:
     api.keychain.fold(await api.journal.append(tenant_stream(tenant), [event]))
-
-
-def _require_admin(who: Principal) -> None:
-    if not who.admin:
-        raise ApiProblem(403, ADMIN_ONLY)
 
 
 def limits_view(limits: Limits) -> LimitsView:
