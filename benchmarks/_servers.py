@@ -30,7 +30,7 @@ import httpx
 import trio
 from _logs import WORK_DIR, remove_db
 from _report import ROOT, progress
-from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from foreman.actors.http import serve_http
 from foreman.config import load_settings
@@ -126,7 +126,7 @@ def unix_seconds(stamp: str) -> float:
     return moment.timestamp()
 
 
-def _sim_args(config: SimulatorConfig) -> list[str]:
+def sim_args(config: SimulatorConfig) -> list[str]:
     return [
         "simulate",
         "--listen",
@@ -179,7 +179,7 @@ async def simulator(
     """A running simulator's URL; ``name`` names its output file (``.work/NAME.log``),
     so that several can run at once."""
     if mode == "subprocess":
-        async with _process(name, _sim_args(config), {}, "Ollama simulator on") as url:
+        async with _process(name, sim_args(config), {}, "Ollama simulator on") as url:
             yield url
         return
     async with trio.open_nursery() as nursery:
@@ -200,15 +200,7 @@ async def foreman(
 ) -> AsyncIterator[tuple[str, Path]]:
     """A running Foreman in front of ``backend`` on a fresh log; yields (URL, log path).
     With ``key`` issued in the log first, every request must carry it."""
-    WORK_DIR.mkdir(exist_ok=True)
-    db = WORK_DIR / f"{name}.db"
-    remove_db(db)
-    if key is not None:
-        log = open_log(db)
-        try:
-            log.append(key_stream(f"{KEY_ID_PREFIX}{new_ulid()}"), [key])
-        finally:
-            log.close()
+    db = fresh_log(name, key)
     if mode == "subprocess":
         args = ["serve", "--backend", backend, "--listen", "127.0.0.1:0", "--db", str(db)]
         env = {"FOREMAN_DURABILITY": durability.value, "FOREMAN_MAX_WAIT": str(max_wait)}
@@ -223,6 +215,20 @@ async def foreman(
         running: Running = await nursery.start(run_foreman, settings, stop)
         yield running.url, db
         stop.set()
+
+
+def fresh_log(name: str, key: KeyIssued | None = None) -> Path:
+    """``.work/NAME.db``, removed, and holding ``key`` if one is given."""
+    WORK_DIR.mkdir(exist_ok=True)
+    db = WORK_DIR / f"{name}.db"
+    remove_db(db)
+    if key is not None:
+        log = open_log(db)
+        try:
+            log.append(key_stream(f"{KEY_ID_PREFIX}{new_ulid()}"), [key])
+        finally:
+            log.close()
+    return db
 
 
 # -- Helpers for the job-API benchmarks (submit.py, memory.py, prune.py) ----------------
@@ -305,9 +311,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def serve_until_signalled(name: str, app: FastAPI, listen: str) -> None:
-    """Serve ``app`` on Foreman's HTTP actor (same Hypercorn configuration) until SIGINT
-    or SIGTERM; prints ``NAME: listening on URL`` on stderr, as :func:`program` waits for."""
+async def serve_until_signalled(name: str, app: ASGIApp, listen: str) -> None:
+    """Serve ``app`` (FastAPI's or a raw ASGI one) on Foreman's HTTP actor (same Hypercorn
+    configuration) until SIGINT or SIGTERM; prints ``NAME: listening on URL`` on stderr,
+    as :func:`program` waits for."""
     stop = trio.Event()
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:

@@ -1,15 +1,23 @@
-"""Added latency: non-streaming chat through Foreman vs straight to the simulator.
+"""Added latency and CPU per call: a non-streaming chat straight to the simulator, through
+a bare proxy on Foreman's stack, and through Foreman.
 
-The simulator answers at once (no load latency, no token latency, 8 tokens), so
-what is left is HTTP and, through Foreman, the job's life: ``JobSubmitted``
-committed before the job is queued, the scheduler's pick, the backend call
-(``JobStarted`` is committed alongside it, ADR-0026), the answer relayed to the
-caller (``JobSucceeded`` is committed after the answer is handed over, so it
-overlaps the response). One request at a time, alternating direct and through Foreman,
-so both series see the same machine; each has its own keep-alive connection.
+The simulator answers at once (no load latency, no token latency, 8 tokens), so what
+is left is HTTP and, through Foreman, the job's life. One client makes sequential
+calls (one user, one script), each target over its own keep-alive connection, in two
+orders:
+
+- back to back: every call to one target, then every call to the next: what a user
+  calling one after another sees, Foreman's background work for a call included;
+- interleaved: one call to each target in turn, so all see the same moment of the
+  machine (background work then overlaps the other targets' calls).
+
+Every server is a process of its own; ``CPU ms/call`` is the user + system CPU its
+process spent in the phase, divided by the calls it served (the simulator serves
+one call of each target's). The proxy (``_proxy.py``) is Hypercorn + trio + one httpx
+client, raw ASGI: Foreman's own share is its added latency less the proxy's.
 
     python benchmarks/latency.py [--requests N] [--durability full normal] [--json]
-    python benchmarks/latency.py --mode inprocess   # all in this process's trio loop
+    python benchmarks/latency.py --baseline /tmp/base  # also a Foreman run from that tree
     python benchmarks/latency.py --key              # with API keys in use (ADR-0043)
     python benchmarks/latency.py --scrape 1         # GET /metrics every second (ADR-0044)
     python benchmarks/latency.py --dashboard        # an open /ui page meanwhile (ADR-0046)
@@ -22,40 +30,57 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
-from _logs import build_work, remove_db, scratch
 from _report import Cell, emit, fmt_float, machine, progress, table
 from _servers import (
-    MODES,
     chat,
+    cpu_seconds,
     dashboard_open,
-    foreman,
+    foreman_on,
+    fresh_log,
     limits,
     percentile,
+    program,
     scraping,
+    sim_args,
     sim_config,
-    simulator,
 )
 
 from foreman.events.log import Durability
-from foreman.events.store import open_log
 from foreman.events.tenants import new_key
 
-TARGET_MS = 2.0
-"""Added latency at p50 that Foreman may cost."""
-COMMITS_ON_PATH = 1
-"""Durable commits a request waits for: JobSubmitted (JobStarted overlaps the call)."""
+SHARE_P50_MS = 1.0
+SHARE_P99_MS = 3.0
+"""Foreman's own share of a call (its added latency less the bare proxy's) may be this."""
+CPU_MS = 3.0
+"""CPU per call Foreman may spend."""
+ORDERS = ("back-to-back", "interleaved")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    url: str
+    pid: int
+    """The process serving it, whose CPU time is counted."""
+    durability: str | None = None
+    headers: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Series:
-    name: str
-    durability: str | None
+    order: str
+    target: Target
     ms: tuple[float, ...]
+    cpu_ms: float
+    """CPU per call of the target's process."""
 
     @property
     def p50(self) -> float:
@@ -71,207 +96,184 @@ class Series:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "durability": self.durability,
+            "order": self.order,
+            "target": self.target.name,
+            "durability": self.target.durability,
             "requests": len(self.ms),
             "p50_ms": self.p50,
             "p99_ms": self.p99,
             "mean_ms": self.mean,
             "max_ms": max(self.ms, default=None),
+            "cpu_ms_per_call": self.cpu_ms,
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    durability: str
-    direct: Series
-    foreman: Series
-    commit_ms: float
-    """The median single-event commit at this durability (``EventLog.append``)."""
-    hop_direct: Series
-    hop_foreman: Series
-    """``GET /api/version`` straight to the simulator and passed through Foreman: the
-    cost of the extra HTTP hop alone, no job."""
-
-    @property
-    def added_hop_p50(self) -> float:
-        return self.hop_foreman.p50 - self.hop_direct.p50
-
-    @property
-    def added_p50(self) -> float:
-        return self.foreman.p50 - self.direct.p50
-
-    @property
-    def added_p99(self) -> float:
-        return self.foreman.p99 - self.direct.p99
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "durability": self.durability,
-            "direct": self.direct.as_dict(),
-            "foreman": self.foreman.as_dict(),
-            "added_p50_ms": self.added_p50,
-            "added_p99_ms": self.added_p99,
-            "single_commit_ms": self.commit_ms,
-            "pass_through_direct": self.hop_direct.as_dict(),
-            "pass_through_foreman": self.hop_foreman.as_dict(),
-            "added_pass_through_p50_ms": self.added_hop_p50,
-            "commits_on_path": COMMITS_ON_PATH,
-        }
-
-
-def commit_ms(durability: Durability, commits: int = 300) -> float:
-    """Median milliseconds of one single-event commit, on this disk, at ``durability``."""
-    path = scratch("latency-commit.db")
-    work = build_work(commits, in_flight=commits)
-    log = open_log(path, durability=durability)
-    times = []
-    try:
-        for stream, event in work:
-            started = time.perf_counter()
-            log.append(stream, [event])
-            times.append((time.perf_counter() - started) * 1000)
-    finally:
-        log.close()
-        remove_db(path)
-    return statistics.median(times)
-
-
-async def timed(client: httpx.AsyncClient, url: str, model: str, n: int) -> float:
+async def timed(client: httpx.AsyncClient, target: Target, model: str, n: int) -> float:
     started = time.perf_counter()
-    await chat(client, url, model, n)
+    await chat(client, target.url, model, n)
     return (time.perf_counter() - started) * 1000
 
 
-async def timed_version(client: httpx.AsyncClient, url: str) -> float:
-    started = time.perf_counter()
-    response = await client.get(f"{url}/api/version")
-    elapsed = (time.perf_counter() - started) * 1000
-    response.raise_for_status()
-    return elapsed
+async def back_to_back(
+    targets: list[Target], clients: list[httpx.AsyncClient], args: argparse.Namespace
+) -> list[Series]:
+    series = []
+    for target, client in zip(targets, clients, strict=True):
+        progress(f"back to back: {args.requests:,} calls to {target.name} ...")
+        before = cpu_seconds(target.pid)
+        ms = [await timed(client, target, args.model, n) for n in range(args.requests)]
+        cpu = (cpu_seconds(target.pid) - before) * 1000 / args.requests
+        series.append(Series("back-to-back", target, tuple(ms), cpu))
+    return series
 
 
-async def measure(args: argparse.Namespace, durability: Durability) -> Run:
-    config = sim_config(0.0, 0.0, args.tokens)
+async def interleaved(
+    targets: list[Target], clients: list[httpx.AsyncClient], args: argparse.Namespace
+) -> list[Series]:
+    progress(f"interleaved: {args.requests:,} calls to each of {len(targets)} targets ...")
+    before = [cpu_seconds(target.pid) for target in targets]
+    ms: list[list[float]] = [[] for _ in targets]
+    for n in range(args.requests):
+        for target, client, times in zip(targets, clients, ms, strict=True):
+            times.append(await timed(client, target, args.model, n))
+    series = []
+    for target, times, start in zip(targets, ms, before, strict=True):
+        calls = args.requests * (len(targets) if target.name == "direct" else 1)
+        cpu = (cpu_seconds(target.pid) - start) * 1000 / calls
+        series.append(Series("interleaved", target, tuple(times), cpu))
+    return series
+
+
+@asynccontextmanager
+async def targets_running(args: argparse.Namespace) -> AsyncIterator[list[Target]]:
+    """The simulator, the proxy in front of it, and a Foreman in front of it for each
+    durability (and each of them run from ``--baseline``'s tree)."""
     # An admin's key when it scrapes too: /metrics takes one (ADR-0044).
     _, secret, issued = new_key("benchmark", admin=args.scrape is not None)
-    key = issued if args.key else None
-    auth = {"Authorization": f"Bearer {secret}"} if args.key else {}
-    async with (
-        simulator(args.mode, config) as sim,
-        foreman(args.mode, f"latency-{durability.value}", sim, durability, key=key) as (url, _),
-        httpx.AsyncClient(limits=limits(1), timeout=30) as direct_client,
-        httpx.AsyncClient(limits=limits(1), timeout=30, headers=auth) as foreman_client,
-        scraping(url, every=args.scrape, headers=auth) as scrapes,
-        dashboard_open(url, enabled=args.dashboard, headers=auth) as refreshes,
-    ):
-        progress(f"durability {durability.value}: {args.warmup} warm-up requests each way ...")
-        for n in range(args.warmup):
-            await chat(direct_client, sim, args.model, n)
-            await chat(foreman_client, url, args.model, n)
-        progress(f"durability {durability.value}: {args.requests:,} requests each way ...")
-        direct, through, hop_direct, hop_through = [], [], [], []
-        for n in range(args.requests):
-            direct.append(await timed(direct_client, sim, args.model, n))
-            through.append(await timed(foreman_client, url, args.model, n))
-            if args.pass_through:
-                hop_direct.append(await timed_version(direct_client, sim))
-                hop_through.append(await timed_version(foreman_client, url))
-    if scrapes:
-        progress(f"{len(scrapes)} scrapes of /metrics, p50 {percentile(scrapes, 50):.2f} ms")
-    if refreshes:
-        progress(f"{len(refreshes)} dashboard refreshes, p50 {percentile(refreshes, 50):.2f} ms")
-    return Run(
-        durability.value,
-        Series("chat direct to the simulator", None, tuple(direct)),
-        Series("chat through Foreman", durability.value, tuple(through)),
-        commit_ms(durability),
-        Series("GET /api/version direct", None, tuple(hop_direct)),
-        Series("GET /api/version through Foreman", durability.value, tuple(hop_through)),
-    )
-
-
-HEADERS = ["series", "requests", "p50 ms", "p99 ms", "mean ms", "added p50", "added p99",
-           "commits ms"]  # fmt: skip
-
-
-def report(runs: list[Run], args: argparse.Namespace) -> str:
-    rows: list[list[Cell]] = []
-    for run in runs:
-        pairs = [(run.direct, run.foreman, True)]
-        if run.hop_direct.ms:
-            pairs.append((run.hop_direct, run.hop_foreman, False))
-        for direct, through, is_chat in pairs:
-            for series in (direct, through):
-                is_foreman = series is through
-                added_p50 = through.p50 - direct.p50
-                added_p99 = through.p99 - direct.p99
-                rows.append(
-                    [
-                        f"{series.name} ({run.durability.upper()} run)",
-                        len(series.ms),
-                        fmt_float(series.p50, 2),
-                        fmt_float(series.p99, 2),
-                        fmt_float(series.mean, 2),
-                        fmt_float(added_p50, 2) if is_foreman else "",
-                        fmt_float(added_p99, 2) if is_foreman else "",
-                        fmt_float(COMMITS_ON_PATH * run.commit_ms, 2)
-                        if is_foreman and is_chat
-                        else "",
-                    ]
+    headers = {"Authorization": f"Bearer {secret}"} if args.key else None
+    config = sim_config(0.0, 0.0, args.tokens)
+    python = [sys.executable]
+    async with AsyncExitStack() as stack:
+        sim_argv = [*python, "-m", "foreman.cli", *sim_args(config)]
+        sim = await stack.enter_async_context(program("simulator", sim_argv, {}, "simulator on"))
+        proxy_argv = [*python, "benchmarks/_proxy.py", "--backend", sim.url]
+        proxy = await stack.enter_async_context(program("proxy", proxy_argv, {}, "proxy:"))
+        targets = [Target("direct", sim.url, sim.pid), Target("proxy", proxy.url, proxy.pid)]
+        trees: list[tuple[str, dict[str, str]]] = [("", {})]
+        if args.baseline is not None:
+            trees.append((" @baseline", {"PYTHONPATH": str(args.baseline.resolve())}))
+        for durability in args.durability:
+            for label, env in trees:
+                name = f"foreman {durability.value.upper()}{label}"
+                slug = f"latency-{durability.value}{label.strip(' @')}"
+                db = fresh_log(slug, issued if args.key else None)
+                served = await stack.enter_async_context(
+                    foreman_on(slug, db, sim.url, {**env, "FOREMAN_DURABILITY": durability.value})
                 )
-    lines = [
-        table(HEADERS, rows),
-        "",
-        f"{args.mode}: simulator and Foreman "
-        + (
-            "are processes of their own; the client is this process."
-            if args.mode == "subprocess"
-            else "run in this process's trio loop, beside the client (shared GIL)."
-        ),
-        f"Sequential requests, direct and through Foreman alternating, after {args.warmup} "
-        "warm-up requests each; simulator: no load or token latency, "
-        f"{args.tokens} tokens.",
-        f"commits ms: {COMMITS_ON_PATH} x the median single-event commit on this disk at that "
-        "durability (EventLog.append): the durable commits a request waits for",
-        "(JobSubmitted before it is queued; JobStarted alongside the backend call and "
-        "JobSucceeded after the answer is handed over overlap it).",
-        "GET /api/version: passed through Foreman without a job (one more HTTP hop and "
-        "nothing else): the hop's share of the added latency.",
-    ]
-    for run in runs:
-        verdict = "met" if run.added_p50 <= TARGET_MS else "NOT met"
-        lines.append(
-            f"target: added latency <= {TARGET_MS:g} ms at p50, durability "
-            f"{run.durability.upper()}: {verdict} ({run.added_p50:.2f} ms; p99 "
-            f"{run.added_p99:.2f} ms)"
+                targets.append(Target(name, served.url, served.pid, durability.value, headers))
+                await stack.enter_async_context(
+                    scraping(served.url, every=args.scrape, headers=headers)
+                )
+                await stack.enter_async_context(
+                    dashboard_open(served.url, enabled=args.dashboard, headers=headers)
+                )
+        yield targets
+
+
+async def measure(args: argparse.Namespace) -> list[Series]:
+    async with targets_running(args) as targets, AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(limits=limits(1), timeout=30, headers=target.headers)
+            )
+            for target in targets
+        ]
+        progress(f"{args.warmup} warm-up calls to each target ...")
+        for n in range(args.warmup):
+            for target, client in zip(targets, clients, strict=True):
+                await chat(client, target.url, args.model, n)
+        series = []
+        for order in args.orders:
+            run = back_to_back if order == "back-to-back" else interleaved
+            series += await run(targets, clients, args)
+        return series
+
+
+HEADERS = ["order", "target", "calls", "p50 ms", "p99 ms", "mean ms", "added p50", "added p99",
+           "own p50", "own p99", "CPU ms/call"]  # fmt: skip
+
+
+def _of(series: list[Series], order: str, name: str) -> Series:
+    return next(s for s in series if s.order == order and s.target.name == name)
+
+
+def report(series: list[Series], args: argparse.Namespace) -> str:
+    rows: list[list[Cell]] = []
+    verdicts = []
+    for s in series:
+        direct, proxy = _of(series, s.order, "direct"), _of(series, s.order, "proxy")
+        is_foreman = s.target.durability is not None
+        own_p50, own_p99 = s.p50 - proxy.p50, s.p99 - proxy.p99
+        rows.append(
+            [
+                s.order,
+                s.target.name,
+                len(s.ms),
+                fmt_float(s.p50, 2),
+                fmt_float(s.p99, 2),
+                fmt_float(s.mean, 2),
+                fmt_float(s.p50 - direct.p50, 2) if s is not direct else "",
+                fmt_float(s.p99 - direct.p99, 2) if s is not direct else "",
+                fmt_float(own_p50, 2) if is_foreman else "",
+                fmt_float(own_p99, 2) if is_foreman else "",
+                fmt_float(s.cpu_ms, 2),
+            ]
         )
+        if is_foreman and s.target.durability == Durability.FULL.value:
+            met = own_p50 <= SHARE_P50_MS and own_p99 <= SHARE_P99_MS and s.cpu_ms <= CPU_MS
+            verdicts.append(
+                f"target ({s.order}, {s.target.name}): own share <= {SHARE_P50_MS:g} ms p50 and "
+                f"<= {SHARE_P99_MS:g} ms p99, CPU <= {CPU_MS:g} ms a call: "
+                f"{'met' if met else 'NOT met'} ({own_p50:.2f} / {own_p99:.2f} ms, "
+                f"{s.cpu_ms:.2f} ms CPU)"
+            )
+    lines = [
+        table(HEADERS, rows, left=2),
+        "",
+        f"One client, sequential non-streaming /api/chat calls, after {args.warmup} warm-up "
+        f"calls to each target; simulator: no load or token latency, {args.tokens} tokens.",
+        "added: over calling the simulator directly (same order); own: over the bare proxy "
+        "(Hypercorn + trio + one httpx client, raw ASGI): Foreman's own share.",
+        "CPU ms/call: user + system CPU of the target's process in that phase per call it "
+        "served (direct: the simulator's, per backend call).",
+        *verdicts,
+    ]
     return "\n".join(lines)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=1000, help="timed requests each way")
-    parser.add_argument("--warmup", type=int, default=100, help="untimed requests each way")
+    parser.add_argument("--requests", type=int, default=1000, help="timed calls per target")
+    parser.add_argument("--warmup", type=int, default=100, help="untimed calls per target")
     parser.add_argument(
         "--durability",
         type=Durability,
         nargs="+",
-        default=[Durability.FULL, Durability.NORMAL],
-        help="one run per durability, each with a fresh Foreman and log",
+        default=[Durability.FULL],
+        help="a Foreman (fresh log) per durability, all running at once",
     )
-    parser.add_argument("--mode", choices=MODES, default="subprocess")
+    parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also run each Foreman from this source tree (a git worktree of the baseline)",
+    )
     parser.add_argument(
         "--key", action="store_true", help="keys in use: every call through Foreman carries one"
     )
     parser.add_argument("--model", default="llama3")
     parser.add_argument("--tokens", type=int, default=8, help="tokens per answer")
-    parser.add_argument(
-        "--no-pass-through",
-        dest="pass_through",
-        action="store_false",
-        help="skip the GET /api/version series (the extra HTTP hop alone)",
-    )
     parser.add_argument(
         "--scrape", type=float, metavar="S", help="GET /metrics every S seconds meanwhile"
     )
@@ -282,27 +284,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def run_all(args: argparse.Namespace) -> list[Run]:
-    return [await measure(args, durability) for durability in args.durability]
-
-
 def main(argv: list[str]) -> None:
     args = parse(argv)
     info = machine()
-    runs = trio.run(run_all, args)
+    series = trio.run(measure, args)
     document = {
         "benchmark": "latency",
         "machine": info,
-        "mode": args.mode,
         "requests": args.requests,
         "warmup": args.warmup,
         "tokens": args.tokens,
+        "baseline": str(args.baseline) if args.baseline else None,
         "scrape_every_s": args.scrape,
         "dashboard": args.dashboard,
-        "target_added_p50_ms": TARGET_MS,
-        "runs": [run.as_dict() for run in runs],
+        "target_own_p50_ms": SHARE_P50_MS,
+        "target_own_p99_ms": SHARE_P99_MS,
+        "target_cpu_ms": CPU_MS,
+        "series": [s.as_dict() for s in series],
     }
-    emit(args.json, document, report(runs, args))
+    emit(args.json, document, report(series, args))
 
 
 if __name__ == "__main__":
