@@ -1,8 +1,10 @@
 """Foreman's log lines on stderr: readable by default, one JSON object each with
 ``FOREMAN_LOG_FORMAT=json``. One line per actor start and stop, and one per job,
 batch, file, host or delivery transition, read from the journal's committed
-events; a batch's lines' transitions are at DEBUG (a batch of 50,000 lines is
-followed by its own events, not by 150,000 lines of log)."""
+events. A job's being submitted and started are at DEBUG, so a job that runs
+through makes one line at INFO, its end; a batch's lines' transitions are all at
+DEBUG (a batch of 50,000 lines is followed by its own events, not by 150,000
+lines of log)."""
 
 from __future__ import annotations
 
@@ -73,10 +75,12 @@ async def log_transitions(committed: trio.MemoryReceiveChannel[list[RecordedEven
             for event in events:
                 if event.type == "JobPruned":
                     continue
-                submitted = event.decoded
-                if isinstance(submitted, JobSubmitted) and submitted.batch is not None:
-                    lines.add(event.stream)
-                level = logging.DEBUG if event.stream in lines else logging.INFO
+                if event.type == "JobSubmitted":
+                    submitted = event.decoded
+                    if isinstance(submitted, JobSubmitted) and submitted.batch is not None:
+                        lines.add(event.stream)
+                quiet = event.type in ROUTINE or event.stream in lines
+                level = logging.DEBUG if quiet else logging.INFO
                 if event.type in JOB_ENDS:
                     lines.discard(event.stream)
                 logger.log(
@@ -87,6 +91,10 @@ async def log_transitions(committed: trio.MemoryReceiveChannel[list[RecordedEven
                     event.type,
                     extra={"job_event": event},
                 )
+
+
+ROUTINE = frozenset({"JobSubmitted", "JobStarted"})
+"""A job's transitions logged at DEBUG: its end says it ran."""
 
 
 def _kind(stream: str) -> str:

@@ -58,7 +58,7 @@ def test_other_lines_are_plain_json_messages() -> None:
     assert (line["message"], line["level"]) == ("journal: started on x.db", "info")
 
 
-async def test_a_batchs_lines_are_logged_at_debug_and_everything_else_at_info(
+async def test_a_jobs_end_is_at_info_its_start_and_a_batchs_lines_at_debug(
     log: EventLog, caplog: pytest.LogCaptureFixture
 ) -> None:
     line = BatchLine(batch_id="batch_1", line=1, custom_id="a")
@@ -66,12 +66,17 @@ async def test_a_batchs_lines_are_logged_at_debug_and_everything_else_at_info(
     line_id, job_id = new_ulid(), new_ulid()
     committed = [
         *log.append(line_id, [one_line, factories.started(), factories.succeeded()]),
-        *log.append(job_id, [factories.submitted()]),
+        *log.append(job_id, [factories.submitted(), factories.started(), factories.succeeded()]),
     ]
     send, receive = trio.open_memory_channel[list[RecordedEvent]](1)
     with caplog.at_level(logging.DEBUG, logger="foreman.transitions"):
         async with send:
             await send.send(committed)
         await log_transitions(receive)
-    levels = [(record.levelname, record.getMessage().split()[1]) for record in caplog.records]
-    assert levels == [("DEBUG", line_id)] * 3 + [("INFO", job_id)]
+    levels = [(record.levelname, *record.getMessage().split()[1:3]) for record in caplog.records]
+    assert levels == [
+        *(("DEBUG", line_id, type_) for type_ in ("JobSubmitted", "JobStarted", "JobSucceeded")),
+        ("DEBUG", job_id, "JobSubmitted"),
+        ("DEBUG", job_id, "JobStarted"),
+        ("INFO", job_id, "JobSucceeded"),
+    ]
