@@ -245,16 +245,16 @@ class Served:
 
 @asynccontextmanager
 async def program(
-    name: str, argv: list[str], env: dict[str, str], ready: str
+    name: str, argv: list[str], env: dict[str, str], ready: str, *, cwd: Path = ROOT
 ) -> AsyncIterator[Served]:
-    """Run ``argv`` as a process, output in ``.work/<name>.log``, as ``foreman`` and
-    ``simulator`` do in subprocess mode; yields once a line with ``ready`` names its URL;
-    SIGTERM at the end (SIGKILL if it will not stop)."""
+    """Run ``argv`` in ``cwd`` as a process, output in ``.work/<name>.log``, as ``foreman``
+    and ``simulator`` do in subprocess mode; yields once a line with ``ready`` names its
+    URL; SIGTERM at the end (SIGKILL if it will not stop)."""
     WORK_DIR.mkdir(exist_ok=True)
     log_path = WORK_DIR / f"{name}.log"
     with open(log_path, "wb") as log_file:  # noqa: ASYNC230 (opening is instant)
         process = await trio.lowlevel.open_process(
-            argv, cwd=ROOT, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT
+            argv, cwd=cwd, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT
         )
     try:
         url = await _wait_for_url(process, trio.Path(log_path), ready)
@@ -272,13 +272,15 @@ async def program(
 
 
 def foreman_on(
-    name: str, db: Path, backend: str, env: dict[str, str]
+    name: str, db: Path, backend: str, env: dict[str, str], *, tree: Path = ROOT
 ) -> AbstractAsyncContextManager[Served]:
     """``foreman serve`` as a process on the log at ``db`` as it is (not removed first),
-    with ``env`` (``FOREMAN_*`` settings) added."""
+    with ``env`` (``FOREMAN_*`` settings) added, run from the source ``tree`` (another
+    commit's worktree: its baseline)."""
     argv = [sys.executable, "-m", "foreman.cli", "serve", "--backend", backend]
-    argv += ["--listen", "127.0.0.1:0", "--db", str(db)]
-    return program(f"foreman-{name}", argv, env, "http: listening on")
+    argv += ["--listen", "127.0.0.1:0", "--db", str(db.resolve())]
+    env = {**env, "PYTHONPATH": str(tree)} if tree != ROOT else env
+    return program(f"foreman-{name}", argv, env, "http: listening on", cwd=tree)
 
 
 async def stall_backend(client: httpx.AsyncClient, sim: str) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 import trio
-from _report import Cell, emit, fmt_float, machine, progress, table
+from _report import ROOT, Cell, emit, fmt_float, machine, progress, table
 from _servers import (
     chat,
     cpu_seconds,
@@ -159,16 +159,17 @@ async def targets_running(args: argparse.Namespace) -> AsyncIterator[list[Target
         proxy_argv = [*python, "benchmarks/_proxy.py", "--backend", sim.url]
         proxy = await stack.enter_async_context(program("proxy", proxy_argv, {}, "proxy:"))
         targets = [Target("direct", sim.url, sim.pid), Target("proxy", proxy.url, proxy.pid)]
-        trees: list[tuple[str, dict[str, str]]] = [("", {})]
+        trees = [("", ROOT)]
         if args.baseline is not None:
-            trees.append((" @baseline", {"PYTHONPATH": str(args.baseline.resolve())}))
+            trees.append((" @baseline", args.baseline.resolve()))
         for durability in args.durability:
-            for label, env in trees:
+            for label, tree in trees:
                 name = f"foreman {durability.value.upper()}{label}"
                 slug = f"latency-{durability.value}{label.strip(' @')}"
                 db = fresh_log(slug, issued if args.key else None)
+                env = {"FOREMAN_DURABILITY": durability.value}
                 served = await stack.enter_async_context(
-                    foreman_on(slug, db, sim.url, {**env, "FOREMAN_DURABILITY": durability.value})
+                    foreman_on(slug, db, sim.url, env, tree=tree)
                 )
                 targets.append(Target(name, served.url, served.pid, durability.value, headers))
                 await stack.enter_async_context(

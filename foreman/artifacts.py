@@ -1,13 +1,17 @@
-"""Content-addressed storage for job outputs.
+"""Content-addressed storage for job outputs and stored files.
 
-Each job's outputs live in a directory of its own, ``root/<job id>/<sha256>``:
-named by their digest (the ``ETag`` the API serves, and a retried job writing
-the same output writes the same file), removed with their job when the
-janitor prunes it. A job's outputs are written durably *before* the event
-naming them is committed, so an event never points at a missing file; a crash
-between the two, or between pruning a job and removing its directory, leaves
-a directory the janitor removes when it starts. Blocking file I/O: callers
-run it on a thread.
+A job's outputs (``response.json``, ``content.txt``, images, ``embeddings.json``) are
+functions of its final response, which its ``JobSucceeded`` holds in the log: the
+event names them (:func:`output_refs`: name, media type, size, sha256) and nothing is
+written when the job ends. Their bytes are made again from the response when asked
+(:func:`output_bytes`); a download writes them once to ``root/<job id>/<sha256>``
+(:meth:`ArtifactStore.output`), a cache that is never fsynced, since the log can
+always make it again (ADR-0048). Outputs written by an older Foreman, and uploaded
+files, are the files themselves, written durably (:meth:`ArtifactStore.put`).
+
+Each job's (or file's) directory is removed with it when the janitor prunes it; a
+crash between pruning and removing leaves a directory the janitor removes when it
+starts. Blocking file I/O: callers run it on a thread.
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ class ArtifactStore:
         """Store ``data`` durably (write, fsync, rename, fsync dir) and return its ref."""
         if not valid_name(name):
             raise ValueError(f"invalid artifact name: {name!r}")
-        digest = hashlib.sha256(data).hexdigest()
+        digest = _sha256(data)
         final = self.path(job_id, digest)
         if not final.is_file():
             self._write(final, data)
@@ -107,6 +111,25 @@ class ArtifactStore:
                 os.unlink(tmp)
             raise
         _fsync_dir(final.parent)
+
+    def output(self, job_id: str, kind: str, result: dict[str, Any], ref: ArtifactRef) -> Path:
+        """The file of one of a job's outputs: written from the job's final response
+        (``result``) the first time it is asked, atomically and not fsynced (a cache of
+        what the log holds). Raises LookupError when the response does not make it."""
+        final = self.path(job_id, ref.sha256)
+        if not final.is_file():
+            data = output_bytes(kind, result, ref)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, final)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        return final
 
     def file_path(self, file_id: str, sha256: str) -> Path:
         """Where a stored file's bytes are: files live beside the jobs' outputs, under
@@ -168,3 +191,24 @@ def outputs(kind: str, result: dict[str, Any]) -> list[tuple[str, str, bytes]]:
         ("content.txt", "text/plain; charset=utf-8", content.encode()),
         *((f"image-{i}.png", "image/png", data) for i, data in enumerate(images, start=1)),
     ]
+
+
+def output_refs(kind: str, result: dict[str, Any]) -> tuple[ArtifactRef, ...]:
+    """The references a job's ``JobSucceeded`` carries to its outputs: nothing written."""
+    return tuple(
+        ArtifactRef(name=name, media_type=media, size=len(data), sha256=_sha256(data))
+        for name, media, data in outputs(kind, result)
+    )
+
+
+def output_bytes(kind: str, result: dict[str, Any], ref: ArtifactRef) -> bytes:
+    """The bytes of the output ``ref`` names, made again from the job's final response;
+    LookupError when that response does not make it (not this name, or other bytes)."""
+    for name, _, data in outputs(kind, result):
+        if name == ref.name and _sha256(data) == ref.sha256:
+            return data
+    raise LookupError(f"the job's response does not make {ref.name!r} ({ref.sha256})")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

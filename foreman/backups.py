@@ -6,11 +6,13 @@ after the snapshot) and ``manifest.json`` (the head it holds, the copy's digest)
 written last, so a directory without one is a backup that did not finish.
 
 Taking one writes nothing to the live log and takes no lock a writer needs: the
-copy reads one WAL snapshot, which the journal's commits never wait for. Outputs
-are written before the event naming them, so every artifact the snapshot names
-was on disk before the snapshot was taken; copying afterwards finds it (unless the
-janitor pruned its job meanwhile: then the job is past its TTL in the copy too, and
-is pruned again once restored).
+copy reads one WAL snapshot, which the journal's commits never wait for. A job's
+outputs are in the log itself, made again from its response when asked (ADR-0048);
+the artifacts directory holds uploaded files (and older Foremans' outputs), written
+before the event naming them, so every file the snapshot names was on disk before
+the snapshot was taken; copying afterwards finds it (unless the janitor pruned it
+meanwhile: then it is past its TTL in the copy too, and is pruned again once
+restored).
 """
 
 from __future__ import annotations

@@ -173,7 +173,6 @@ async def run_foreman(
                 backends[spec.name],
                 journal.clone(),
                 scheduler.clone(),
-                store,
                 host=spec.name,
                 max_attempts=settings.max_attempts,
                 job_timeout=settings.job_timeout,

@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from foreman.api.stored import stored_headers
-from foreman.artifacts import ArtifactStore, is_text, outputs, valid_name
+from foreman.artifacts import (
+    ArtifactStore,
+    is_text,
+    output_bytes,
+    output_refs,
+    outputs,
+    valid_name,
+)
 from foreman.ids import new_ulid
 
 JOB = new_ulid()
@@ -220,3 +227,24 @@ def test_stored_bytes_are_never_run_and_active_types_are_downloads(
     assert (disposition is not None) == download
     if disposition is not None:
         assert disposition == "attachment; filename*=UTF-8''a%20%22b%22.html"
+
+
+def test_output_refs_name_what_output_bytes_make_again() -> None:
+    result = {"model": "llama3", "message": {"role": "assistant", "content": "hi"}, "done": True}
+    refs = output_refs("chat", result)
+    assert [ref.name for ref in refs] == ["response.json", "content.txt"]
+    for ref in refs:
+        data = output_bytes("chat", result, ref)
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (ref.size, ref.sha256)
+    other = {**result, "message": {"role": "assistant", "content": "bye"}}
+    with pytest.raises(LookupError):  # a response that does not make these bytes
+        output_bytes("chat", other, refs[1])
+
+
+def test_an_output_file_is_written_once_from_the_response(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path)
+    result = {"model": "llama3", "response": "words", "done": True}
+    ref = output_refs("generate", result)[1]
+    path = store.output(JOB, "generate", result, ref)
+    assert (path, path.read_bytes()) == (store.path(JOB, ref.sha256), b"words")
+    assert files_under(tmp_path) == [path]  # no temporary file left

@@ -14,7 +14,6 @@ from foreman.actors import TenantQueueFull
 from foreman.actors.journal import Journal, JournalClient
 from foreman.actors.scheduler import Scheduler, SchedulerClient
 from foreman.actors.worker import Stop, Work, Worker
-from foreman.artifacts import ArtifactStore
 from foreman.backend import Backend
 from foreman.events.log import EventLog
 from foreman.events.tenants import NO_LIMITS, Limits
@@ -95,8 +94,7 @@ async def test_a_tenant_behind_a_thousand_jobs_starts_after_at_most_one_more_of_
         for _ in range(20):
             submitters.start_soon(submit_many, 50)
     committed = await journal.subscribe()
-    store = ArtifactStore(db_path.with_suffix(".artifacts"))
-    nursery.start_soon(Worker(Backend(url), journal, scheduler.clone(), store, max_attempts=1).run)
+    nursery.start_soon(Worker(Backend(url), journal, scheduler.clone(), max_attempts=1).run)
     await until(committed, counted(5, of_type("JobStarted")))
     await trio.sleep(0.008)  # into the running job: its JobStarted is committed
     queued = await scheduler.submit(job_of("bravo"))

@@ -460,7 +460,10 @@ async def test_an_internal_error_is_json_and_its_traceback_only_logged(
 ) -> None:
     job = await finished_job(foreman, http)
     artifact = next(a for a in job["artifacts"] if a["name"] == "content.txt")
-    (db_path.with_suffix(".artifacts") / job["id"] / artifact["sha256"]).unlink()  # an operator
+    assert (await http.get(artifact["url"])).status_code == 200  # its file, written now
+    cached = db_path.with_suffix(".artifacts") / job["id"] / artifact["sha256"]
+    cached.unlink()  # an operator puts a directory where the file was
+    (cached / "odd").mkdir(parents=True)
 
     with caplog.at_level(logging.ERROR, logger="foreman"):
         answer = await http.get(artifact["url"])

@@ -15,6 +15,7 @@ from ulid import ULID
 
 from foreman.events.audit import verify
 from foreman.events.store import open_log
+from tests.disks import immutable
 from tests.running import ENDS, Foreman, counted, recorded, start_foreman, until
 
 CHAT = {"model": "llama3", "messages": [{"role": "user", "content": "why is the sky blue?"}]}
@@ -108,6 +109,30 @@ async def test_artifacts_honour_if_none_match_and_ranges_and_refuse_other_names(
         refused = await http.get(f"/jobs/{job_id}/artifacts/{name}")
         assert refused.status_code == 404, name
         assert "error" in refused.json()
+
+
+async def test_an_output_is_made_from_the_logged_response_when_it_is_asked(
+    foreman: Foreman, http: httpx.AsyncClient, db_path: Path
+) -> None:
+    committed = await foreman.running.journal.subscribe()
+    job_id = (await http.post("/jobs", json=chat_job())).json()["job_id"]
+    await until(committed, recorded(job_id, "JobSucceeded"))
+    outputs = db_path.with_suffix(".artifacts")
+    assert not (outputs / job_id).exists()  # the job's end wrote nothing (ADR-0048)
+    url = f"/jobs/{job_id}/artifacts/response.json"
+    first = await http.get(url)
+    (cached,) = (outputs / job_id).iterdir()
+    assert f'"{cached.name}"' == first.headers["etag"]
+    assert hashlib.sha256(first.content).hexdigest() == cached.name
+    cached.unlink()  # a cache: made again
+    again = await http.get(url)
+    assert (again.status_code, again.content) == (200, first.content)
+    cached.unlink()
+    with immutable(outputs / job_id):  # a disk that takes nothing: served whole
+        whole = await http.get(url, headers={"Range": "bytes=0-3"})
+        assert (whole.status_code, whole.content) == (200, first.content)
+        assert whole.headers["etag"] == first.headers["etag"]
+    assert not (outputs / job_id / cached.name).exists()
 
 
 async def test_an_output_over_the_inline_limit_is_only_linked(

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from foreman.artifacts import ArtifactStore
+from foreman.artifacts import output_bytes
 from foreman.events.jobs import JobsProjection
 from foreman.events.log import EventLog
 from foreman.events.types import (
@@ -234,14 +234,14 @@ def test_kill_9_with_jobs_queued_and_running_loses_none_and_ends_each_once(
         result = json.loads(by_prompt[prompt].data)["result"]
         assert answer["message"] == result["message"], prompt
 
-    # No success, committed before a kill or after, names an output missing from disk.
-    store = ArtifactStore(db.with_suffix(".artifacts"))
-    for job, events in final.items():
+    # No success, committed before a kill or after, names an output its response does
+    # not make (ADR-0048).
+    for events in final.values():
         succeeded = events[-1].event
         assert isinstance(succeeded, JobSucceeded)
         assert {ref.name for ref in succeeded.artifacts} == {"response.json", "content.txt"}
         for ref in succeeded.artifacts:
-            assert store.path(job, ref.sha256).stat().st_size == ref.size
+            assert len(output_bytes("chat", succeeded.result, ref)) == ref.size
 
     verified = foreman_command("events", "verify", "--db", str(db))
     assert verified.returncode == 0, verified.stdout + verified.stderr

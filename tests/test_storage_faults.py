@@ -181,6 +181,36 @@ async def test_stopping_while_the_log_cannot_be_written_loses_only_what_recovery
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
+async def test_a_waiting_callers_job_runs_while_it_commits_and_is_answered_only_after(
+    disk: SmallDisk, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Nothing queued and the GPU free: a sync call is sent to the backend while its
+    ``JobSubmitted`` commits (ADR-0048). Here that commit waits for the disk: the
+    backend runs the job meanwhile, and the caller is answered only once the job is
+    in the log."""
+    db = disk.root / "foreman.db"
+    async for foreman in start_foreman(nursery, db, artifacts_dir=tmp_path / "artifacts"):
+        async with httpx.AsyncClient(base_url=foreman.url, timeout=30) as http:
+            sim = (await http.get("/healthz")).json()["backends"][0]["url"]
+            disk.fill()
+            answers: list[httpx.Response] = []
+            async with trio.open_nursery() as calling:
+                calling.start_soon(_chat, http, answers)
+                await faulted(foreman)
+                await http.get(f"{sim}/_sim/stats", params={"until_generations": 1})
+                assert answers == []  # run, but not answered: its submission is not logged
+                disk.free()
+            (answer,) = answers
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["done"] is True
+            (job,) = [j["id"] for j in (await http.get("/jobs")).json()["jobs"]]
+            assert event_types(db, job) == ["JobSubmitted", "JobStarted", "JobSucceeded"]
+
+
+async def _chat(http: httpx.AsyncClient, answers: list[httpx.Response]) -> None:
+    answers.append(await http.post("/api/chat", json={**CHAT, "stream": False}))
+
+
 async def _submit(http: httpx.AsyncClient, answers: list[httpx.Response]) -> None:
     answers.append(await http.post("/jobs", json=JOB))
 
@@ -253,9 +283,10 @@ async def _reads_and_health_are_answered(
 async def test_a_full_artifacts_disk_fails_the_job_refuses_uploads_and_holds_a_batch(
     disk: SmallDisk, db_path: Path, nursery: trio.Nursery
 ) -> None:
-    """The log has room; the artifacts do not. A job whose outputs cannot be stored
-    fails saying so, an upload is refused (503, OpenAI's shape), and a batch's output
-    file waits, the batch ``finalizing``, until there is room: no actor stops."""
+    """The log has room; the artifacts do not. A job succeeds (its outputs are made
+    from its logged response, ADR-0048) and its outputs are served whole, an upload is
+    refused (503, OpenAI's shape), and a batch's output file waits, the batch
+    ``finalizing``, until there is room: no actor stops."""
     artifacts = disk.root / "artifacts"
     logged = Logged("its output file cannot be stored (No space left on device)")
     logging.getLogger("foreman.actors.batcher").addHandler(logged)
@@ -277,12 +308,11 @@ async def _with_full_artifacts(foreman: Foreman, disk: SmallDisk, logged: Logged
     async with httpx.AsyncClient(base_url=foreman.url, timeout=30) as http:
         disk.fill()
         job = (await http.post("/jobs", json=JOB)).json()["job_id"]
-        await until(committed, recorded(job, "JobFailed"))
-        failed: dict[str, Any] = (await http.get(f"/jobs/{job}")).json()
-        assert failed["state"] == "failed"
-        assert failed["error"]["message"] == (
-            "the job's outputs could not be stored: No space left on device"
-        )
+        await until(committed, recorded(job, "JobSucceeded"))
+        view: dict[str, Any] = (await http.get(f"/jobs/{job}")).json()
+        content = next(a for a in view["artifacts"] if a["name"] == "content.txt")
+        output = await http.get(content["url"], headers={"Range": "bytes=0-1"})
+        assert (output.status_code, output.text) == (200, content["inline"])
 
         refused = await http.post(
             "/v1/files", files={"file": ("in.jsonl", io.BytesIO(jsonl))}, data={"purpose": "batch"}

@@ -44,8 +44,9 @@ import heapq
 import json
 import math
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import trio
@@ -70,6 +71,9 @@ from foreman.scheduling import Costs, HostView, JobQueue, QueuedJob, model_name
 
 INBOX = 1024
 """Requests the scheduler's inbox holds before its clients wait."""
+OFFERED = 0
+"""The arrival of a job sent at once (:class:`_Offer`): it arrived before any job queued
+since, and keeps that place should it be queued again for a retry."""
 
 CancelOutcome = Literal["cancelled", "stopping", "not_found"]
 """``cancelled``: it was queued and ``JobCancelled`` is committed; ``stopping``: it
@@ -153,37 +157,58 @@ class SchedulerClient:
     def clone(self) -> SchedulerClient:
         return SchedulerClient(self._requests.clone(), self._journal.clone())
 
-    async def submit(
-        self,
-        submitted: JobSubmitted,
-        *,
-        body: bytes | None = None,
-        answers: trio.MemorySendChannel[Answer] | None = None,
-    ) -> Queued:
+    async def submit(self, submitted: JobSubmitted) -> Queued:
         """Admit a new job (raises :class:`QueueFull` beyond ``max_queue``,
         :class:`TenantQueueFull` beyond its tenant's ``max_queued``,
         :class:`ModelNotFound` when no host has its model), commit its
-        ``JobSubmitted``, and queue it. ``body``: the backend request as the caller
-        sent it (default: the request, encoded); ``answers``: where a waiting caller
-        takes the answer."""
+        ``JobSubmitted``, and queue it."""
+        async with self._admitted(submitted) as (job_id, logged):
+            (event,) = await logged.wait()
+            queued = _queued_job(job_id, event, submitted)
+            position: Reply[int | None] = Reply()
+            work = Work(queued, submitted.kind, _body(submitted), attempts=0)
+            await deliver(self._requests, _Queue(work, admitted=True, position=position))
+        return Queued(job_id, event.recorded_at, await position.wait())
+
+    async def submit_waiting(
+        self, submitted: JobSubmitted, body: bytes, answers: trio.MemorySendChannel[Answer]
+    ) -> str:
+        """Admit a new job whose caller waits for its answer on ``answers`` (``body``:
+        the backend request as the caller sent it); raises as :meth:`submit` does.
+        When nothing waits in the queue and a worker that can run it is free, it is
+        sent at once, while its ``JobSubmitted`` commits, and its answer waits for
+        that commit (ADR-0048); otherwise it is queued once committed."""
+        async with self._admitted(submitted) as (job_id, logged):
+            queued = QueuedJob.of(job_id, OFFERED, submitted, trio.current_time())
+            work = Work(queued, submitted.kind, body, attempts=0, answers=answers, logged=logged)
+            taken: Reply[bool] = Reply()
+            await deliver(self._requests, _Offer(work, taken))
+            if not await taken.wait():
+                (event,) = await logged.wait()
+                work = replace(work, job=_queued_job(job_id, event, submitted), logged=None)
+                await deliver(self._requests, _Queue(work, admitted=True))
+        return job_id
+
+    @asynccontextmanager
+    async def _admitted(
+        self, submitted: JobSubmitted
+    ) -> AsyncIterator[tuple[str, Reply[list[RecordedEvent]]]]:
+        """A place in the queue reserved and ``JobSubmitted`` handed to the journal:
+        the new job's id and its commit's reply. Shielded: the place is taken, or given
+        back when the block fails."""
         admitted: Reply[bool] = Reply()
         tenant = submitted.tenant
         await deliver(self._requests, _Admit(model_name(submitted.model), tenant, admitted))
         if not await admitted.wait():
             raise QueueFull
         job_id = new_ulid()
-        with trio.CancelScope(shield=True):  # the place is taken, or given back
+        with trio.CancelScope(shield=True):
             try:
-                (event,) = await self._journal.append(job_id, [submitted], expected_version=0)
+                logged = await self._journal.enqueue(job_id, [submitted], expected_version=0)
+                yield job_id, logged
             except BaseException:
                 await deliver(self._requests, _Release(tenant))
                 raise
-            queued = QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
-            request = json.dumps(submitted.request).encode() if body is None else body
-            position: Reply[int | None] = Reply()
-            work = Work(queued, submitted.kind, request, attempts=0, answers=answers)
-            await deliver(self._requests, _Queue(work, admitted=True, position=position))
-        return Queued(job_id, event.recorded_at, await position.wait())
 
     async def submit_lines(self, lines: Sequence[JobSubmitted]) -> list[str]:
         """Commit and queue a batch's lines; their ids, in order. Lines are outside
@@ -200,7 +225,7 @@ class SchedulerClient:
         for job_id, line, reply in zip(ids, lines, replies, strict=True):
             (event,) = await reply.wait()
             queued = QueuedJob.of(job_id, event.seq, line, trio.current_time())
-            works.append(Work(queued, line.kind, json.dumps(line.request).encode(), attempts=0))
+            works.append(Work(queued, line.kind, _body(line), attempts=0))
         await deliver(self._requests, _QueueMany(works))
         return ids
 
@@ -222,8 +247,8 @@ class SchedulerClient:
         """Queue a job the log holds as queued (recovery), in its place of ``arrival``
         (the seq of its ``JobSubmitted``), as if it had waited ``waited`` seconds."""
         queued = QueuedJob.of(job_id, arrival, submitted, trio.current_time() - waited)
-        body = json.dumps(submitted.request).encode()
-        await deliver(self._requests, _Queue(Work(queued, submitted.kind, body, attempts)))
+        work = Work(queued, submitted.kind, _body(submitted), attempts)
+        await deliver(self._requests, _Queue(work))
 
     async def cancel(self, job_id: str, reason: str) -> CancelOutcome:
         outcome: Reply[CancelOutcome] = Reply()
@@ -311,6 +336,16 @@ class _Queue:
     """Trio time before which it may not run: a retry's backoff."""
     position: Reply[int | None] | None = None
     """Where to answer its queue position once it is queued."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    """A job just admitted, its ``JobSubmitted`` still committing: to a free worker at
+    once if nothing waits in the queue and one can take it (``taken`` says whether; it
+    then holds no place any more), else not (it keeps its place for its :class:`_Queue`)."""
+
+    work: Work
+    taken: Reply[bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,6 +441,7 @@ class _Release:
 
 _Message = (
     _Queue
+    | _Offer
     | _QueueMany
     | _Ready
     | _Done
@@ -532,6 +568,8 @@ class Scheduler:
                     self._enqueue(work)
                 if message.position is not None:
                     message.position.put(self._position(job_id))
+            case _Offer():
+                message.taken.put(self._offer(message.work))
             case _QueueMany():
                 for work in message.works:
                     self._enqueue(work)
@@ -573,6 +611,20 @@ class Scheduler:
         if admitted:
             self._reserved[admit.tenant] += 1
         return admitted
+
+    def _offer(self, work: Work) -> bool:
+        """Whether a free worker takes the offered job now: only when nothing waits in
+        the queue, so it goes ahead of no one; the fleet rule decides which worker."""
+        if self._queue or not self._ready:
+            return False
+        self._enqueue(work)
+        self._dispatch()
+        if work.job.job_id in self._at_backend:
+            self._reserved[work.job.tenant] -= 1
+            return True
+        self._queue.remove(work.job.job_id)
+        del self._work[work.job.job_id]
+        return False
 
     def _host(self, name: str) -> _Host:
         return self._hosts.setdefault(name, _Host(name))
@@ -795,6 +847,16 @@ class Scheduler:
                 cancel.outcome.put("cancelled")
 
         await self._record(work.job.job_id, [JobCancelled(reason=cancel.reason)], cancelled)
+
+
+def _queued_job(job_id: str, event: RecordedEvent, submitted: JobSubmitted) -> QueuedJob:
+    """A job queued once its ``JobSubmitted`` (``event``) is committed: it arrived then."""
+    return QueuedJob.of(job_id, event.seq, submitted, trio.current_time())
+
+
+def _body(submitted: JobSubmitted) -> bytes:
+    """The backend request of a job submitted without the caller's own bytes."""
+    return json.dumps(submitted.request).encode()
 
 
 async def _after(committed: Reply[list[RecordedEvent]], then: Callable[[], None] | None) -> None:

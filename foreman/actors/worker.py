@@ -10,7 +10,7 @@ and its ``job_timeout`` begins then.
 For each job: ``JobStarted``, its answer relayed line by line to the waiting
 caller (if any), then one of
 
-- ``JobSucceeded`` with the final response and its outputs, stored first
+- ``JobSucceeded`` with the final response, naming the outputs it makes
   (:mod:`foreman.artifacts`);
 - ``JobFailed`` with the backend's status and message, when the backend
   answered with an error (final: retrying would get the same answer);
@@ -37,11 +37,11 @@ from typing import Any, Protocol
 import trio
 from pydantic import ValidationError
 
+from foreman.actors._reply import Reply
 from foreman.actors.journal import JournalClient
-from foreman.artifacts import ArtifactStore, outputs
+from foreman.artifacts import output_refs
 from foreman.backend import Backend, BackendError, BackendLost, BackendUnreachable
 from foreman.events.types import (
-    ArtifactRef,
     Event,
     JobAttemptFailed,
     JobCancelled,
@@ -49,6 +49,7 @@ from foreman.events.types import (
     JobRequeued,
     JobStarted,
     JobSucceeded,
+    RecordedEvent,
 )
 from foreman.scheduling import QueuedJob
 
@@ -88,6 +89,24 @@ class Work:
     """Where a synchronous caller waits for the answer; None for async jobs."""
     spared: int = 0
     """Attempts lost to a host going down, which do not count against max_attempts."""
+    logged: Reply[list[RecordedEvent]] | None = None
+    """The commit of its ``JobSubmitted`` when it was sent before that was committed
+    (ADR-0048): its caller is answered, and its start recorded, only once it is."""
+
+    async def not_logged(self) -> NotLogged | None:
+        """None once its ``JobSubmitted`` is committed (at once when that was before
+        it was sent); the refusal when the log refused it."""
+        if self.logged is not None:
+            try:
+                await self.logged.wait()
+            except Exception as error:
+                return NotLogged(f"the job could not be recorded: {error}")
+        return None
+
+
+class NotLogged(Exception):
+    """A job sent before its ``JobSubmitted`` was committed, which the log refused: it
+    is not a job, and nothing more of it is recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +166,8 @@ UNREACHABLE_STATUS = 503
 """What a synchronous caller gets when every attempt found the backend unreachable."""
 UNSTORABLE_STATUS = 502
 """What a synchronous caller gets when the backend's answer cannot be recorded."""
+UNLOGGED_STATUS = 500
+"""What a synchronous caller gets when its job's ``JobSubmitted`` was refused."""
 
 
 FIRST_RETRY = 0.5
@@ -164,7 +185,6 @@ class Worker:
         backend: Backend,
         journal: JournalClient,
         scheduler: JobSource,
-        store: ArtifactStore,
         *,
         host: str = "default",
         max_attempts: int,
@@ -177,7 +197,6 @@ class Worker:
         self._backend = backend
         self._journal = journal
         self._scheduler = scheduler
-        self._store = store
         self.max_attempts = max_attempts
         self._backoff = backoff
         self.job_timeout = job_timeout
@@ -266,6 +285,11 @@ class Worker:
             del self._calls[job_id]
         await self._scheduler.done(job_id, Took.of(outcome))
         ended.set()
+        await self._record(work, await work.not_logged() or outcome, finishing)
+
+    async def _record(self, work: Work, outcome: Outcome, finishing: trio.Nursery) -> None:
+        """Record how the attempt went, in the background; a job the log refused
+        (:class:`NotLogged`) is not a job: only its caller is told."""
         attempt = work.attempts + 1
         events: list[Event]
         failed: AnswerError | None = None
@@ -290,6 +314,9 @@ class Worker:
             failed = AnswerError(outcome.status or 500, outcome.message)
         elif isinstance(outcome, Stop):
             events = [JobCancelled(reason=outcome.reason)]
+        elif isinstance(outcome, NotLogged):
+            await self._let_go(work, AnswerError(UNLOGGED_STATUS, str(outcome)))
+            return
         else:
             finishing.start_soon(self._succeed, work, outcome)
             return
@@ -317,46 +344,34 @@ class Worker:
         await self._start(call)
 
     async def _start(self, call: _Call) -> None:
-        """The job has the GPU: it has started, and that is recorded."""
+        """The job has the GPU: it has started, and that is recorded (after its
+        ``JobSubmitted``: one that was never recorded never started)."""
         call.start(self.job_timeout)
         started = JobStarted(attempt=call.work.attempts + 1, backend=self.host)
         job = call.work.job
         with trio.CancelScope(shield=True):  # the job has started: that is recorded
+            if await call.work.not_logged() is not None:
+                return  # never a job: its caller is told so
             if job.batch:  # handed over only: it may wait to share a commit (ADR-0038)
                 await self._journal.enqueue(job.job_id, [started], lazy=True)
             else:
                 await self._journal.append(job.job_id, [started])
 
     async def _succeed(self, work: Work, result: dict[str, Any]) -> None:
-        """Store the job's outputs, then record the success naming them: an event never
-        points at an output that is not on disk (a batch's line has none of its own).
-        An answer the log could not read back (ADR-0032) fails the job instead, and so
-        do outputs the disk refuses (full, read-only: ADR-0041), saying so; the caller,
-        if any, has its answer already."""
+        """Record the success, naming the outputs its response makes (ADR-0048; a
+        batch's line has none of its own). An answer the log could not read back
+        (ADR-0032) fails the job instead, saying so; the caller, if any, has its
+        answer already."""
         try:
             succeeded = JobSucceeded(result=result)
         except ValidationError as error:
             why = f"the backend's answer cannot be stored: {error.errors()[0]['msg']}"
             await self._finish(work, [JobFailed(error=why)], AnswerError(UNSTORABLE_STATUS, why))
             return
-        if work.job.batch:  # its answer goes to its batch's output file (ADR-0037)
-            await self._finish(work, [succeeded])
-            return
-        with trio.CancelScope(shield=True):
-            try:
-                artifacts = await trio.to_thread.run_sync(
-                    self._store_outputs, work.job.job_id, work.kind, result
-                )
-            except OSError as error:
-                why = f"the job's outputs could not be stored: {error.strerror or error}"
-                await self._finish(work, [JobFailed(error=why)])
-                return
-        await self._finish(work, [succeeded.model_copy(update={"artifacts": artifacts})])
-
-    def _store_outputs(
-        self, job_id: str, kind: str, result: dict[str, Any]
-    ) -> tuple[ArtifactRef, ...]:
-        return tuple(self._store.put(job_id, *output) for output in outputs(kind, result))
+        if not work.job.batch:
+            refs = output_refs(work.kind, result)
+            succeeded = succeeded.model_copy(update={"artifacts": refs})
+        await self._finish(work, [succeeded])
 
     async def _finish(
         self, work: Work, events: list[Event], failed: AnswerError | None = None
@@ -365,6 +380,12 @@ class Worker:
         Shielded: an outcome already produced is recorded even at shutdown."""
         with trio.CancelScope(shield=True):
             await self._journal.append(work.job.job_id, events, lazy=work.job.batch)
+        await self._let_go(work, failed)
+
+    @staticmethod
+    async def _let_go(work: Work, failed: AnswerError | None) -> None:
+        """Tell the job's caller (if still there) how it failed, if it did, and end its
+        answer."""
         if work.answers is None:
             return
         async with work.answers:
@@ -379,7 +400,7 @@ class Worker:
         await self._scheduler.retry(work, delay)
 
 
-Outcome = dict[str, Any] | BackendUnreachable | BackendError | Stop
+Outcome = dict[str, Any] | BackendUnreachable | BackendError | Stop | NotLogged
 
 
 class _Call:
@@ -417,7 +438,7 @@ class _Call:
     async def run(self, backend: Backend, stream_stall: float | None) -> Outcome:
         """The call's outcome. Over the timeout it is BackendUnreachable (retryable)
         while nothing was answered yet, and a BackendError once the answer began."""
-        relay = _Relay(self.work.answers, stream_stall)
+        relay = _Relay(self.work, stream_stall)
         try:
             return await self._call(backend, relay)
         finally:
@@ -435,6 +456,8 @@ class _Call:
                     return Stop(job_id, "client_disconnected")
                 except CallerStalled:
                     return Stop(job_id, "client_stalled")
+                except NotLogged as error:
+                    return error
             message = f"no answer within the job timeout ({self._timeout} s)"
             return BackendError(message, None) if relay.began else BackendUnreachable(message)
         assert self._stopped is not None  # only stop() cancels the scope
@@ -446,16 +469,20 @@ class CallerStalled(Exception):
 
 
 class _Relay:
-    """Sends each line to the caller, if there is one, and remembers that it began;
-    raises BrokenResourceError once the caller has gone, and CallerStalled when a
-    line waited for it over ``stall`` seconds."""
+    """Sends each line to the caller, if there is one, once the job's ``JobSubmitted``
+    is committed, and remembers that it began; raises BrokenResourceError once the
+    caller has gone, CallerStalled when a line waited for it over ``stall`` seconds,
+    and NotLogged when the log refused the job."""
 
-    def __init__(self, answers: trio.MemorySendChannel[Answer] | None, stall: float | None) -> None:
-        self._answers = answers
+    def __init__(self, work: Work, stall: float | None) -> None:
+        self._work = work
+        self._answers = work.answers
         self._stall = math.inf if stall is None else stall
         self.began = False
 
     async def __call__(self, line: bytes) -> None:
+        if not self.began and (refused := await self._work.not_logged()) is not None:
+            raise refused
         self.began = True
         if self._answers is None:
             return

@@ -1,10 +1,12 @@
 """What the Ollama and OpenAI front doors share: running a caller's request as a
 durable job and relaying its answer, and passing a call straight to a backend.
 
-A generation call becomes a job: ``JobSubmitted`` is committed first, then the
-job waits in the scheduler's queue, and its answer (Ollama's native lines) is
-relayed as the worker receives it. A caller that hangs up cancels its job. Each
-dialect turns the native answer, and a :class:`Refused`, into its own shape.
+A generation call becomes a job: it waits in the scheduler's queue once its
+``JobSubmitted`` is committed, or, when nothing waits and a worker is free, is sent
+at once while it commits (ADR-0048); its answer (Ollama's native lines) is relayed
+as the worker receives it, never before its ``JobSubmitted`` is committed. A caller
+that hangs up cancels its job. Each dialect turns the native answer, and a
+:class:`Refused`, into its own shape.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ async def start_job(
     up, or FOREMAN_MAX_WAIT passed with no host up that can run it: 503)."""
     send, answers = trio.open_memory_channel[Answer](ANSWER_BUFFER)
     try:
-        job_id = (await door.scheduler.submit(submitted, body=body, answers=send)).job_id
+        job_id = await door.scheduler.submit_waiting(submitted, body, send)
     except TenantQueueFull as full:
         raise Refused(429, over_queue(full), retry_after=QUEUED_RETRY_AFTER) from None
     except QueueFull:

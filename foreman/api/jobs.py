@@ -9,6 +9,7 @@ which only the scheduler knows, is asked of it.
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 from collections.abc import AsyncIterator, Iterator
@@ -45,7 +46,7 @@ from foreman.api.schemas import (
     SubmitJob,
 )
 from foreman.api.stored import stored_headers
-from foreman.artifacts import ArtifactStore, valid_name
+from foreman.artifacts import ArtifactStore, output_bytes, valid_name
 from foreman.events.deliveries import Deliveries, job_deliveries, redeliveries_asked
 from foreman.events.jobs import TERMINAL_STATES, Job, JobState
 from foreman.events.log import EventLog, unix_time, wall_clock
@@ -308,9 +309,7 @@ def job_routes(api: JobsApi, writes: params.Depends) -> APIRouter:
         etag = f'"{ref.sha256}"'
         if etag in _etags(request.headers.get("if-none-match", "")):
             return Response(status_code=304, headers={"ETag": etag})
-        path = api.store.path(job_id, ref.sha256)
-        headers = {"ETag": etag, **stored_headers(ref.name, ref.media_type)}
-        return FileResponse(path, media_type=ref.media_type, headers=headers)
+        return await _download(api, record, ref)
 
     @router.post(
         "/{job_id}/webhooks/redeliver",
@@ -548,15 +547,42 @@ def _read_view(
     if record is None:
         return None
     refs = record.succeeded.artifacts if record.succeeded is not None else ()
-    artifacts = [artifact_view(job_id, ref, inline=_small_output(api, job_id, ref)) for ref in refs]
+    artifacts = [artifact_view(job_id, ref, inline=_small_output(api, record, ref)) for ref in refs]
     return record, artifacts, [delivery_view(d) for d in job_deliveries(log, job_id)]
 
 
-def _small_output(api: JobsApi, job_id: str, ref: ArtifactRef) -> bytes | None:
-    """An output's bytes when it is small enough to show inline (a blocking read)."""
+def _small_output(api: JobsApi, record: JobRecord, ref: ArtifactRef) -> bytes | None:
+    """An output's bytes when it is small enough to show inline (ADR-0048: made from
+    the job's response, or read from an older Foreman's file)."""
     if ref.size > api.inline_max:
         return None
-    return api.store.path(job_id, ref.sha256).read_bytes()
+    path = api.store.path(record.job.id, ref.sha256)
+    if path.is_file():
+        return path.read_bytes()
+    return output_bytes(record.job.kind, _result(record), ref)
+
+
+async def _download(api: JobsApi, record: JobRecord, ref: ArtifactRef) -> Response:
+    """An output served from its file, written from the job's response the first time
+    it is asked (ADR-0048); when the disk will not take it (full, read-only), the
+    bytes, whole (no ranges)."""
+    headers = {"ETag": f'"{ref.sha256}"', **stored_headers(ref.name, ref.media_type)}
+    result = _result(record)
+    try:
+        path = await trio.to_thread.run_sync(
+            api.store.output, record.job.id, record.job.kind, result, ref
+        )
+    except OSError as error:
+        if error.errno not in DISK_REFUSALS:
+            raise
+        data = output_bytes(record.job.kind, result, ref)
+        return Response(data, media_type=ref.media_type, headers=headers)
+    return FileResponse(path, media_type=ref.media_type, headers=headers)
+
+
+def _result(record: JobRecord) -> dict[str, Any]:
+    assert record.succeeded is not None  # only a success names outputs
+    return record.succeeded.result
 
 
 def _json(model: JobView, status: int = 200) -> Response:
@@ -570,6 +596,10 @@ def _artifact(record: JobRecord, name: str) -> ArtifactRef:
         if ref.name == name:
             return ref
     raise ApiProblem(404, f"job {record.job.id} has no artifact named {name!r}")
+
+
+DISK_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""Why a disk may not take a file, which an output is served without."""
 
 
 def _etags(header: str) -> set[str]:
