@@ -33,6 +33,14 @@ class Foreman:
     def client(self) -> ollama.Client:
         return ollama.Client(host=self.url)
 
+    def events_of(self, stream: str) -> list[RecordedEvent]:
+        """The stream's events as the log holds them now."""
+        log = EventLog.open(self.db_path, read_only=True)
+        try:
+            return [event for event in log.read() if event.stream == stream]
+        finally:
+            log.close()
+
     def job_events(self) -> dict[str, list[str]]:
         log = EventLog.open(self.db_path, read_only=True)
         try:

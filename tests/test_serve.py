@@ -63,6 +63,34 @@ async def test_the_official_client_works_unchanged(foreman: Foreman) -> None:
     assert all(events[-1] == "JobSucceeded" for events in jobs.values())
 
 
+async def test_a_call_to_a_free_gpu_starts_in_the_commit_of_its_submission(
+    foreman: Foreman,
+) -> None:
+    """ADR-0048: nothing queued and the GPU free, a sync call is sent at once and its
+    ``JobStarted`` shares the commit of its ``JobSubmitted`` (one time a commit); one
+    arriving while another runs waits behind it and starts when that one ends."""
+    committed = await foreman.running.journal.subscribe()
+    chat = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    async with httpx.AsyncClient(base_url=foreman.url, timeout=30) as http:
+        sim = (await http.get("/healthz")).json()["backends"][0]["url"]
+        stall = {"kind": "stall", "seconds": 0.5, "after_tokens": 0, "times": 1}
+        (await http.post(f"{sim}/_sim/faults", json=stall)).raise_for_status()
+        async with trio.open_nursery() as calls:
+            calls.start_soon(partial(http.post, "/api/chat", json=chat))
+            first = (await until(committed, of_type("JobStarted"))).stream
+            calls.start_soon(partial(http.post, "/api/chat", json=chat))
+            second = (await until(committed, of_type("JobSubmitted"))).stream
+        await until(committed, counted(2, of_type("JobSucceeded")))
+
+        def stamps(job: str) -> dict[str, str]:
+            return {event.type: event.recorded_at for event in foreman.events_of(job)}
+
+        first_stamps, second_stamps = stamps(first), stamps(second)
+    assert first_stamps["JobSubmitted"] == first_stamps["JobStarted"]
+    assert second_stamps["JobSubmitted"] < first_stamps["JobSucceeded"]
+    assert second_stamps["JobStarted"] >= first_stamps["JobSucceeded"]
+
+
 async def test_a_model_no_backend_has_is_404_as_ollama_answers(foreman: Foreman) -> None:
     client = foreman.client()
     with pytest.raises(ollama.ResponseError) as raised:

@@ -62,6 +62,7 @@ from foreman.events.types import (
     BackendUp,
     Event,
     JobCancelled,
+    JobStarted,
     JobSubmitted,
     RecordedEvent,
     backend_stream,
@@ -162,11 +163,10 @@ class SchedulerClient:
         :class:`TenantQueueFull` beyond its tenant's ``max_queued``,
         :class:`ModelNotFound` when no host has its model), commit its
         ``JobSubmitted``, and queue it."""
-        async with self._admitted(submitted) as (job_id, logged):
-            (event,) = await logged.wait()
-            queued = _queued_job(job_id, event, submitted)
+        async with self._admitted(submitted) as job_id:
+            (event,) = await self._journal.append(job_id, [submitted], expected_version=0)
             position: Reply[int | None] = Reply()
-            work = Work(queued, submitted.kind, _body(submitted), attempts=0)
+            work = Work(_queued_job(job_id, event, submitted), submitted.kind, _body(submitted), 0)
             await deliver(self._requests, _Queue(work, admitted=True, position=position))
         return Queued(job_id, event.recorded_at, await position.wait())
 
@@ -175,37 +175,47 @@ class SchedulerClient:
     ) -> str:
         """Admit a new job whose caller waits for its answer on ``answers`` (``body``:
         the backend request as the caller sent it); raises as :meth:`submit` does.
-        When nothing waits in the queue and a worker that can run it is free, it is
-        sent at once, while its ``JobSubmitted`` commits, and its answer waits for
-        that commit (ADR-0048); otherwise it is queued once committed."""
-        async with self._admitted(submitted) as (job_id, logged):
+
+        When nothing waits in the queue and a worker that can run it is free, it goes
+        to that worker at once, before its ``JobSubmitted`` is committed, and its answer
+        waits for that commit; with nothing at that worker's backend it starts at once,
+        and its ``JobStarted`` shares the commit (ADR-0048). Otherwise it is queued
+        once committed."""
+        async with self._admitted(submitted) as job_id:
+            logged: Reply[list[RecordedEvent]] = Reply()
             queued = QueuedJob.of(job_id, OFFERED, submitted, trio.current_time())
-            work = Work(queued, submitted.kind, body, attempts=0, answers=answers, logged=logged)
-            taken: Reply[bool] = Reply()
-            await deliver(self._requests, _Offer(work, taken))
-            if not await taken.wait():
-                (event,) = await logged.wait()
-                work = replace(work, job=_queued_job(job_id, event, submitted), logged=None)
+            work = Work(queued, submitted.kind, body, 0, answers=answers, logged=logged)
+            offered: Reply[_Taken | None] = Reply()
+            await deliver(self._requests, _Offer(work, offered))
+            taken = await offered.wait()
+            events: list[Event] = [submitted]
+            if taken is not None and taken.starts:
+                events.append(JobStarted(attempt=1, backend=taken.host))
+            try:
+                recorded = await self._journal.append(job_id, events, expected_version=0)
+            except Exception as error:
+                logged.put(error)
+                if taken is not None:  # its worker tells its caller
+                    return job_id
+                raise
+            logged.put(recorded)
+            if taken is None:
+                work = replace(work, job=_queued_job(job_id, recorded[0], submitted), logged=None)
                 await deliver(self._requests, _Queue(work, admitted=True))
         return job_id
 
     @asynccontextmanager
-    async def _admitted(
-        self, submitted: JobSubmitted
-    ) -> AsyncIterator[tuple[str, Reply[list[RecordedEvent]]]]:
-        """A place in the queue reserved and ``JobSubmitted`` handed to the journal:
-        the new job's id and its commit's reply. Shielded: the place is taken, or given
-        back when the block fails."""
+    async def _admitted(self, submitted: JobSubmitted) -> AsyncIterator[str]:
+        """A place in the queue reserved for a new job, whose id it yields. Shielded:
+        the place is taken, or given back when the block fails."""
         admitted: Reply[bool] = Reply()
         tenant = submitted.tenant
         await deliver(self._requests, _Admit(model_name(submitted.model), tenant, admitted))
         if not await admitted.wait():
             raise QueueFull
-        job_id = new_ulid()
         with trio.CancelScope(shield=True):
             try:
-                logged = await self._journal.enqueue(job_id, [submitted], expected_version=0)
-                yield job_id, logged
+                yield new_ulid()
             except BaseException:
                 await deliver(self._requests, _Release(tenant))
                 raise
@@ -340,12 +350,20 @@ class _Queue:
 
 @dataclass(frozen=True, slots=True)
 class _Offer:
-    """A job just admitted, its ``JobSubmitted`` still committing: to a free worker at
-    once if nothing waits in the queue and one can take it (``taken`` says whether; it
-    then holds no place any more), else not (it keeps its place for its :class:`_Queue`)."""
+    """A job just admitted, its ``JobSubmitted`` not committed yet: to a free worker at
+    once if nothing waits in the queue and one can take it (then it holds no place any
+    more, and ``taken`` says which host has it), else not (``taken`` is None; it keeps
+    its place for its :class:`_Queue`)."""
 
     work: Work
-    taken: Reply[bool]
+    taken: Reply[_Taken | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Taken:
+    host: str
+    starts: bool
+    """Nothing else is at that worker's backend: it starts now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -612,19 +630,26 @@ class Scheduler:
             self._reserved[admit.tenant] += 1
         return admitted
 
-    def _offer(self, work: Work) -> bool:
-        """Whether a free worker takes the offered job now: only when nothing waits in
-        the queue, so it goes ahead of no one; the fleet rule decides which worker."""
+    def _offer(self, work: Work) -> _Taken | None:
+        """Which host's free worker takes the offered job now, if one does: only when
+        nothing waits in the queue, so it goes ahead of no one; the fleet rule decides
+        which worker."""
         if self._queue or not self._ready:
-            return False
+            return None
+        job_id = work.job.job_id
         self._enqueue(work)
         self._dispatch()
-        if work.job.job_id in self._at_backend:
-            self._reserved[work.job.tenant] -= 1
-            return True
-        self._queue.remove(work.job.job_id)
-        del self._work[work.job.job_id]
-        return False
+        taken = self._at_backend.get(job_id)
+        if taken is None:
+            self._queue.remove(job_id)
+            del self._work[job_id]
+            return None
+        self._reserved[work.job.tenant] -= 1
+        return _Taken(taken.host, starts=self._alone(taken))
+
+    def _alone(self, job: _AtBackend) -> bool:
+        """Whether ``job`` is the only one at its worker's backend."""
+        return sum(at.stops is job.stops for at in self._at_backend.values()) == 1
 
     def _host(self, name: str) -> _Host:
         return self._hosts.setdefault(name, _Host(name))
@@ -730,7 +755,10 @@ class Scheduler:
             if job.batch:
                 host.batch_model = job.model_key
                 self._lines_out[job.tenant] += 1
-            ready.reply.put(self._work.pop(job.job_id))
+            work = self._work.pop(job.job_id)
+            if work.logged is not None and self._alone(self._at_backend[job.job_id]):
+                work = replace(work, start_logged=True)  # offered, and starts now (_offer)
+            ready.reply.put(work)
         self._ready = waiting
 
     def _queued(self) -> int:

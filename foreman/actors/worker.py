@@ -92,6 +92,15 @@ class Work:
     logged: Reply[list[RecordedEvent]] | None = None
     """The commit of its ``JobSubmitted`` when it was sent before that was committed
     (ADR-0048): its caller is answered, and its start recorded, only once it is."""
+    start_logged: bool = False
+    """Its ``JobStarted`` is committed with its ``JobSubmitted``: it was sent at once to
+    a worker with nothing at the backend."""
+
+    def again(self, attempts: int, spared: int) -> Work:
+        """The job as it queues again after a failed attempt: committed long since."""
+        return dataclasses.replace(
+            self, attempts=attempts, spared=spared, logged=None, start_logged=False
+        )
 
     async def not_logged(self) -> NotLogged | None:
         """None once its ``JobSubmitted`` is committed (at once when that was before
@@ -295,14 +304,14 @@ class Worker:
         failed: AnswerError | None = None
         if await self._elsewhere(work, outcome):  # the host went down; another runs it
             failure = JobAttemptFailed(attempt=attempt, error=str(outcome), retryable=True)
-            spared = dataclasses.replace(work, attempts=attempt, spared=work.spared + 1)
+            spared = work.again(attempt, work.spared + 1)
             events = [failure, JobRequeued(reason="backend_down")]
             finishing.start_soon(self._retry, spared, events, 0.0)
             return
         if isinstance(outcome, BackendUnreachable):
             failure = JobAttemptFailed(attempt=attempt, error=str(outcome), retryable=True)
             if attempt - work.spared < self.max_attempts:
-                retried = dataclasses.replace(work, attempts=attempt)
+                retried = work.again(attempt, work.spared)
                 events = [failure, JobRequeued(reason="retry")]
                 finishing.start_soon(self._retry, retried, events, self._backoff(attempt))
                 return
@@ -349,6 +358,8 @@ class Worker:
         call.start(self.job_timeout)
         started = JobStarted(attempt=call.work.attempts + 1, backend=self.host)
         job = call.work.job
+        if call.work.start_logged:
+            return
         with trio.CancelScope(shield=True):  # the job has started: that is recorded
             if await call.work.not_logged() is not None:
                 return  # never a job: its caller is told so
