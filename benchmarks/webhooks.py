@@ -38,10 +38,13 @@ baselines are sent once a round:
   notifications cannot outrun the state changes that cause them.
 
 Rows run in ``--repeat`` rounds, interleaved; the table shows each row's median round.
-``--live-only`` runs the live rows and the first baseline alone.
+``--live-only`` runs the live rows and the first baseline alone; ``--baseline TREE`` runs
+each Foreman row again from that source tree (a worktree of the commit to compare with),
+interleaved.
 
     python benchmarks/webhooks.py [--jobs N] [--clients C] [--concurrency K]
-                                  [--durability full normal] [--repeat R] [--live-only] [--json]
+                                  [--durability full normal] [--repeat R] [--live-only]
+                                  [--baseline TREE] [--json]
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ from typing import Any
 import httpx
 import trio
 from _logs import batches, job_events, scratch
-from _report import Cell, emit, fmt_float, machine, median_run, progress, rate, table
+from _report import ROOT, Cell, emit, fmt_float, machine, median_run, progress, rate, table
 from _servers import (
     Served,
     cpu_seconds,
@@ -375,12 +378,13 @@ async def live(
     *,
     hooked: bool = True,
     mode: str = "live",
+    tree: Path = ROOT,
 ) -> tuple[Row, list[dict[str, Any]]]:
     """One Foreman on a fresh log: ``args.warmup`` jobs, then ``args.jobs`` timed ones; or
     ``args.paced`` jobs, one every ``args.every_ms`` (mode ``paced``), or all at once with
     each generation held ``args.gpu_ms`` (mode ``gpu``); with ``hooked``, each with the
-    receiver as its ``state_webhook_url``."""
-    name = f"webhooks-{durability.value}" + ("" if hooked else "-jobs")
+    receiver as its ``state_webhook_url``; Foreman run from the source ``tree``."""
+    name = f"webhooks-{durability.value}{_suffix(tree)}" + ("" if hooked else "-jobs")
     name += "" if mode == "live" else f"-{mode}"
     count, every = {
         "live": (args.jobs, 0.0),
@@ -394,7 +398,7 @@ async def live(
     if mode == "gpu":
         hold = {"kind": "stall", "seconds": args.gpu_ms / 1000, "after_tokens": 0, "times": None}
         (await control.post(f"{sim}/_sim/faults", json=hold)).raise_for_status()
-    async with foreman_on(name, db, sim, foreman_env(args, durability)) as served:
+    async with foreman_on(name, db, sim, foreman_env(args, durability), tree=tree) as served:
         await wait_healthy(control, served.url)
         progress(f"{name}: {args.warmup} warm-up jobs, then {count:,} jobs ...")
         with trio.fail_after(args.timeout):
@@ -417,7 +421,7 @@ async def live(
     if not hooked:
         if results:
             raise RuntimeError(f"{len(results)} notifications of jobs without a webhook")
-        name = f"Foreman, {durability.value.upper()}: jobs only, no webhook"
+        name = f"Foreman{_label(tree)}, {durability.value.upper()}: jobs only, no webhook"
         spans = {"job_seconds": last - first, "submit_seconds": last_submitted - first}
         return Row(name, jobs=len(jobs), **spans, **cpu), []
     check_received(results, jobs)
@@ -429,7 +433,7 @@ async def live(
         "gpu": f"GPU-bound, {args.gpu_ms:g} ms a job",
     }[mode]
     row = Row(
-        f"Foreman, {durability.value.upper()}: {how}",
+        f"Foreman{_label(tree)}, {durability.value.upper()}: {how}",
         tuple(sorted(r["at"] for r in results)),
         len({r["webhook_id"] for r in results}),
         tuple(ms for _, ms in delays),
@@ -457,15 +461,16 @@ async def backlog(
     receiver: Served,
     control: httpx.AsyncClient,
     durability: Durability,
+    tree: Path = ROOT,
 ) -> Row:
     """Foreman started on ``args.jobs`` finished jobs whose notifications are all pending."""
-    name = f"webhooks-{durability.value}-backlog"
+    name = f"webhooks-{durability.value}{_suffix(tree)}-backlog"
     db = scratch(f"{name}.db")
     owed = len(TRANSITIONS) * args.jobs
     jobs = build_backlog(db, receiver.url + HOOK, args.jobs)
     await forget(control)
     progress(f"{name}: {owed:,} notifications pending at start ...")
-    async with foreman_on(name, db, sim, foreman_env(args, durability)) as served:
+    async with foreman_on(name, db, sim, foreman_env(args, durability), tree=tree) as served:
         meter = CpuMeter(receiver.pid, served.pid)
         meter.start()
         with trio.fail_after(args.timeout):
@@ -475,7 +480,7 @@ async def backlog(
     results = await received(control)
     check_received(results, jobs)
     return Row(
-        f"Foreman, {durability.value.upper()}: backlog drained at start",
+        f"Foreman{_label(tree)}, {durability.value.upper()}: backlog drained at start",
         tuple(sorted(r["at"] for r in results)),
         len({r["webhook_id"] for r in results}),
         retries=counts["WebhookAttemptFailed"] + counts["WebhookAbandoned"],
@@ -543,6 +548,20 @@ async def baseline(
 # -- The rounds -----------------------------------------------------------------------------
 
 
+def foremen(args: argparse.Namespace) -> list[tuple[Durability, Path]]:
+    """The Foremans measured: one per durability, and each again from ``--baseline``."""
+    trees = [ROOT] if args.baseline is None else [ROOT, args.baseline.resolve()]
+    return [(durability, tree) for durability in args.durability for tree in trees]
+
+
+def _suffix(tree: Path) -> str:
+    return "" if tree == ROOT else "-baseline"
+
+
+def _label(tree: Path) -> str:
+    return "" if tree == ROOT else " (baseline)"
+
+
 async def run_all(args: argparse.Namespace) -> dict[str, list[Row]]:
     """Every row ``--repeat`` times, interleaved, so each round's rows see the same machine."""
     runs: dict[str, list[Row]] = {}
@@ -555,18 +574,22 @@ async def run_all(args: argparse.Namespace) -> dict[str, list[Row]]:
         for repeat in range(args.repeat):
             progress(f"round {repeat + 1} of {args.repeat}")
             replay: list[Request] = []
-            for durability in args.durability:
-                key = durability.value
-                row, results = await live(args, sim, receiver, control, durability)
+            for durability, tree in foremen(args):
+                key = durability.value + _suffix(tree)
+                row, results = await live(args, sim, receiver, control, durability, tree=tree)
                 runs.setdefault(key, []).append(row)
                 replay = replay or replayable(results)
                 if args.extra:
                     for mode in ("paced", "gpu"):
-                        row, _ = await live(args, sim, receiver, control, durability, mode=mode)
+                        row, _ = await live(
+                            args, sim, receiver, control, durability, mode=mode, tree=tree
+                        )
                         runs.setdefault(f"{key}-{mode}", []).append(row)
-                    row = await backlog(args, sim, receiver, control, durability)
+                    row = await backlog(args, sim, receiver, control, durability, tree)
                     runs.setdefault(f"{key}-backlog", []).append(row)
-                    row, _ = await live(args, sim, receiver, control, durability, hooked=False)
+                    row, _ = await live(
+                        args, sim, receiver, control, durability, hooked=False, tree=tree
+                    )
                     runs.setdefault(f"{key}-jobs", []).append(row)
             name = f"baseline: httpx, {args.concurrency} at once, same requests"
             row = await baseline(name, replay, args.concurrency, receiver, control)
@@ -637,7 +660,7 @@ def report(rows: dict[str, Row], runs: dict[str, list[Row]], args: argparse.Name
         f"{len(TRANSITIONS)} deliveries. CPU: the process's CPU time / wall time over the row "
         "(2 cores: up to 200%); Foreman's includes running the jobs and taking submissions.",
     ]
-    for key in (d.value for d in args.durability):
+    for key in (d.value + _suffix(tree) for d, tree in foremen(args)):
         row, label = rows[key], f"{key.upper()} live"
         kinds = "; ".join(
             f"{kind} {percentile(ms, 50):.2f} / {percentile(ms, 99):.2f}"
@@ -682,7 +705,7 @@ def report(rows: dict[str, Row], runs: dict[str, list[Row]], args: argparse.Name
     ceiling = statistics.median(r.rate for r in runs["baseline"])
     floor_key = "baseline-1" if args.extra else "baseline"
     floor = statistics.median(r.p(50) for r in runs[floor_key])
-    for key in (d.value for d in args.durability):
+    for key in (d.value + _suffix(tree) for d, tree in foremen(args)):
         deliveries = statistics.median(r.rate for r in runs[key])
         p50 = statistics.median(r.p(50) for r in runs[key])
         jobs = statistics.median(r.job_rate for r in runs[key])
@@ -747,6 +770,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         dest="extra",
         action="store_false",
         help="only the live rows and the concurrent baseline",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="TREE",
+        help="also run each Foreman row from this source tree (a git worktree of the baseline)",
     )
     parser.add_argument("--tokens", type=int, default=8, help="tokens per answer")
     parser.add_argument(
