@@ -73,7 +73,7 @@ from foreman.scheduling import Costs, HostView, JobQueue, QueuedJob, model_name
 INBOX = 1024
 """Requests the scheduler's inbox holds before its clients wait."""
 OFFERED = 0
-"""The arrival of a job sent at once (:class:`_Offer`): it arrived before any job queued
+"""The arrival of a job sent at once (:class:`_Admit`'s offer): it arrived before any job queued
 since, and keeps that place should it be queued again for a retry."""
 
 CancelOutcome = Literal["cancelled", "stopping", "not_found"]
@@ -163,7 +163,8 @@ class SchedulerClient:
         :class:`TenantQueueFull` beyond its tenant's ``max_queued``,
         :class:`ModelNotFound` when no host has its model), commit its
         ``JobSubmitted``, and queue it."""
-        async with self._admitted(submitted) as job_id:
+        job_id = new_ulid()
+        async with self._admitted(submitted):
             (event,) = await self._journal.append(job_id, [submitted], expected_version=0)
             position: Reply[int | None] = Reply()
             work = Work(_queued_job(job_id, event, submitted), submitted.kind, _body(submitted), 0)
@@ -181,22 +182,18 @@ class SchedulerClient:
         waits for that commit; with nothing at that worker's backend it starts at once,
         and its ``JobStarted`` shares the commit (ADR-0048). Otherwise it is queued
         once committed."""
-        async with self._admitted(submitted) as job_id:
-            logged: Reply[list[RecordedEvent]] = Reply()
-            queued = QueuedJob.of(job_id, OFFERED, submitted, trio.current_time())
-            work = Work(queued, submitted.kind, body, 0, answers=answers, logged=logged)
-            offered: Reply[_Taken | None] = Reply()
-            await deliver(self._requests, _Offer(work, offered))
-            taken = await offered.wait()
+        job_id = new_ulid()
+        logged: Reply[list[RecordedEvent]] = Reply()
+        queued = QueuedJob.of(job_id, OFFERED, submitted, trio.current_time())
+        work = Work(queued, submitted.kind, body, 0, answers=answers, logged=logged)
+        async with self._admitted(submitted, offer=work) as taken:
             events: list[Event] = [submitted]
             if taken is not None and taken.starts:
                 events.append(JobStarted(attempt=1, backend=taken.host))
             try:
                 recorded = await self._journal.append(job_id, events, expected_version=0)
             except Exception as error:
-                logged.put(error)
-                if taken is not None:  # its worker tells its caller
-                    return job_id
+                logged.put(error)  # for the worker that has it, if one does
                 raise
             logged.put(recorded)
             if taken is None:
@@ -205,19 +202,26 @@ class SchedulerClient:
         return job_id
 
     @asynccontextmanager
-    async def _admitted(self, submitted: JobSubmitted) -> AsyncIterator[str]:
-        """A place in the queue reserved for a new job, whose id it yields. Shielded:
-        the place is taken, or given back when the block fails."""
-        admitted: Reply[bool] = Reply()
+    async def _admitted(
+        self, submitted: JobSubmitted, *, offer: Work | None = None
+    ) -> AsyncIterator[_Taken | None]:
+        """A place in the queue reserved for a new job, or the job (``offer``) taken at
+        once by a free worker, which it yields (see :class:`_Admit`). Shielded: the
+        place is taken, or given back when the block fails."""
+        admitted: Reply[bool | _Taken] = Reply()
         tenant = submitted.tenant
-        await deliver(self._requests, _Admit(model_name(submitted.model), tenant, admitted))
-        if not await admitted.wait():
+        model = model_name(submitted.model)
+        await deliver(self._requests, _Admit(model, tenant, admitted, offer))
+        answer = await admitted.wait()
+        if answer is False:
             raise QueueFull
+        taken = answer if isinstance(answer, _Taken) else None
         with trio.CancelScope(shield=True):
             try:
-                yield new_ulid()
+                yield taken
             except BaseException:
-                await deliver(self._requests, _Release(tenant))
+                if taken is None:
+                    await deliver(self._requests, _Release(tenant))
                 raise
 
     async def submit_lines(self, lines: Sequence[JobSubmitted]) -> list[str]:
@@ -349,18 +353,9 @@ class _Queue:
 
 
 @dataclass(frozen=True, slots=True)
-class _Offer:
-    """A job just admitted, its ``JobSubmitted`` not committed yet: to a free worker at
-    once if nothing waits in the queue and one can take it (then it holds no place any
-    more, and ``taken`` says which host has it), else not (``taken`` is None; it keeps
-    its place for its :class:`_Queue`)."""
-
-    work: Work
-    taken: Reply[_Taken | None]
-
-
-@dataclass(frozen=True, slots=True)
 class _Taken:
+    """An offered job a free worker took at once: its host's name."""
+
     host: str
     starts: bool
     """Nothing else is at that worker's backend: it starts now."""
@@ -443,11 +438,16 @@ class _Admit:
     """May one more job of ``tenant`` for ``model`` queue? True reserves its place
     (``max_queue``, and its tenant's ``max_queued``) until its :class:`_Queue` comes,
     or a :class:`_Release` gives the place back; :class:`TenantQueueFull` when the
-    tenant has its limit queued, :class:`ModelNotFound` when no host has the model."""
+    tenant has its limit queued, :class:`ModelNotFound` when no host has the model.
+
+    ``offer``: the job itself, its ``JobSubmitted`` not committed yet, for a free
+    worker to take at once when nothing waits in the queue (ADR-0048): then the answer
+    is :class:`_Taken` and no place is held."""
 
     model: str
     tenant: str | None
-    reply: Reply[bool]
+    reply: Reply[bool | _Taken]
+    offer: Work | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,7 +459,6 @@ class _Release:
 
 _Message = (
     _Queue
-    | _Offer
     | _QueueMany
     | _Ready
     | _Done
@@ -586,8 +585,6 @@ class Scheduler:
                     self._enqueue(work)
                 if message.position is not None:
                     message.position.put(self._position(job_id))
-            case _Offer():
-                message.taken.put(self._offer(message.work))
             case _QueueMany():
                 for work in message.works:
                     self._enqueue(work)
@@ -615,7 +612,11 @@ class Scheduler:
             case _Position():
                 message.reply.put(self._position(message.job_id))
             case _Admit():
-                message.reply.put(self._admit(message))
+                admitted = self._admit(message)
+                if admitted is True and message.offer is not None:
+                    message.reply.put(self._offer(message.offer) or True)
+                else:
+                    message.reply.put(admitted)
             case _Release():
                 self._reserved[message.tenant] -= 1
 
@@ -757,7 +758,7 @@ class Scheduler:
                 self._lines_out[job.tenant] += 1
             work = self._work.pop(job.job_id)
             if work.logged is not None and self._alone(self._at_backend[job.job_id]):
-                work = replace(work, start_logged=True)  # offered, and starts now (_offer)
+                work = replace(work, start_logged=True)  # offered, and starts now
             ready.reply.put(work)
         self._ready = waiting
 

@@ -274,8 +274,9 @@ class Worker:
         job_id = work.job.job_id
         call = self._calls[job_id] = _Call(work)
         try:
-            if work.job.batch and (before is None or before.is_set()):
-                await self._start(call)  # a batch's line is sent to an idle GPU (ADR-0037)
+            if work.start_logged or (work.job.batch and (before is None or before.is_set())):
+                # started already, or a batch's line sent to an idle GPU (ADR-0037)
+                await self._start(call)
                 outcome = await call.run(self._backend, self.stream_stall)
             else:
                 async with trio.open_nursery() as turn:
