@@ -357,10 +357,10 @@ class Worker:
         """The job has the GPU: it has started, and that is recorded (after its
         ``JobSubmitted``: one that was never recorded never started)."""
         call.start(self.job_timeout)
-        started = JobStarted(attempt=call.work.attempts + 1, backend=self.host)
-        job = call.work.job
         if call.work.start_logged:
             return
+        started = JobStarted(attempt=call.work.attempts + 1, backend=self.host)
+        job = call.work.job
         with trio.CancelScope(shield=True):  # the job has started: that is recorded
             if await call.work.not_logged() is not None:
                 return  # never a job: its caller is told so
