@@ -59,14 +59,18 @@ class Row:
     loads: int
     makespan: float
     busy: float
-    """Seconds the simulator spent in generations, loads included (its own records)."""
+    """Seconds the simulator spent in generations, loads included (its own records, on
+    its GPU's timeline: nominal, since it keeps its pace)."""
     idle: float
     """Seconds the simulator sat idle between its first generation's start and its last
-    one's end: the gaps between jobs."""
+    one's end: the gaps between jobs (on that timeline: a job that was waiting at the
+    simulator has none)."""
     lead: float
     """Seconds from the first request sent to the first generation's start."""
     tail: float
-    """Seconds from the last generation's end to the last answer received."""
+    """Seconds from the last generation's end (when its last token was due) to the last
+    answer received: how far the simulator ran behind its timeline at the end, and
+    the relay."""
     run_changes: int
     """Times the model changed from one generation to the next, in the order they ran."""
     arrival_changes: int | None
@@ -206,12 +210,13 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         f"ideal makespan: {args.models * args.jobs_per_model} x {args.tokens} x "
         f"{args.token_latency:g} s of work + {args.models} loads x {args.load_latency:g} s "
         f"= {best:.2f} s.",
-        "sim busy s: the simulator's own generation times (loads included), summed: its timer "
-        "overhead makes each token a little longer than nominal.",
+        "sim busy s: the simulator's generations (loads included) on its GPU's timeline, "
+        "summed: nominal, as it keeps its pace (one that falls behind catches up).",
         "sim idle s: the simulator idle between its first start and its last end (the gaps "
         "between jobs, see idle_gap.py).",
         "lead s: from the first request sent to the first generation's start; tail s: from "
-        "the last generation's end to the last answer (makespan = lead + busy + idle + tail).",
+        "the last generation's end (its last token due) to the last answer, so it holds how "
+        "far the simulator ran behind at the end (makespan = lead + busy + idle + tail).",
         "run changes: model changes between consecutive generations at the simulator; arrival "
         "changes: between consecutive JobSubmitted in Foreman's log.",
         f"Foreman: {args.mode}, durability {args.durability.value.upper()}, FOREMAN_MAX_WAIT "

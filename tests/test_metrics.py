@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from foreman.events.log import EventLog
 from foreman.simulator import SimulatorConfig
 from tests.receiver import RECEIVER_HOST, Answer, Receiver, serving
-from tests.running import Foreman, recorded, start_foreman, until
+from tests.running import Foreman, jobs_succeeded, recorded, start_foreman, until
 from tests.test_jobs_api import chat_job, stall_backend
 from tests.test_tenants import Team, issue
 from tests.test_webhooks import one_settled_job
@@ -107,6 +110,57 @@ async def test_gauges_and_totals_are_right_after_a_restart(
         for s in (before, after)
     ]
     assert both == [2, 2]
+
+
+def recorded_at(db_path: Path, job_id: str) -> dict[str, float]:
+    """When each of a job's events was recorded (its last of each type), in seconds."""
+    log = EventLog.open(db_path, read_only=True)
+    try:
+        return {
+            event.type: datetime.fromisoformat(event.recorded_at).timestamp()
+            for event in log.read_stream(job_id)
+        }
+    finally:
+        log.close()
+
+
+async def test_jobs_queued_over_a_restart_are_timed_from_the_log(
+    db_path: Path, nursery: trio.Nursery
+) -> None:
+    """Nothing is held of a queued job: its start and its end read what they need from
+    the log, so a job queued across a restart is timed from its submission, one
+    interrupted is not queued twice, and one cancelled in the queue is counted."""
+    async for foreman in start_foreman(nursery, db_path, shutdown_grace=0.1):
+        async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as http:
+            committed = await foreman.running.journal.subscribe()
+            await stall_backend(http)
+            interrupted = (await http.post("/jobs", json=chat_job())).json()["job_id"]
+            await until(committed, recorded(interrupted, "JobStarted"), within=30)
+            queued = (await http.post("/jobs", json=chat_job())).json()["job_id"]
+            dropped = (await http.post("/jobs", json=chat_job())).json()["job_id"]
+            assert (await http.delete(f"/jobs/{dropped}")).json()["state"] == "cancelled"
+            before = await scrape(http)
+    assert value(before, "foreman_jobs_total", state="cancelled", backend="") == 1
+    assert value(before, "foreman_e2e_request_latency_seconds_count") == 1
+    assert value(before, "foreman_request_queue_time_seconds_count") == 1
+    async for foreman in start_foreman(nursery, db_path, shutdown_grace=0.1):
+        async with httpx.AsyncClient(base_url=foreman.url, timeout=10) as http:
+            committed = await foreman.running.journal.subscribe()
+            both = jobs_succeeded(db_path, 2)
+            if not both():
+                await until(committed, both, within=30)
+            after = await scrape(http)
+    times = {job_id: recorded_at(db_path, job_id) for job_id in (interrupted, queued)}
+    assert value(after, "foreman_jobs_total", state="succeeded", backend="sim") == 2
+    assert value(after, "foreman_jobs_total", state="cancelled") == 1
+    assert value(after, "foreman_request_queue_time_seconds_count") == 1
+    waited = times[queued]["JobStarted"] - times[queued]["JobSubmitted"]
+    assert value(after, "foreman_request_queue_time_seconds_sum") == pytest.approx(waited)
+    assert value(after, "foreman_request_inference_time_seconds_count") == 2
+    ran = sum(t["JobSucceeded"] - t["JobStarted"] for t in times.values())
+    assert value(after, "foreman_request_inference_time_seconds_sum") == pytest.approx(ran)
+    took = sum(t["JobSucceeded"] - t["JobSubmitted"] for t in times.values())
+    assert value(after, "foreman_e2e_request_latency_seconds_sum") == pytest.approx(took)
 
 
 async def test_a_tenant_key_is_refused_and_the_scrape_token_reads_only_metrics(

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from functools import partial
 from typing import Any
 
@@ -20,7 +21,7 @@ import trio
 import trio.testing
 
 from foreman.simulator import SimModel, SimulatorConfig, serve_simulator
-from foreman.simulator.backend import LoadKey, SimulatedGPU
+from foreman.simulator.backend import Job, LoadKey, SimulatedGPU, Stall
 
 Start = Callable[..., Awaitable[str]]
 LOAD = 0.05
@@ -501,3 +502,64 @@ async def test_parallel_slots_share_the_resident_model_and_another_model_waits_f
     # a loads llama3 (1 s); b joins it when a slot is free; c's model waits for an idle GPU
     assert [started[name] for name in "abc"] == expected
     assert gpu.loads == 2
+
+
+PACE = SimulatorConfig(load_latency=0.2, token_latency=0.002, tokens=8)
+"""swaps.py's simulator: a 0.2 s load, 8 tokens 2 ms apart."""
+
+
+async def consume(
+    gpu: SimulatedGPU, model: SimModel, hold: Callable[[int], float], stall: Stall | None = None
+) -> list[float]:
+    """One generation on ``gpu``: when each token came, on Trio's clock. The consumer
+    holds each item ``hold(n)`` seconds (the handler writing it out, a host late to
+    wake it) before asking for the next."""
+    job = Job("/api/chat", model, LoadKey.of(model, {}), model.name, None, 0)
+    came: list[float] = []
+    async with aclosing(gpu.generate(job, stall)) as output:
+        async for item in output:
+            if isinstance(item, str):
+                came.append(trio.current_time())
+            await trio.sleep(hold(len(came)))
+    return came
+
+
+async def test_generations_keep_the_nominal_pace_whatever_the_host_adds(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Each token is due on the GPU's timeline: the consumer's 0.5 ms with every item
+    (the handler's, or the host's lateness to wake it) and one hiccup of 5 ms (longer
+    than a token) cost the GPU nothing. Three generations queued together (the third
+    for another model, so loading it) end exactly at their nominal times."""
+    gpu = SimulatedGPU(PACE)
+    llama3, qwen2 = PACE.models[0], PACE.models[1]
+    came: dict[str, list[float]] = {}
+
+    async def run(name: str, model: SimModel) -> None:
+        came[name] = await consume(gpu, model, lambda n: 0.005 if n == 3 else 0.0005)
+
+    began = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for name, model in (("a", llama3), ("b", llama3), ("c", qwen2)):
+            nursery.start_soon(run, name, model)
+            await trio.testing.wait_all_tasks_blocked()
+    work = PACE.tokens * PACE.token_latency
+    nominal = [
+        PACE.load_latency + work,
+        PACE.load_latency + 2 * work,
+        2 * PACE.load_latency + 3 * work,
+    ]
+    assert [came[name][-1] - began for name in "abc"] == pytest.approx(nominal, abs=1e-9)
+    records = gpu.generations
+    assert [r.ended_at - records[0].started_at for r in records] == pytest.approx(nominal, abs=1e-6)
+    assert [r.load_seconds for r in records] == [PACE.load_latency, 0.0, PACE.load_latency]
+
+
+async def test_a_stall_holds_the_gpu_for_its_length_then_the_pace_goes_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    gpu = SimulatedGPU(PACE.model_copy(update={"load_latency": 0.0}))
+    began = trio.current_time()
+    came = await consume(gpu, PACE.models[0], lambda _: 0.0, Stall(after_tokens=2, seconds=1.0))
+    due = [(n + 1) * PACE.token_latency + (1.0 if n >= 2 else 0.0) for n in range(PACE.tokens)]
+    assert [at - began for at in came] == pytest.approx(due, abs=1e-9)

@@ -7,14 +7,21 @@ are read afresh at every scrape from the projections and the scheduler, never ke
 A scrape first folds every commit already queued to it, and the fold loop runs as
 soon as a commit is handed to it (the subscription is the journal's first after the
 transition log's), so a scrape sees every commit a client saw before asking.
-A job's final event whose job the metrics do not hold (it ended before the seed was
-read) is not counted twice.
+Nothing is kept of a queued job, so a deep queue costs the actor no memory: it holds
+a record of each job from its start to its end (the running jobs, and the few sent
+back to the queue after a start), made at the start from the jobs projection (model,
+tenant, submission time), one read for all the jobs started in the commits it folds
+at once; a job that ends without having started (cancelled in the queue) is read the
+same way at its end. Job events the seed already saw (up to the log's head when it
+was read) are not folded again, so no job is counted twice.
 """
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -30,11 +37,8 @@ from foreman.actors.scheduler import HostStatus, SchedulerClient
 from foreman.events.log import EventLog
 from foreman.events.reader import Reader
 from foreman.events.types import (
-    JobCancelled,
-    JobFailed,
-    JobQuarantined,
+    JOB_ENDS,
     JobStarted,
-    JobSubmitted,
     JobSucceeded,
     RecordedEvent,
     WebhookAbandoned,
@@ -47,19 +51,21 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1
 """Seconds, from a cached answer to a job that waited an hour behind others."""
 COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-NO_TENANT = ""
-"""The tenant label of a job submitted with no key (Foreman open on loopback)."""
 
 
 @dataclass(slots=True)
 class _Job:
-    """What the folds need of an unfinished job; one per queued or running job."""
+    """What the folds need of a job: held from its start to its end, else read from
+    the jobs projection for the one event that needs it."""
 
     model: str
     tenant: str
+    """'' for a job submitted with no key (Foreman open on loopback)."""
     submitted: float
-    started: float | None = None
-    backend: str = ""
+    started: float | None
+    """Its last start (None: it never started)."""
+    backend: str
+    """The backend of its last start ('' if none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,23 +181,31 @@ class Metrics:
         self._reader = reader
         self._instruments = instruments
         self._slots = slots
-        self._jobs: dict[str, _Job] = {}
+        self._started: dict[str, _Job] = {}
+        """The jobs started and not yet ended: the running ones (at most the slots)
+        and any requeued after a start (recovery's, a lost backend's)."""
+        self._seen = 0
+        """The log's head when the seed was read: job events up to it are in the seed."""
+        self._backlog: deque[list[RecordedEvent]] = deque()
+        """Commits taken from the subscription and not yet folded, in order."""
+        self._folding = trio.Lock()
 
     async def run(
         self, *, task_status: trio.TaskStatus[MetricsClient] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Subscribe, seed from the projections, report a client, then fold and answer."""
         committed = await self._journal.subscribe()
-        totals, unfinished = await self._reader.read(_seed)
+        self._seen, totals, started = await self._reader.read(_seed)
         for labels, count in totals:
             self._instruments.jobs.labels(*labels).inc(count)
-        self._jobs.update(unfinished)
+        self._started.update(started)
         send, requests = trio.open_memory_channel[_Scrape](16)
         task_status.started(MetricsClient(send, self._scheduler, self._reader, self._slots))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._answer, requests, committed)
             async for events in committed:
-                self._fold(events)
+                self._backlog.append(events)
+                await self._fold_backlog()
 
     async def _answer(
         self,
@@ -201,42 +215,60 @@ class Metrics:
         async for scrape in requests:
             while True:
                 try:
-                    self._fold(committed.receive_nowait())
+                    self._backlog.append(committed.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            await self._fold_backlog()
             registry = CollectorRegistry(auto_describe=False)
             registry.register(_Families(scrape.gauges, self._instruments.collectors()))
             scrape.reply.put(generate_latest(registry))
 
-    def _fold(self, events: list[RecordedEvent]) -> None:
+    async def _fold_backlog(self) -> None:
+        """Fold every commit taken so far, in order, one fold at a time (a fold may wait
+        for a read, and a scrape may take commits meanwhile): all those waiting at once,
+        with one read."""
+        async with self._folding:
+            while self._backlog:
+                events = list(itertools.chain.from_iterable(self._backlog))
+                self._backlog.clear()
+                await self._fold(events)
+
+    async def _fold(self, events: list[RecordedEvent]) -> None:
+        unknown = [
+            recorded.stream
+            for recorded in events
+            if recorded.type in _JOB_FOLDED
+            and recorded.seq > self._seen
+            and recorded.stream not in self._started
+        ]
+        jobs = await self._reader.read(_jobs, unknown) if unknown else {}
         for recorded in events:
-            if recorded.type.startswith("Job") and recorded.readable:
-                self._job_event(recorded)
+            if recorded.type in _JOB_FOLDED:
+                if recorded.seq > self._seen and recorded.readable:
+                    self._job_event(recorded, jobs)
             elif recorded.type in _DELIVERY_OUTCOMES:
                 self._instruments.deliveries.labels(_DELIVERY_OUTCOMES[recorded.type]).inc()
 
-    def _job_event(self, recorded: RecordedEvent) -> None:
+    def _job_event(self, recorded: RecordedEvent, read: Mapping[str, _Job]) -> None:
         event, job_id, at = recorded.event, recorded.stream, _seconds(recorded.recorded_at)
-        if isinstance(event, JobSubmitted):
-            self._jobs[job_id] = _Job(event.model, event.tenant or NO_TENANT, at)
-            return
-        job = self._jobs.get(job_id)
-        if job is None:
+        job = self._started.get(job_id) or read.get(job_id)
+        if job is None:  # pruned before it was read: gone from every figure
             return
         tools = self._instruments
         if isinstance(event, JobStarted):
-            if job.started is None:
+            if event.attempt == 1:  # its first start: attempts count every start
                 tools.queue_time.labels(job.model).observe(at - job.submitted)
             job.started, job.backend = at, event.backend
-        elif isinstance(event, JobSucceeded):
+            self._started[job_id] = job
+            return
+        self._started.pop(job_id, None)
+        if isinstance(event, JobSucceeded):
             self._succeeded(job, event.result, at)
-        if isinstance(event, JobSucceeded | JobFailed | JobCancelled | JobQuarantined):
-            del self._jobs[job_id]
-            state = {"JobSucceeded": "succeeded", "JobCancelled": "cancelled"}.get(
-                recorded.type, "failed"
-            )
-            tools.jobs.labels(state, job.model, job.backend, job.tenant).inc()
-            tools.end_to_end.labels(job.model).observe(at - job.submitted)
+        state = {"JobSucceeded": "succeeded", "JobCancelled": "cancelled"}.get(
+            recorded.type, "failed"
+        )
+        tools.jobs.labels(state, job.model, job.backend, job.tenant).inc()
+        tools.end_to_end.labels(job.model).observe(at - job.submitted)
 
     def _succeeded(self, job: _Job, result: Mapping[str, Any], at: float) -> None:
         tools = self._instruments
@@ -254,6 +286,9 @@ class Metrics:
         tools.first_token.labels(job.model).observe(started - job.submitted + ahead / 1e9)
         if isinstance(load, int) and load > 0:
             tools.load_time.labels(job.backend).observe(load / 1e9)
+
+
+_JOB_FOLDED = JOB_ENDS | {"JobStarted"}
 
 
 _DELIVERY_OUTCOMES = {
@@ -281,11 +316,19 @@ def _seconds(recorded_at: str) -> float:
 
 
 _Totals = list[tuple[tuple[str, str, str, str], int]]
+_JOB_COLUMNS = (
+    "SELECT id, model, coalesce(tenant, ''), created_at, started_at, coalesce(backend, '') "
+    "FROM jobs"
+)
+_READ_CHUNK = 500
+"""Job ids per read (SQLite's bound on a statement's parameters is far above it)."""
 
 
-def _seed(log: EventLog) -> tuple[_Totals, dict[str, _Job]]:
-    """The final-state totals of the jobs in the log, and its unfinished jobs: one
-    grouped read at start (the unfinished ones are at most the queue's bound)."""
+def _seed(log: EventLog) -> tuple[int, _Totals, dict[str, _Job]]:
+    """The log's head, the final-state totals of the jobs in the log and its running
+    jobs, in one snapshot at start (the running jobs are at most the slots; nothing is
+    read of the queued ones)."""
+    head, _ = log.head()
     totals = [
         ((state, model, backend, tenant), count)
         for state, model, backend, tenant, count in log.conn.execute(
@@ -293,20 +336,33 @@ def _seed(log: EventLog) -> tuple[_Totals, dict[str, _Job]]:
             "FROM jobs WHERE state IN ('succeeded', 'failed', 'cancelled') GROUP BY 1, 2, 3, 4"
         )
     ]
-    unfinished = {
-        job_id: _Job(
-            model,
-            tenant,
-            _seconds(created),
-            None if started is None else _seconds(started),
-            backend,
+    running = dict(_job_rows(log.conn.execute(f"{_JOB_COLUMNS} WHERE state = 'running'")))
+    return head, totals, running
+
+
+def _jobs(log: EventLog, job_ids: Sequence[str]) -> dict[str, _Job]:
+    """What the jobs projection holds of these jobs (those it still holds)."""
+    found: dict[str, _Job] = {}
+    unique = list(dict.fromkeys(job_ids))
+    for at in range(0, len(unique), _READ_CHUNK):
+        chunk = unique[at : at + _READ_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        found.update(_job_rows(log.conn.execute(f"{_JOB_COLUMNS} WHERE id IN ({marks})", chunk)))
+    return found
+
+
+def _job_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[str, _Job]]:
+    for job_id, model, tenant, created, started, backend in rows:
+        yield (
+            job_id,
+            _Job(
+                model,
+                tenant,
+                _seconds(created),
+                None if started is None else _seconds(started),
+                backend,
+            ),
         )
-        for job_id, model, tenant, created, started, backend in log.conn.execute(
-            "SELECT id, model, coalesce(tenant, ''), created_at, started_at, "
-            "coalesce(backend, '') FROM jobs WHERE state IN ('queued', 'running')"
-        )
-    }
-    return totals, unfinished
 
 
 def _projected_gauges(log: EventLog) -> tuple[list[Metric], dict[str, int]]:

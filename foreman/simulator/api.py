@@ -29,7 +29,7 @@ from foreman.ollama_protocol import (
     parse_body,
     rfc3339,
 )
-from foreman.simulator.backend import Finished, Job, LoadKey, count_tokens, embedding
+from foreman.simulator.backend import Finished, Job, LoadKey, Stall, count_tokens, embedding
 from foreman.simulator.config import SimModel
 from foreman.simulator.faults import Answered, AnswerFault, DropFault, StallFault, StatusFault
 from foreman.simulator.schemas import (
@@ -255,15 +255,14 @@ async def _faulty_output(
     sim: Simulator, job: Job, fault: DropFault | StallFault | None
 ) -> AsyncGenerator[str | Finished, None]:
     """The GPU's tokens and end, with a drop or stall after ``fault.after_tokens`` tokens
-    (before the end at the latest)."""
+    (before the end at the latest); a stall is the GPU's, holding it."""
+    stall = Stall(fault.after_tokens or 0, fault.seconds) if isinstance(fault, StallFault) else None
+    drop = fault if isinstance(fault, DropFault) else None
     produced = 0
-    async with aclosing(sim.gpu.generate(job)) as output:
+    async with aclosing(sim.gpu.generate(job, stall)) as output:
         async for item in output:
-            if fault is not None and produced >= (fault.after_tokens or 0):
-                if isinstance(fault, DropFault):
-                    raise _Dropped(fault.error)
-                await trio.sleep(fault.seconds)
-                fault = None
+            if drop is not None and produced >= (drop.after_tokens or 0):
+                raise _Dropped(drop.error)
             produced += isinstance(item, str)
             yield item
 

@@ -7,6 +7,15 @@ waits until the GPU is idle), loads its model if the resident one differs in
 name or in a load option (paying ``load_latency``), then produces its tokens
 ``token_latency`` apart. Output is
 a pure function of the model and the prompt, so tests can predict it.
+
+The GPU keeps its nominal pace exactly, as a GPU does: each generation runs on a
+timeline (:class:`Turn`) and sleeps until absolute deadlines on it, so neither the
+host timer's lateness (a millisecond on each wake-up) nor the handler's own work
+lengthens it. A generation starts when it asks for the GPU, or, if it waited, when
+the one before it ended on that timeline; its load ends ``load_latency`` later and
+its k-th token is due ``k * token_latency`` after that. A generation that falls
+behind (a late wake-up, a busy host) catches up; only a stall fault moves its
+deadlines, by the stall's length.
 """
 
 from __future__ import annotations
@@ -92,15 +101,34 @@ class Finished:
     eval_duration: int
 
 
+@dataclass
+class Turn:
+    """A hold of the GPU, on the GPU's own timeline (Trio's clock)."""
+
+    start: float
+    """When it got the GPU: when it asked, or when the hold it waited for ended."""
+    at: float
+    """How far its work has reached: ``start``, then the end of its load, then each
+    token's deadline as it is produced."""
+    load_seconds: float = 0.0
+    """Its load on the timeline: ``load_latency``, or 0 if the model was resident."""
+    ended: bool = False
+    """Its work ended at ``at`` (set by its holder): the next hold may start there,
+    however late the host let it finish. Else the GPU is free when it is let go."""
+
+
 @dataclass(frozen=True)
 class GenerationRecord:
-    """A completed generation, for benchmarks: wall-clock (Unix) seconds."""
+    """A completed generation, for benchmarks: on the GPU's timeline, in wall-clock
+    (Unix) seconds."""
 
     path: str
     model: str
     started_at: float
-    """When it got the GPU (before loading, if it had to load)."""
+    """When it got the GPU (before loading, if it had to load): when it asked for it, or
+    when the generation it waited for ended."""
     ended_at: float
+    """When its last token was due."""
     load_seconds: float
     eval_count: int
 
@@ -141,6 +169,11 @@ class SimulatedGPU:
         self.loads = 0
         self.generations: list[GenerationRecord] = []
         self._generated = trio.Event()
+        self._handover = -math.inf
+        """Where the last hold let go ended on the timeline (its work's end, if it
+        ended on it, else the moment it let go)."""
+        self._wall: float | None = None
+        """Unix time minus Trio's clock, read once: the timeline in wall-clock seconds."""
 
     async def until_waiting(self, count: int) -> None:
         """Return once ``count`` requests wait for the GPU (for tests to synchronise on)."""
@@ -167,8 +200,10 @@ class SimulatedGPU:
         self.generations = []
 
     @asynccontextmanager
-    async def session(self, model: SimModel, key: LoadKey) -> AsyncIterator[float]:
-        """Hold the GPU with ``key`` loaded; yields the seconds spent loading (0 if resident)."""
+    async def session(self, model: SimModel, key: LoadKey) -> AsyncIterator[Turn]:
+        """Hold the GPU with ``key`` loaded; yields the hold's :class:`Turn`, its load
+        done (``load_seconds``: 0 if the model was resident)."""
+        asked = trio.current_time()
         self._add_waiting(1)
         try:
             async with self._turn:  # the first in line takes the next free slot
@@ -177,69 +212,98 @@ class SimulatedGPU:
                 ):
                     await self._freed.wait()
                 self._active += 1
+                start = min(max(asked, self._handover), trio.current_time())
+                turn = Turn(start, start)
                 try:
-                    load_seconds = await self._load(model, key)
+                    await self._load(model, key, turn)
                 except BaseException:
-                    self._free()
+                    self._free(trio.current_time())
                     raise
         finally:
             self._add_waiting(-1)
         try:
-            yield load_seconds
+            yield turn
         finally:
             if self.resident is not None:
                 self.resident.last_used = time.time()
-            self._free()
+            self._free(turn.at if turn.ended else trio.current_time())
 
-    async def _load(self, model: SimModel, key: LoadKey) -> float:
-        """Make ``key`` resident (the GPU is otherwise idle); the seconds it took."""
+    async def _load(self, model: SimModel, key: LoadKey, turn: Turn) -> None:
+        """Make ``key`` resident (the GPU is otherwise idle), on ``turn``'s timeline."""
         if self.resident is not None and self.resident.key == key:
-            return 0.0
+            return
         self.resident = None  # the old model is evicted as the load starts
-        started = time.perf_counter()
-        await trio.sleep(self.config.load_latency)
+        turn.load_seconds = self.config.load_latency
+        turn.at += turn.load_seconds
+        await trio.sleep_until(turn.at)
         self.resident = Resident(model, key, time.time())
         self.loads += 1
-        return time.perf_counter() - started
 
-    def _free(self) -> None:
+    def _free(self, at: float) -> None:
         self._active -= 1
+        self._handover = at
         self._freed.set()
         self._freed = trio.Event()
 
-    async def generate(self, job: Job) -> AsyncGenerator[str | Finished, None]:
-        """Yield the response's tokens, then :class:`Finished`; holds the GPU throughout.
+    def wall(self, at: float) -> float:
+        """A moment of the timeline (Trio's clock) in Unix seconds."""
+        if self._wall is None:
+            self._wall = time.time() - trio.current_time()
+        return at + self._wall
+
+    async def generate(
+        self, job: Job, stall: Stall | None = None
+    ) -> AsyncGenerator[str | Finished, None]:
+        """Yield the response's tokens, then :class:`Finished`; holds the GPU throughout,
+        each token due ``token_latency`` after the one before on the GPU's timeline.
 
         Close the generator (``contextlib.aclosing``) to stop early and free the GPU.
         """
         count = self.config.tokens
         if job.num_predict is not None and 0 <= job.num_predict < count:
             count = job.num_predict
-        async with self.session(job.model, job.key) as load_seconds:
-            started_at = time.time() - load_seconds  # when it got the GPU
-            eval_start = time.perf_counter_ns()
-            # A GPU keeps a steady pace: each token is due one latency after the one
-            # before was due, so the timer's lateness on one token does not push back
-            # the rest; after a pause longer than a token (a stall) the pace starts over.
-            latency, due = self.config.token_latency, trio.current_time()
-            for token in response_tokens(job.model.name, job.prompt, count):
-                due = max(due, trio.current_time() - latency) + latency
-                await trio.sleep_until(due)
+        async with self.session(job.model, job.key) as turn:
+            evaluated = turn.at
+            for n, token in enumerate(response_tokens(job.model.name, job.prompt, count)):
+                turn.at += self.config.token_latency + _stalled(stall, n)
+                await trio.sleep_until(turn.at)
                 yield token
+            if stall is not None and stall.after_tokens >= count:  # before the end at last
+                turn.at += stall.seconds
+                await trio.sleep_until(turn.at)
+            turn.ended = True
             end = time.perf_counter_ns()
+            started, ended = self.wall(turn.start), self.wall(turn.at)
             self.generations.append(
-                GenerationRecord(
-                    job.path, job.model.name, started_at, time.time(), load_seconds, count
-                )
+                GenerationRecord(job.path, job.model.name, started, ended, turn.load_seconds, count)
             )
             self._generated.set()
             self._generated = trio.Event()
             yield Finished(
                 done_reason="stop" if count == self.config.tokens else "length",
                 total_duration=end - job.received_ns,
-                load_duration=int(load_seconds * 1e9),
+                load_duration=_nanoseconds(turn.load_seconds),
                 prompt_eval_count=count_tokens(job.prompt),
                 prompt_eval_duration=0,
                 eval_count=count,
-                eval_duration=end - eval_start,
+                eval_duration=_nanoseconds(turn.at - evaluated),
             )
+
+
+@dataclass(frozen=True)
+class Stall:
+    """The GPU hangs for ``seconds`` after ``after_tokens`` tokens (before the end at
+    the latest), holding it: its later deadlines move by as much."""
+
+    after_tokens: int
+    seconds: float
+
+
+def _stalled(stall: Stall | None, token: int) -> float:
+    """The seconds ``stall`` adds before the ``token``-th token (from 0)."""
+    return stall.seconds if stall is not None and stall.after_tokens == token else 0.0
+
+
+def _nanoseconds(seconds: float) -> int:
+    """A duration as Ollama reports it: whole nanoseconds."""
+    return round(seconds * 1e9)
