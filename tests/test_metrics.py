@@ -18,7 +18,7 @@ from prometheus_client.samples import Sample
 from foreman.events.log import EventLog
 from foreman.simulator import SimulatorConfig
 from tests.receiver import RECEIVER_HOST, Answer, Receiver, serving
-from tests.running import Foreman, jobs_succeeded, recorded, start_foreman, until
+from tests.running import Foreman, jobs_succeeded, of_type, recorded, start_foreman, until
 from tests.test_jobs_api import chat_job, stall_backend
 from tests.test_tenants import Team, issue
 from tests.test_webhooks import one_settled_job
@@ -89,6 +89,23 @@ async def test_jobs_latencies_tokens_and_gauges_are_scraped(
     labels = {v for found in samples.values() for sample in found for v in sample.labels.values()}
     assert not labels & set(ids), "a job id is a label"
     assert all(isinstance(v, str) and v != "hi" for v in labels)
+
+
+async def test_a_sync_call_to_a_free_gpu_is_timed_from_its_one_commit(
+    foreman: Foreman, http: httpx.AsyncClient
+) -> None:
+    """Its submission and start share a commit (ADR-0048): it waited no time in the
+    queue, and is counted, with its model and tenant, from the events themselves."""
+    committed = await foreman.running.journal.subscribe()
+    chat = {"model": "llama3", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    assert (await http.post("/api/chat", json=chat)).status_code == 200
+    await until(committed, of_type("JobSucceeded"))
+    samples = await scrape(http)
+    queued = "foreman_request_queue_time_seconds"
+    assert value(samples, f"{queued}_count", model="llama3") == 1
+    assert value(samples, f"{queued}_sum", model="llama3") == 0
+    succeeded = value(samples, "foreman_jobs_total", state="succeeded", model="llama3", tenant="")
+    assert succeeded == 1
 
 
 async def test_gauges_and_totals_are_right_after_a_restart(

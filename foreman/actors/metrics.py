@@ -11,7 +11,7 @@ Nothing is kept of a queued job, so a deep queue costs the actor no memory: it h
 a record of each job from its start to its end (the running jobs, and the few sent
 back to the queue after a start), made at the start from the jobs projection (model,
 tenant, submission time), one read for all the jobs started in the commits it folds
-at once; a job that ends without having started (cancelled in the queue) is read the
+at once (none for a job whose submission is among them); a job that ends without having started (cancelled in the queue) is read the
 same way at its end. Job events the seed already saw (up to the log's head when it
 was read) are not folded again, so no job is counted twice.
 """
@@ -39,6 +39,7 @@ from foreman.events.reader import Reader
 from foreman.events.types import (
     JOB_ENDS,
     JobStarted,
+    JobSubmitted,
     JobSucceeded,
     RecordedEvent,
     WebhookAbandoned,
@@ -66,6 +67,14 @@ class _Job:
     """Its last start (None: it never started)."""
     backend: str
     """The backend of its last start ('' if none)."""
+
+    @classmethod
+    def submitted_by(cls, recorded: RecordedEvent) -> _Job:
+        """A job as its ``JobSubmitted`` (``recorded``) makes it, not started yet."""
+        submitted = recorded.event
+        assert isinstance(submitted, JobSubmitted)
+        tenant = submitted.tenant or ""
+        return cls(submitted.model, tenant, _seconds(recorded.recorded_at), None, "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,14 +243,24 @@ class Metrics:
                 await self._fold(events)
 
     async def _fold(self, events: list[RecordedEvent]) -> None:
+        """Fold ``events``; what they need of a job submitted in another commit is read
+        from the jobs projection, all of it in one read (a sync call to a free GPU
+        commits its submission and start together: ADR-0048)."""
+        jobs = {
+            recorded.stream: _Job.submitted_by(recorded)
+            for recorded in events
+            if recorded.type == "JobSubmitted" and recorded.seq > self._seen
+        }
         unknown = [
             recorded.stream
             for recorded in events
             if recorded.type in _JOB_FOLDED
             and recorded.seq > self._seen
             and recorded.stream not in self._started
+            and recorded.stream not in jobs
         ]
-        jobs = await self._reader.read(_jobs, unknown) if unknown else {}
+        if unknown:
+            jobs.update(await self._reader.read(_jobs, unknown))
         for recorded in events:
             if recorded.type in _JOB_FOLDED:
                 if recorded.seq > self._seen and recorded.readable:
