@@ -11,9 +11,10 @@ Nothing is kept of a queued job, so a deep queue costs the actor no memory: it h
 a record of each job from its start to its end (the running jobs, and the few sent
 back to the queue after a start), made at the start from the jobs projection (model,
 tenant, submission time), one read for all the jobs started in the commits it folds
-at once (none for a job whose submission is among them); a job that ends without having started (cancelled in the queue) is read the
-same way at its end. Job events the seed already saw (up to the log's head when it
-was read) are not folded again, so no job is counted twice.
+at once (none for a job whose submission is among them); a job that ends without
+having started (cancelled in the queue) is read the same way at its end. Job events
+the seed already saw (up to the log's head when it was read) are not folded again, so
+no job is counted twice.
 """
 
 from __future__ import annotations

@@ -293,9 +293,13 @@ class Worker:
             raise
         finally:
             del self._calls[job_id]
+        # Before the call is said to have ended: once it has, a draining worker cancels
+        # what is left of its attempt, and this must be no checkpoint away from handing
+        # its outcome over to be recorded.
+        outcome = await work.not_logged() or outcome  # nothing is recorded of a non-job
         await self._scheduler.done(job_id, Took.of(outcome))
         ended.set()
-        await self._record(work, await work.not_logged() or outcome, finishing)
+        await self._record(work, outcome, finishing)
 
     async def _record(self, work: Work, outcome: Outcome, finishing: trio.Nursery) -> None:
         """Record how the attempt went, in the background; a job the log refused
