@@ -20,6 +20,7 @@ from foreman.events.types import (
     UnknownEventType,
     UnsupportedSchemaVersion,
     decode,
+    encode,
 )
 from foreman.ids import new_ulid
 from tests.factories import (
@@ -123,6 +124,39 @@ def test_a_refused_append_does_not_hold_back_the_rest_of_its_batch(log: EventLog
     assert [e.seq for batch in committed for e in batch] == [1, 2, 3, 4]
     assert {job.id: job.state for job in jobs(log).values()} == {a: "running", c: "running"}
     assert verify(log) == []
+
+
+def test_a_refused_append_leaves_its_stream_as_it_was_for_the_rest_of_the_batch(
+    log: EventLog,
+) -> None:
+    # The batch is first folded in one pass (ADR-0047); a refusal anywhere makes it
+    # again append by append, so what follows a refused append sees it refused.
+    a, b = new_ulid(), new_ulid()
+    log.append(a, [submitted()])
+    results = log.append_many(
+        [
+            Append(a, [started()]),
+            Append(b, [started()]),  # refused: b was never submitted
+            Append(b, [submitted()], expected_version=0),  # so b is still new here
+            Append(a, [succeeded()], expected_version=2),
+            Append(b, [started()], expected_version=1),
+        ]
+    )
+    assert isinstance(results[1], IllegalTransition)
+    committed = [r for r in results if isinstance(r, list)]
+    assert len(committed) == 4
+    assert [(e.seq, e.stream, e.version) for batch in committed for e in batch] == [
+        (2, a, 2),
+        (3, b, 1),
+        (4, a, 3),
+        (5, b, 2),
+    ]
+    assert {job.id: job.state for job in jobs(log).values()} == {a: "succeeded", b: "running"}
+    assert verify(log) == []
+    # The log's cached versions and states are still right for the next commit.
+    (refused,) = log.append_many([Append(a, [started()])])
+    assert isinstance(refused, IllegalTransition)
+    assert log.append(b, [succeeded()], expected_version=2)[0].seq == 6
 
 
 def test_an_append_needs_a_stream_and_events() -> None:
@@ -282,3 +316,22 @@ def test_events_at_reads_the_events_of_given_seqs_in_order(log: EventLog) -> Non
         (3, "JobSucceeded"),
     ]
     assert log.events_at([99]) == []
+
+
+def test_stored_data_is_what_model_dump_json_writes() -> None:
+    # encode() calls pydantic's serializer directly (ADR-0047): the same text as
+    # model_dump_json, which older logs were written with.
+    events = [
+        JobSubmitted(
+            kind="chat",
+            model="qwen ☃",
+            request={"messages": [{"content": "naïve \u2028 ✓"}], "n": [1, 2.5, None]},
+            origin="async",
+            metadata={"note": "é"},
+        ),
+        started(),
+        succeeded(),
+        failed(),
+    ]
+    for event in events:
+        assert encode(event) == event.model_dump_json(exclude={"type"})

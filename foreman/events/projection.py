@@ -153,8 +153,11 @@ class Fold(Generic[S]):
             self._evicted.update(gone)
 
     def _write(self, keys: Iterable[str]) -> None:
+        """Save the states of ``keys`` in key order: the dirty set's order is its hashes',
+        and rows written in the order of their table's key cost SQLite about half as
+        much as rows in that random one (ADR-0047)."""
         if self._conn is not None:
-            states = {key: self.states[key] for key in keys}
+            states = {key: self.states[key] for key in sorted(keys)}
             if states:
                 self.projection.save(self._conn, states)
 
