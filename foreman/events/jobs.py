@@ -25,7 +25,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
 
-from foreman.events.projection import IllegalTransition
+from foreman.events.projection import IllegalTransition, upsert
 from foreman.events.types import (
     JobAttemptFailed,
     JobCancelled,
@@ -322,9 +322,6 @@ def job_from_row(row: tuple[Any, ...]) -> Job:
 
 
 SELECT_JOBS = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
-_UPSERT = (
-    f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-)
 _LOAD_CHUNK = 500
 
 
@@ -408,7 +405,7 @@ class JobsProjection:
         return jobs
 
     def save(self, conn: sqlite3.Connection, states: Mapping[str, Job | None]) -> None:
-        conn.executemany(_UPSERT, [_to_row(job) for job in states.values() if job is not None])
+        upsert(conn, "jobs", _COLUMNS, [_to_row(job) for job in states.values() if job is not None])
         gone = [(key,) for key, job in states.items() if job is None]
         if gone:
             conn.executemany("DELETE FROM jobs WHERE id = ?", gone)

@@ -11,9 +11,10 @@ disagree (ADR-0017).
 from __future__ import annotations
 
 import itertools
+import operator
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from foreman.events.types import RecordedEvent
 
@@ -29,6 +30,31 @@ class IllegalTransition(ValueError):
         self.event_type = event_type
         where = f"in state {state!r}" if state is not None else "that does not exist"
         super().__init__(f"{event_type} is not allowed for {key} {where}: {reason}")
+
+
+def upsert(
+    conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """``INSERT OR REPLACE`` the rows (values in ``columns``' order), binding no NULLs.
+
+    Python's sqlite3 binds None about 0.2 µs slower than a string or a number (it
+    looks for an adapter first), and a projection row is mostly None: so each row is
+    written with a statement naming only its columns that are not None, the others
+    left to SQLite's default, NULL (ADR-0047). The rows of one shape share a statement.
+    """
+    nones = (None,) * len(columns)
+    shapes: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        shape = tuple(map(operator.is_not, row, nones))
+        values = tuple(itertools.compress(row, shape))
+        if shape in shapes:
+            shapes[shape].append(values)
+        else:
+            shapes[shape] = [values]
+    for shape, shaped in shapes.items():
+        names = ", ".join(itertools.compress(columns, shape))
+        marks = ", ".join("?" * len(shaped[0]))
+        conn.executemany(f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", shaped)
 
 
 class Projection(Protocol[S]):
