@@ -157,7 +157,14 @@ class Fold(Generic[S]):
         key_of = self.projection.key
         keyed = [(key_of(event), event) for event in events]
         self.prefetch({key for key, _ in keyed if key is not None})
-        self.keep(self._evolve(keyed))
+        # _evolve, for states all at hand: replay's loop, run once per event.
+        evolve = self.projection.evolve
+        states = self.states
+        changes: dict[str, S | None] = {}
+        for key, event in keyed:
+            if key is not None:
+                changes[key] = evolve(changes[key] if key in changes else states.get(key), event)
+        self.keep(changes)
 
     def flush(self) -> None:
         """Write every changed state, then :meth:`trim`."""
