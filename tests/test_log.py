@@ -8,7 +8,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from foreman.events.audit import verify
-from foreman.events.chain import GENESIS
+from foreman.events.chain import GENESIS, chain_hash
 from foreman.events.jobs import Job, JobError, JobsProjection
 from foreman.events.log import Append, ConcurrencyError, Durability, EventLog, LogError
 from foreman.events.projection import IllegalTransition
@@ -335,3 +335,45 @@ def test_stored_data_is_what_model_dump_json_writes() -> None:
     ]
     for event in events:
         assert encode(event) == event.model_dump_json(exclude={"type"})
+
+
+def test_a_log_written_as_before_adr_0047_opens_verifies_and_takes_appends(
+    db_path: Path,
+) -> None:
+    # ADR-0047 changed how rows are made, not what they hold (LOG_FORMAT 1): rows
+    # made the old way (model_dump_json, chain.chain_hash, one append at a time)
+    # open, verify and are appended to.
+    bare = EventLog.open(db_path, durability=Durability.OFF)
+    a, b = new_ulid(), new_ulid()
+    head = GENESIS
+    history = [(a, submitted()), (b, submitted()), (a, started()), (a, succeeded())]
+    versions: dict[str, int] = {}
+    with bare.transaction():
+        for seq, (stream, event) in enumerate(history, start=1):
+            versions[stream] = versions.get(stream, 0) + 1
+            row = (
+                seq,
+                new_ulid(),
+                stream,
+                versions[stream],
+                event.type,
+                event.SCHEMA_VERSION,
+                event.model_dump_json(exclude={"type"}),
+                "2026-11-30T12:00:00.000000Z",
+            )
+            head = chain_hash(head, *row)
+            bare.conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, head))
+    bare.close()
+
+    log = open_log(db_path, durability=Durability.OFF)  # catches the projections up
+    try:
+        assert verify(log) == []
+        assert {job.id: job.state for job in jobs(log).values()} == {a: "succeeded", b: "queued"}
+        results = log.append_many([Append(b, [started()]), Append(a, [pruned()])])
+        assert [e.seq for r in results if isinstance(r, list) for e in r] == [5, 6]
+        assert verify(log) == []
+        assert log.rows(after=4).__next__()[8] == chain_hash(
+            head, *log.rows(after=4).__next__()[:8]
+        )
+    finally:
+        log.close()
