@@ -3,7 +3,8 @@
 For ADR-0047: what encoding, decoding, hashing, the row tuple and the SQLite
 driver cost per event on the workload of append.py / replay.py (``_logs.py``),
 and the alternatives measured against them: ``orjson``, ``msgspec``, pydantic's
-serializer and validator called directly, ``apsw`` instead of ``sqlite3``.
+serializer and validator called directly, ``apsw`` instead of ``sqlite3``, and the
+jobs projection's rows written with and without their NULLs bound.
 Each figure is the best of ``--repeat`` rounds, the rounds interleaved (every
 option once per round), in microseconds per event.
 
@@ -26,8 +27,10 @@ from _logs import build_work, remove_db, scratch
 from _report import emit, fmt_float, machine, progress, table
 
 from foreman.events.chain import GENESIS, chain_hash
+from foreman.events.jobs import Job, JobsProjection, _to_row
 from foreman.events.log import _INSERT_EVENT, _SCHEMA
-from foreman.events.types import EVENT_TYPES, STORED, Event, decode, encode
+from foreman.events.projection import upsert
+from foreman.events.types import EVENT_TYPES, STORED, Event, RecordedEvent, decode, encode
 
 Case = tuple[str, str, Callable[[], object]]
 """(group, option, run once over every event)."""
@@ -69,7 +72,7 @@ def encode_cases(events: list[Event]) -> list[Case]:
 def decode_cases(rows: list[tuple[str, str]]) -> list[Case]:
     classes = [(EVENT_TYPES[t], data) for t, data in rows]
     cases: list[Case] = [
-        ("decode", "types.decode: model_validate_json(context) (before)",
+        ("decode", "types.decode: model_validate_json(context) (kept)",
          lambda: [decode(t, 1, data) for t, data in rows]),
         ("decode", "model_validate_json, no context",
          lambda: [cls.model_validate_json(data) for cls, data in classes]),
@@ -154,7 +157,7 @@ def sqlite_cases(rows: list[tuple[Any, ...]], batch: int) -> list[Case]:
         conn.close()
         remove_db(path)
 
-    cases: list[Case] = [("sqlite", "sqlite3: insert + read back (before)", with_sqlite3)]
+    cases: list[Case] = [("sqlite", "sqlite3: insert + read back (kept)", with_sqlite3)]
     if _available("apsw"):
         import apsw  # noqa: PLC0415 - optional: measured when installed
 
@@ -175,6 +178,36 @@ def sqlite_cases(rows: list[tuple[Any, ...]], batch: int) -> list[Case]:
 
         cases.append(("sqlite", f"apsw (SQLite {apsw.sqlite_lib_version()})", with_apsw))
     return cases
+
+
+def jobs_cases(rows: list[tuple[Any, ...]], batch: int) -> list[Case]:
+    """The jobs rows a group commit writes: one per event, the job as that event left it."""
+    projection = JobsProjection()
+    states: dict[str, Any] = {}
+    job_rows = []
+    for row in rows:
+        event = RecordedEvent(*row)
+        states[event.stream] = job = projection.evolve(states.get(event.stream), event)
+        job_rows.append(_to_row(job))
+    chunks = [job_rows[i : i + batch] for i in range(0, len(job_rows), batch)]
+    every = f"INSERT OR REPLACE INTO jobs VALUES ({', '.join('?' * len(Job._fields))})"
+
+    def write(how: Callable[[sqlite3.Connection, list[Any]], object]) -> Callable[[], None]:
+        def run() -> None:
+            conn = sqlite3.connect(":memory:", isolation_level=None)
+            projection.create(conn)
+            for chunk in chunks:
+                how(conn, chunk)
+            conn.close()
+
+        return run
+
+    return [
+        ("jobs rows", "executemany, every column bound (before)",
+         write(lambda conn, chunk: conn.executemany(every, chunk))),
+        ("jobs rows", "projection.upsert: NULL columns not bound",
+         write(lambda conn, chunk: upsert(conn, "jobs", Job._fields, chunk))),
+    ]  # fmt: skip
 
 
 def timed(cases: list[Case], events: int, repeat: int) -> list[dict[str, Any]]:
@@ -219,6 +252,7 @@ def main(argv: list[str]) -> None:
         + decode_cases(stored)
         + hash_cases(rows)
         + sqlite_cases(chained, args.batch)
+        + jobs_cases(chained, args.batch)
     )
     results = timed(cases, len(events), args.repeat)
     text = table(
