@@ -449,7 +449,7 @@ class EventLog:
                     chain,
                 )
                 rows.append(row)
-                recorded.append(RecordedEvent(*row, event))
+                recorded.append(tuple.__new__(RecordedEvent, (*row, event)))  # its __new__, inlined
             if refusable:
                 refused = self._fold(recorded)
                 if refused is not None:
