@@ -377,3 +377,16 @@ def test_a_log_written_as_before_adr_0047_opens_verifies_and_takes_appends(
         )
     finally:
         log.close()
+
+
+def test_a_jobs_row_keeps_no_value_a_later_state_dropped(log: EventLog) -> None:
+    # projection.upsert names only a row's columns that are not None (ADR-0047): the
+    # others must still end up NULL when the row replaces one that had them.
+    job = new_ulid()
+    log.append(job, [submitted(), started(), attempt_failed(), requeued_retry()])
+    assert jobs(log)[job].error is not None
+    log.append(job, [started(attempt=2), succeeded()])
+    (error,) = log.conn.execute("SELECT error FROM jobs WHERE id = ?", (job,)).fetchone()
+    assert error is None
+    assert jobs(log)[job].error is None
+    assert verify(log) == []
