@@ -5,10 +5,14 @@ each commit the rows it wrote: its events, the jobs rows its fold wrote (one per
 job the commit touched) and the projection checkpoint. The timed part writes those
 rows again into a fresh database of the same schema, one transaction per commit,
 with ``executemany`` and nothing else: no validation, hashing, encoding or lookups.
+The jobs rows are written as the log writes them (``projection.upsert``): each with a
+statement naming only its columns that are not NULL, grouped by shape before the
+clock starts, since binding None costs Python's sqlite3 more than any other value.
 """
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,8 @@ _LOOKUP_CHUNK = 500
 @dataclass(frozen=True, slots=True)
 class Commit:
     events: Rows
-    jobs: Rows
+    jobs: list[tuple[str, Rows]]
+    """Statements and their rows: the jobs rows grouped by which columns are not NULL."""
     checkpoints: Rows
 
 
@@ -38,13 +43,23 @@ class Recording:
     commits: list[Commit]
 
 
-def _jobs_rows(conn: sqlite3.Connection, ids: list[str]) -> Rows:
+def _jobs_rows(conn: sqlite3.Connection, ids: list[str]) -> list[tuple[str, Rows]]:
     rows: Rows = []
+    columns: list[str] = []
     for start in range(0, len(ids), _LOOKUP_CHUNK):
         chunk = ids[start : start + _LOOKUP_CHUNK]
         marks = ", ".join("?" * len(chunk))
-        rows += conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk).fetchall()
-    return rows
+        cursor = conn.execute(f"SELECT * FROM jobs WHERE id IN ({marks})", chunk)
+        columns = [column[0] for column in cursor.description]
+        rows += cursor.fetchall()
+    statements: dict[str, Rows] = {}
+    for row in rows:
+        present = [value is not None for value in row]
+        names = ", ".join(itertools.compress(columns, present))
+        marks = ", ".join("?" * sum(present))
+        sql = f"INSERT OR REPLACE INTO jobs ({names}) VALUES ({marks})"
+        statements.setdefault(sql, []).append(tuple(itertools.compress(row, present)))
+    return list(statements.items())
 
 
 def record(work: Work, batch: int) -> Recording:
@@ -92,13 +107,13 @@ def write(path: Path, recording: Recording, durability: Durability, watch: Stopw
         conn.executemany(_insert("meta", recording.meta), recording.meta)
         first = recording.commits[0]
         insert_events = _insert("events", first.events)
-        upsert_jobs = _insert("jobs", first.jobs, "INSERT OR REPLACE")
         upsert_checkpoints = _insert("projections", first.checkpoints, "INSERT OR REPLACE")
         with watch:
             for commit in recording.commits:
                 conn.execute("BEGIN IMMEDIATE")
                 conn.executemany(insert_events, commit.events)
-                conn.executemany(upsert_jobs, commit.jobs)
+                for upsert_jobs, jobs in commit.jobs:
+                    conn.executemany(upsert_jobs, jobs)
                 conn.executemany(upsert_checkpoints, commit.checkpoints)
                 conn.execute("COMMIT")
     finally:

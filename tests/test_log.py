@@ -8,7 +8,7 @@ import pytest
 from pydantic import TypeAdapter, ValidationError
 
 from foreman.events.audit import verify
-from foreman.events.chain import GENESIS
+from foreman.events.chain import GENESIS, chain_hash
 from foreman.events.jobs import Job, JobError, JobsProjection
 from foreman.events.log import Append, ConcurrencyError, Durability, EventLog, LogError
 from foreman.events.projection import IllegalTransition
@@ -20,6 +20,7 @@ from foreman.events.types import (
     UnknownEventType,
     UnsupportedSchemaVersion,
     decode,
+    encode,
 )
 from foreman.ids import new_ulid
 from tests.factories import (
@@ -123,6 +124,39 @@ def test_a_refused_append_does_not_hold_back_the_rest_of_its_batch(log: EventLog
     assert [e.seq for batch in committed for e in batch] == [1, 2, 3, 4]
     assert {job.id: job.state for job in jobs(log).values()} == {a: "running", c: "running"}
     assert verify(log) == []
+
+
+def test_a_refused_append_leaves_its_stream_as_it_was_for_the_rest_of_the_batch(
+    log: EventLog,
+) -> None:
+    # The batch is first folded in one pass (ADR-0047); a refusal anywhere makes it
+    # again append by append, so what follows a refused append sees it refused.
+    a, b = new_ulid(), new_ulid()
+    log.append(a, [submitted()])
+    results = log.append_many(
+        [
+            Append(a, [started()]),
+            Append(b, [started()]),  # refused: b was never submitted
+            Append(b, [submitted()], expected_version=0),  # so b is still new here
+            Append(a, [succeeded()], expected_version=2),
+            Append(b, [started()], expected_version=1),
+        ]
+    )
+    assert isinstance(results[1], IllegalTransition)
+    committed = [r for r in results if isinstance(r, list)]
+    assert len(committed) == 4
+    assert [(e.seq, e.stream, e.version) for batch in committed for e in batch] == [
+        (2, a, 2),
+        (3, b, 1),
+        (4, a, 3),
+        (5, b, 2),
+    ]
+    assert {job.id: job.state for job in jobs(log).values()} == {a: "succeeded", b: "running"}
+    assert verify(log) == []
+    # The log's cached versions and states are still right for the next commit.
+    (refused,) = log.append_many([Append(a, [started()])])
+    assert isinstance(refused, IllegalTransition)
+    assert log.append(b, [succeeded()], expected_version=2)[0].seq == 6
 
 
 def test_an_append_needs_a_stream_and_events() -> None:
@@ -282,3 +316,77 @@ def test_events_at_reads_the_events_of_given_seqs_in_order(log: EventLog) -> Non
         (3, "JobSucceeded"),
     ]
     assert log.events_at([99]) == []
+
+
+def test_stored_data_is_what_model_dump_json_writes() -> None:
+    # encode() calls pydantic's serializer directly (ADR-0047): the same text as
+    # model_dump_json, which older logs were written with.
+    events = [
+        JobSubmitted(
+            kind="chat",
+            model="qwen ☃",
+            request={"messages": [{"content": "naïve \u2028 ✓"}], "n": [1, 2.5, None]},
+            origin="async",
+            metadata={"note": "é"},
+        ),
+        started(),
+        succeeded(),
+        failed(),
+    ]
+    for event in events:
+        assert encode(event) == event.model_dump_json(exclude={"type"})
+
+
+def test_a_log_written_as_before_adr_0047_opens_verifies_and_takes_appends(
+    db_path: Path,
+) -> None:
+    # ADR-0047 changed how rows are made, not what they hold (LOG_FORMAT 1): rows
+    # made the old way (model_dump_json, chain.chain_hash, one append at a time)
+    # open, verify and are appended to.
+    bare = EventLog.open(db_path, durability=Durability.OFF)
+    a, b = new_ulid(), new_ulid()
+    head = GENESIS
+    history = [(a, submitted()), (b, submitted()), (a, started()), (a, succeeded())]
+    versions: dict[str, int] = {}
+    with bare.transaction():
+        for seq, (stream, event) in enumerate(history, start=1):
+            versions[stream] = versions.get(stream, 0) + 1
+            row = (
+                seq,
+                new_ulid(),
+                stream,
+                versions[stream],
+                event.type,
+                event.SCHEMA_VERSION,
+                event.model_dump_json(exclude={"type"}),
+                "2026-11-30T12:00:00.000000Z",
+            )
+            head = chain_hash(head, *row)
+            bare.conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (*row, head))
+    bare.close()
+
+    log = open_log(db_path, durability=Durability.OFF)  # catches the projections up
+    try:
+        assert verify(log) == []
+        assert {job.id: job.state for job in jobs(log).values()} == {a: "succeeded", b: "queued"}
+        results = log.append_many([Append(b, [started()]), Append(a, [pruned()])])
+        assert [e.seq for r in results if isinstance(r, list) for e in r] == [5, 6]
+        assert verify(log) == []
+        assert log.rows(after=4).__next__()[8] == chain_hash(
+            head, *log.rows(after=4).__next__()[:8]
+        )
+    finally:
+        log.close()
+
+
+def test_a_jobs_row_keeps_no_value_a_later_state_dropped(log: EventLog) -> None:
+    # projection.upsert names only a row's columns that are not None (ADR-0047): the
+    # others must still end up NULL when the row replaces one that had them.
+    job = new_ulid()
+    log.append(job, [submitted(), started(), attempt_failed(), requeued_retry()])
+    assert jobs(log)[job].error is not None
+    log.append(job, [started(attempt=2), succeeded()])
+    (error,) = log.conn.execute("SELECT error FROM jobs WHERE id = ?", (job,)).fetchone()
+    assert error is None
+    assert jobs(log)[job].error is None
+    assert verify(log) == []

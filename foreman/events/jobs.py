@@ -25,7 +25,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, cast
 
-from foreman.events.projection import IllegalTransition
+from foreman.events.projection import IllegalTransition, upsert
 from foreman.events.types import (
     JobAttemptFailed,
     JobCancelled,
@@ -94,6 +94,21 @@ def _require(job: Job | None, recorded: RecordedEvent, *states: str) -> Job:
     return job
 
 
+_FIELD = {name: index for index, name in enumerate(Job._fields)}
+_STATE, _ATTEMPTS, _VERSION = _FIELD["state"], _FIELD["attempts"], _FIELD["version"]
+_UPDATED_AT, _STARTED_AT, _FINISHED_AT = (
+    _FIELD["updated_at"],
+    _FIELD["started_at"],
+    _FIELD["finished_at"],
+)
+_BACKEND, _RESULT_SEQ, _ERROR = _FIELD["backend"], _FIELD["result_seq"], _FIELD["error"]
+
+
+def _job(values: list[Any]) -> Job:
+    """A job from all its fields in order (``Job._make`` without its length check)."""
+    return tuple.__new__(Job, values)
+
+
 def _refuse(job: Job | None, recorded: RecordedEvent, reason: str) -> IllegalTransition:
     return IllegalTransition(recorded.stream, job.state if job else None, recorded.type, reason)
 
@@ -133,14 +148,15 @@ def _started(job: Job | None, recorded: RecordedEvent) -> Job:
             f"attempt {attempt} follows attempt {job.attempts}; expected {job.attempts + 1}",
         )
     at = recorded.recorded_at
-    return job._replace(
-        state="running",
-        attempts=attempt,
-        started_at=at,
-        backend=started.backend,
-        version=recorded.version,
-        updated_at=at,
-    )
+    # job._replace(state="running", attempts=attempt, started_at=at, backend=...,
+    # version=..., updated_at=at), in a third of its time: every job passes here.
+    values = list(job)
+    values[_STATE] = "running"
+    values[_ATTEMPTS] = attempt
+    values[_STARTED_AT] = values[_UPDATED_AT] = at
+    values[_BACKEND] = started.backend
+    values[_VERSION] = recorded.version
+    return _job(values)
 
 
 def _attempt_failed(job: Job | None, recorded: RecordedEvent) -> Job:
@@ -164,14 +180,15 @@ def _succeeded(job: Job | None, recorded: RecordedEvent) -> Job:
     # Reads only the envelope: the result stays in the log, undecoded (result_seq).
     job = _require(job, recorded, "running")
     at = recorded.recorded_at
-    return job._replace(
-        state="succeeded",
-        result_seq=recorded.seq,
-        error=None,
-        finished_at=at,
-        version=recorded.version,
-        updated_at=at,
-    )
+    # job._replace(state="succeeded", result_seq=..., error=None, finished_at=at,
+    # version=..., updated_at=at), as in _started.
+    values = list(job)
+    values[_STATE] = "succeeded"
+    values[_RESULT_SEQ] = recorded.seq
+    values[_ERROR] = None
+    values[_FINISHED_AT] = values[_UPDATED_AT] = at
+    values[_VERSION] = recorded.version
+    return _job(values)
 
 
 def _failed(job: Job | None, recorded: RecordedEvent) -> Job:
@@ -286,7 +303,6 @@ def _from_unreadable_submission(recorded: RecordedEvent) -> Job:
 
 
 _COLUMNS = Job._fields
-_ERROR = _COLUMNS.index("error")
 
 
 def _to_row(job: Job) -> tuple[Any, ...]:
@@ -306,9 +322,6 @@ def job_from_row(row: tuple[Any, ...]) -> Job:
 
 
 SELECT_JOBS = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
-_UPSERT = (
-    f"INSERT OR REPLACE INTO jobs ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-)
 _LOAD_CHUNK = 500
 
 
@@ -392,7 +405,7 @@ class JobsProjection:
         return jobs
 
     def save(self, conn: sqlite3.Connection, states: Mapping[str, Job | None]) -> None:
-        conn.executemany(_UPSERT, [_to_row(job) for job in states.values() if job is not None])
+        upsert(conn, "jobs", _COLUMNS, [_to_row(job) for job in states.values() if job is not None])
         gone = [(key,) for key, job in states.items() if job is None]
         if gone:
             conn.executemany("DELETE FROM jobs WHERE id = ?", gone)

@@ -11,6 +11,7 @@ one transaction and one fsync (group commit).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -20,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from foreman.events.chain import GENESIS, chain_hash
+from foreman.events.chain import GENESIS
 from foreman.events.projection import Fold, IllegalTransition, Projection
 from foreman.events.types import Event, RecordedEvent, encode
 from foreman.ids import new_ulids
@@ -67,8 +68,6 @@ EVENT_COLUMNS = (
 )
 _SELECT_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
 _INSERT_EVENT = f"INSERT INTO events VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
-_DECODED = len(EVENT_COLUMNS)
-"""A RecordedEvent is its row's columns, then the decoded event."""
 _LOOKUP_CHUNK = 500
 STATE_CACHE = 100_000
 """Projection states and stream versions an appending log keeps in memory."""
@@ -378,54 +377,119 @@ class EventLog:
         folds = self._folds
         for fold in folds:
             fold.prefetch(streams)
-        ids = iter(new_ulids(sum(len(append.events) for append in appends)))
+        ids = new_ulids(sum(len(append.events) for append in appends))
+        encoded = [_encoded(append) for append in appends]
+        # Most commits refuse nothing: fold all their events in one pass per projection.
+        # A refusal anywhere undoes that pass (nothing was kept) and the commit is made
+        # again append by append, so that the refused one fails alone.
+        results = self._record(appends, encoded, ids, seq, head, recorded_at, refusable=False)
+        if results is None:
+            results = self._record(appends, encoded, ids, seq, head, recorded_at, refusable=True)
+            assert results is not None
+        if len(versions) > STATE_CACHE:
+            versions.clear()
+        return results
+
+    def _record(
+        self,
+        appends: Sequence[Append],
+        encoded: list[list[str] | UnstorableEvent],
+        ids: list[str],
+        seq: int,
+        head: str,
+        recorded_at: str,
+        *,
+        refusable: bool,
+    ) -> list[AppendResult] | None:
+        """Number, hash and fold the appends, write them; None when a projection refused
+        an event and ``refusable`` is false (then nothing was written or kept).
+
+        With ``refusable``, each append is folded on its own and a refused one is its
+        result; without, every event is folded in one pass (the fast path)."""
+        versions = self._versions
+        start_versions: dict[str, int] = {}
+        sha256 = hashlib.sha256
+        next_id = iter(ids).__next__
         rows: list[tuple[Any, ...]] = []
+        everything: list[RecordedEvent] = []
         results: list[AppendResult] = []
-        for append in appends:
-            stream, current = append.stream, versions[append.stream]
+        for append, data in zip(appends, encoded, strict=True):
+            stream = append.stream
+            current = versions[stream]
             if append.expected_version is not None and append.expected_version != current:
                 results.append(ConcurrencyError(stream, append.expected_version, current))
                 continue
-            try:
-                data = [encode(event) for event in append.events]
-            except ValueError as error:  # pydantic's serialization errors are ValueErrors
-                results.append(UnstorableEvent(f"{stream}: {error}"))
+            if isinstance(data, UnstorableEvent):
+                results.append(data)
                 continue
             recorded: list[RecordedEvent] = []
             chain = head
-            for offset, (event, text) in enumerate(zip(append.events, data, strict=True), 1):
+            number = seq
+            version = current
+            for event, text in zip(append.events, data, strict=True):
+                number += 1
+                version += 1
+                id_ = next_id()
+                type_ = event.type
+                schema_version = event.SCHEMA_VERSION
+                # chain.chain_hash, inlined: this loop runs once per event appended.
+                chain = sha256(
+                    f"{chain}\x1f{number}\x1f{id_}\x1f{stream}\x1f{version}\x1f{type_}"
+                    f"\x1f{schema_version}\x1f{recorded_at}\x1f{text}".encode()
+                ).hexdigest()
                 row = (
-                    seq + offset,
-                    next(ids),
+                    number,
+                    id_,
                     stream,
-                    current + offset,
-                    event.type,
-                    event.SCHEMA_VERSION,
+                    version,
+                    type_,
+                    schema_version,
                     text,
                     recorded_at,
+                    chain,
                 )
-                chain = chain_hash(chain, *row)
-                recorded.append(RecordedEvent(*row, chain, event))
-            try:
-                changes = [fold.evolve(recorded) for fold in folds]
-            except IllegalTransition as refused:
-                results.append(refused)
-                continue
-            for fold, change in zip(folds, changes, strict=True):
-                fold.keep(change)
-            rows.extend(event[:_DECODED] for event in recorded)
+                rows.append(row)
+                recorded.append(tuple.__new__(RecordedEvent, (*row, event)))  # its __new__, inlined
+            if refusable:
+                refused = self._fold(recorded)
+                if refused is not None:
+                    del rows[len(rows) - len(recorded) :]
+                    results.append(refused)
+                    continue
+            else:
+                everything.extend(recorded)
             results.append(recorded)
-            seq, head = recorded[-1].seq, chain
-            versions[stream] = recorded[-1].version
+            seq, head = number, chain
+            start_versions.setdefault(stream, current)
+            versions[stream] = version
+        if not refusable and everything and self._fold(everything) is not None:
+            versions.update(start_versions)
+            return None
         if rows:
             self.conn.executemany(_INSERT_EVENT, rows)
-            for fold in folds:
+            for fold in self._folds:
                 fold.flush()
                 self.set_checkpoint(fold.projection, seq, head)
-        if len(versions) > STATE_CACHE:
-            versions.clear()
         self._known_head = (seq, head)
         return results
+
+    def _fold(self, events: list[RecordedEvent]) -> IllegalTransition | None:
+        """Fold ``events`` into every projection, all or nothing: the refusal, if any."""
+        try:
+            changes = [fold.evolve(events) for fold in self._folds]
+        except IllegalTransition as refused:
+            return refused
+        for fold, change in zip(self._folds, changes, strict=True):
+            fold.keep(change)
+        return None
+
+
+def _encoded(append: Append) -> list[str] | UnstorableEvent:
+    """The ``data`` of each of the append's events, or why they cannot be stored."""
+    try:
+        return [encode(event) for event in append.events]
+    except ValueError as error:  # pydantic's serialization errors are ValueErrors
+        return UnstorableEvent(f"{append.stream}: {error}")
 
 
 class _Transaction:

@@ -11,9 +11,10 @@ disagree (ADR-0017).
 from __future__ import annotations
 
 import itertools
+import operator
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from typing import ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from foreman.events.types import RecordedEvent
 
@@ -29,6 +30,31 @@ class IllegalTransition(ValueError):
         self.event_type = event_type
         where = f"in state {state!r}" if state is not None else "that does not exist"
         super().__init__(f"{event_type} is not allowed for {key} {where}: {reason}")
+
+
+def upsert(
+    conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """``INSERT OR REPLACE`` the rows (values in ``columns``' order), binding no NULLs.
+
+    Python's sqlite3 binds None about 0.2 µs slower than a string or a number (it
+    looks for an adapter first), and a projection row is mostly None: so each row is
+    written with a statement naming only its columns that are not None, the others
+    left to SQLite's default, NULL (ADR-0047). The rows of one shape share a statement.
+    """
+    nones = (None,) * len(columns)
+    shapes: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        shape = tuple(map(operator.is_not, row, nones))
+        values = tuple(itertools.compress(row, shape))
+        if shape in shapes:
+            shapes[shape].append(values)
+        else:
+            shapes[shape] = [values]
+    for shape, shaped in shapes.items():
+        names = ", ".join(itertools.compress(columns, shape))
+        marks = ", ".join("?" * len(shaped[0]))
+        conn.executemany(f"INSERT OR REPLACE INTO {table} ({names}) VALUES ({marks})", shaped)
 
 
 class Projection(Protocol[S]):
@@ -131,7 +157,14 @@ class Fold(Generic[S]):
         key_of = self.projection.key
         keyed = [(key_of(event), event) for event in events]
         self.prefetch({key for key, _ in keyed if key is not None})
-        self.keep(self._evolve(keyed))
+        # _evolve, for states all at hand: replay's loop, run once per event.
+        evolve = self.projection.evolve
+        states = self.states
+        changes: dict[str, S | None] = {}
+        for key, event in keyed:
+            if key is not None:
+                changes[key] = evolve(changes[key] if key in changes else states.get(key), event)
+        self.keep(changes)
 
     def flush(self) -> None:
         """Write every changed state, then :meth:`trim`."""
@@ -153,8 +186,11 @@ class Fold(Generic[S]):
             self._evicted.update(gone)
 
     def _write(self, keys: Iterable[str]) -> None:
+        """Save the states of ``keys`` in key order: the dirty set's order is its hashes',
+        and rows written in the order of their table's key cost SQLite about half as
+        much as rows in that random one (ADR-0047)."""
         if self._conn is not None:
-            states = {key: self.states[key] for key in keys}
+            states = {key: self.states[key] for key in sorted(keys)}
             if states:
                 self.projection.save(self._conn, states)
 

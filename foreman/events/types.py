@@ -477,9 +477,15 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
+_NOT_DATA = {"type"}
+
+
 def encode(event: Event) -> str:
-    """The JSON text stored in the ``data`` column (``type`` has its own column)."""
-    return event.model_dump_json(exclude={"type"})
+    """The JSON text stored in the ``data`` column (``type`` has its own column).
+
+    ``model_dump_json(exclude={"type"})``, without its Python wrapper (a third of
+    its cost: ADR-0047); the same text."""
+    return event.__pydantic_serializer__.to_json(event, exclude=_NOT_DATA).decode()
 
 
 def stored_data(data: object) -> dict[str, Any]:
