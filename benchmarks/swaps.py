@@ -147,8 +147,6 @@ async def drain(args: argparse.Namespace, client: httpx.AsyncClient, sim: str) -
     ):
         progress(f"drain-by-model: {len(jobs)} jobs submitted to Foreman at once ...")
         async with httpx.AsyncClient(limits=limits(len(jobs)), timeout=None) as submitter:
-            if args.warm:
-                await open_connections(submitter, url, len(jobs))
             began = time.time()
             resets: list[int] = []
             async with trio.open_nursery() as nursery:
@@ -162,15 +160,6 @@ async def drain(args: argparse.Namespace, client: httpx.AsyncClient, sim: str) -
     how = "submitted to Foreman all at once"
     return Row("drain-by-model", how, len(jobs), run.loads, ended - began, run.busy, run.idle,
                run.lead, run.tail, changes(run.models), changes(arrived))  # fmt: skip
-
-
-async def open_connections(client: httpx.AsyncClient, url: str, count: int) -> None:
-    """``count`` keep-alive connections to Foreman, opened and idle in ``client``'s pool
-    (``--warm``): each caller has its connection before the clock starts, as callers on
-    machines of their own would, instead of this one process opening them all."""
-    async with trio.open_nursery() as nursery:
-        for _ in range(count):
-            nursery.start_soon(client.get, f"{url}/ui")
 
 
 def ideal(args: argparse.Namespace) -> float:
@@ -232,12 +221,6 @@ def report(rows: list[Row], args: argparse.Namespace) -> str:
         "changes: between consecutive JobSubmitted in Foreman's log.",
         f"Foreman: {args.mode}, durability {args.durability.value.upper()}, FOREMAN_MAX_WAIT "
         f"{args.max_wait:g} s (the starvation bound; the run is shorter).",
-        "callers' connections: "
-        + (
-            "opened before the clock starts (--warm)."
-            if args.warm
-            else "opened by the calls themselves, all from this one process, within the lead."
-        ),
     ]
     drained = rows[-1]
     fifo_loads = f"; FIFO: {rows[0].loads}" if len(rows) > 1 else ""
@@ -270,11 +253,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
         action="store_false",
         help="skip the FIFO row (about one load per job: a minute at the defaults)",
     )
-    parser.add_argument(
-        "--warm",
-        action="store_true",
-        help="open the callers' connections to Foreman before the clock starts",
-    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
@@ -298,7 +276,6 @@ def main(argv: list[str]) -> None:
         "benchmark": "swaps",
         "machine": info,
         "mode": args.mode,
-        "warm_connections": args.warm,
         "durability": args.durability.value,
         "max_wait": args.max_wait,
         "models": args.models,
