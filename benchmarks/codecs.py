@@ -142,28 +142,13 @@ def hash_cases(rows: list[tuple[Any, ...]]) -> list[Case]:
 def sqlite_cases(rows: list[tuple[Any, ...]], batch: int) -> list[Case]:
     chunks = [rows[i : i + batch] for i in range(0, len(rows), batch)]
 
-    def with_sqlite3() -> None:
-        path = scratch("codecs-sqlite3.db")
-        conn = sqlite3.connect(path, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = OFF")
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        for chunk in chunks:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(_INSERT_EVENT, chunk)
-            conn.execute("COMMIT")
-        list(conn.execute("SELECT * FROM events ORDER BY seq"))
-        conn.close()
-        remove_db(path)
+    def insert_and_read(name: str, connect: Callable[[str], Any]) -> Callable[[], None]:
+        """The event rows written a commit at a time, then read back, through ``connect``'s
+        driver (both take the same calls)."""
 
-    cases: list[Case] = [("sqlite", "sqlite3: insert + read back (kept)", with_sqlite3)]
-    if _available("apsw"):
-        import apsw  # noqa: PLC0415 - optional: measured when installed
-
-        def with_apsw() -> None:
-            path = scratch("codecs-apsw.db")
-            conn = apsw.Connection(str(path))
+        def run() -> None:
+            path = scratch(f"codecs-{name}.db")
+            conn = connect(str(path))
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = OFF")
             for statement in _SCHEMA:
@@ -176,6 +161,16 @@ def sqlite_cases(rows: list[tuple[Any, ...]], batch: int) -> list[Case]:
             conn.close()
             remove_db(path)
 
+        return run
+
+    with_sqlite3 = insert_and_read(
+        "sqlite3", lambda path: sqlite3.connect(path, isolation_level=None)
+    )
+    cases: list[Case] = [("sqlite", "sqlite3: insert + read back (kept)", with_sqlite3)]
+    if _available("apsw"):
+        import apsw  # noqa: PLC0415 - optional: measured when installed
+
+        with_apsw = insert_and_read("apsw", apsw.Connection)
         cases.append(("sqlite", f"apsw (SQLite {apsw.sqlite_lib_version()})", with_apsw))
     return cases
 
