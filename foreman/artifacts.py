@@ -97,38 +97,35 @@ class ArtifactStore:
             self._write(final, data)
         return ArtifactRef(name=name, media_type=media_type, size=len(data), sha256=digest)
 
-    def _write(self, final: Path, data: bytes) -> None:
-        _make_dirs(final.parent)
+    def _write(self, final: Path, data: bytes, *, durable: bool = True) -> None:
+        """Write ``final`` whole or not at all (a temporary file renamed); ``durable``:
+        fsync the file and every directory that gained an entry."""
+        if durable:
+            _make_dirs(final.parent)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, final)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(final.parent)
+        if durable:
+            _fsync_dir(final.parent)
 
     def output(self, job_id: str, kind: str, result: dict[str, Any], ref: ArtifactRef) -> Path:
         """The file of one of a job's outputs: written from the job's final response
-        (``result``) the first time it is asked, atomically and not fsynced (a cache of
-        what the log holds). Raises LookupError when the response does not make it."""
+        (``result``) the first time it is asked, not fsynced (a cache of what the log
+        holds). Raises LookupError when the response does not make it."""
         final = self.path(job_id, ref.sha256)
         if not final.is_file():
-            data = output_bytes(kind, result, ref)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, final)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
+            self._write(final, output_bytes(kind, result, ref), durable=False)
         return final
 
     def file_path(self, file_id: str, sha256: str) -> Path:
