@@ -94,11 +94,13 @@ async def test_a_tenant_behind_a_thousand_jobs_starts_after_at_most_one_more_of_
         for _ in range(20):
             submitters.start_soon(submit_many, 50)
     committed = await journal.subscribe()
-    nursery.start_soon(Worker(Backend(url), journal, scheduler.clone(), max_attempts=1).run)
-    await until(committed, counted(5, of_type("JobStarted")))
-    await trio.sleep(0.008)  # into the running job: its JobStarted is committed
-    queued = await scheduler.submit(job_of("bravo"))
-    await until(committed, recorded(queued.job_id, "JobSucceeded"))
+    async with trio.open_nursery() as working:  # stopped before the journal, as Foreman does
+        working.start_soon(Worker(Backend(url), journal, scheduler.clone(), max_attempts=1).run)
+        await until(committed, counted(5, of_type("JobStarted")))
+        await trio.sleep(0.008)  # into the running job: its JobStarted is committed
+        queued = await scheduler.submit(job_of("bravo"))
+        await until(committed, recorded(queued.job_id, "JobSucceeded"))
+        working.cancel_scope.cancel()
 
     log = EventLog.open(db_path, read_only=True)
     try:
