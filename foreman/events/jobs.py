@@ -117,48 +117,24 @@ def _submitted(job: Job | None, recorded: RecordedEvent) -> Job:
     if job is not None or recorded.version != 1:
         raise _refuse(job, recorded, "already submitted: a job's stream starts with it")
     event = cast(JobSubmitted, recorded.event)
-    at = recorded.recorded_at
-    batch = event.batch
-    # Job(id=..., kind=..., ...) by position, without the Python call of its __new__
-    # (a microsecond, once per job): the fields in Job's order (_SUBMITTED_FIELDS).
-    return tuple.__new__(
-        Job,
-        (
-            recorded.stream,
-            event.kind,
-            event.model,
-            "queued",
-            event.priority,
-            event.origin,
-            0,
-            recorded.version,
-            at,
-            at,
-            None,
-            None,
-            event.state_webhook_url,
-            event.idempotency_key,
-            None,
-            None,
-            None,
-            None if event.metadata is None else json.dumps(event.metadata),
-            None,
-            None,
-            None if batch is None else batch.batch_id,
-            None if batch is None else batch.line,
-            event.tenant,
-        ),
+    return Job(
+        id=recorded.stream,
+        kind=event.kind,
+        model=event.model,
+        state="queued",
+        priority=event.priority,
+        origin=event.origin,
+        attempts=0,
+        version=recorded.version,
+        created_at=recorded.recorded_at,
+        updated_at=recorded.recorded_at,
+        state_webhook_url=event.state_webhook_url,
+        idempotency_key=event.idempotency_key,
+        metadata=None if event.metadata is None else json.dumps(event.metadata),
+        batch_id=event.batch.batch_id if event.batch else None,
+        batch_line=event.batch.line if event.batch else None,
+        tenant=event.tenant,
     )
-
-
-_SUBMITTED_FIELDS = (
-    ("id", "kind", "model", "state", "priority", "origin", "attempts", "version"),
-    ("created_at", "updated_at", "started_at", "finished_at", "state_webhook_url"),
-    ("idempotency_key", "error", "result_seq", "cancel_reason", "metadata", "unreadable"),
-    ("backend", "batch_id", "batch_line", "tenant"),
-)
-if Job._fields != sum(_SUBMITTED_FIELDS, ()):  # pragma: no cover - caught at import
-    raise RuntimeError("Job's fields changed: update _submitted, which builds it by position")
 
 
 def _started(job: Job | None, recorded: RecordedEvent) -> Job:
