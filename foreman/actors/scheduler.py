@@ -2,7 +2,7 @@
 
 Everything else talks to it through a :class:`SchedulerClient`, which
 :meth:`Scheduler.run` reports once started: the front doors and recovery
-``submit``, ``requeue``, ``cancel`` and ask a job's ``position``; a worker asks
+``submit`` (``submit_waiting``), ``requeue``, ``cancel`` and ask a job's ``position``; a worker asks
 for its ``next_job``, says when a call is ``done``, and queues a ``retry``.
 The messages behind those calls are private to this module.
 
@@ -21,9 +21,12 @@ worker's call is in flight, it is given only a job the rule would pick next
 *and* that needs no model swap: a swap waits until the backend is free, so a
 job for the loaded model arriving meanwhile still goes first.
 
-``submit`` keeps the queue within ``max_queue``, and each tenant's jobs within its
-``max_queued``: it reserves a place before the job is committed, so a job refused
-as :class:`QueueFull` or :class:`TenantQueueFull` leaves no trace. A cancelled
+``submit`` (and ``submit_waiting``, for a caller waiting on its answer) keeps the
+queue within ``max_queue``, and each tenant's jobs within its ``max_queued``: it
+reserves a place before the job is committed, so a job refused as
+:class:`QueueFull` or :class:`TenantQueueFull` leaves no trace. A waiting caller's
+job is offered with its admission: with nothing queued, a free worker takes it at
+once, before its ``JobSubmitted`` is committed (ADR-0048). A cancelled
 job still queued never runs: the scheduler records ``JobCancelled``; one already
 at the backend is the worker's to stop, so the stop goes on to it.
 
