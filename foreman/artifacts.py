@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,13 @@ def output_refs(kind: str, result: dict[str, Any]) -> tuple[ArtifactRef, ...]:
 def output_bytes(kind: str, result: dict[str, Any], ref: ArtifactRef) -> bytes:
     """The bytes of the output ``ref`` names, made again from the job's final response;
     LookupError when that response does not make it (not this name, or other bytes)."""
-    for name, _, data in outputs(kind, result):
+    return picked(outputs(kind, result), ref)
+
+
+def picked(made: Iterable[tuple[str, str, bytes]], ref: ArtifactRef) -> bytes:
+    """The bytes among a job's outputs (``made`` by :func:`outputs`) that ``ref`` names;
+    LookupError when none is those bytes."""
+    for name, _, data in made:
         if name == ref.name and _sha256(data) == ref.sha256:
             return data
     raise LookupError(f"the job's response does not make {ref.name!r} ({ref.sha256})")

@@ -46,7 +46,7 @@ from foreman.api.schemas import (
     SubmitJob,
 )
 from foreman.api.stored import stored_headers
-from foreman.artifacts import ArtifactStore, output_bytes, valid_name
+from foreman.artifacts import ArtifactStore, output_bytes, outputs, picked, valid_name
 from foreman.events.deliveries import Deliveries, job_deliveries, redeliveries_asked
 from foreman.events.jobs import TERMINAL_STATES, Job, JobState
 from foreman.events.log import EventLog, unix_time, wall_clock
@@ -547,19 +547,21 @@ def _read_view(
     if record is None:
         return None
     refs = record.succeeded.artifacts if record.succeeded is not None else ()
-    artifacts = [artifact_view(job_id, ref, inline=_small_output(api, record, ref)) for ref in refs]
+    # Small outputs are shown inline: made from the job's response, once for all of
+    # them (ADR-0048), or read from the file an older Foreman wrote.
+    made: list[tuple[str, str, bytes]] = []
+    artifacts = []
+    for ref in refs:
+        inline = None
+        if ref.size <= api.inline_max:
+            path = api.store.path(job_id, ref.sha256)
+            if path.is_file():
+                inline = path.read_bytes()
+            else:
+                made = made or outputs(record.job.kind, _result(record))
+                inline = picked(made, ref)
+        artifacts.append(artifact_view(job_id, ref, inline=inline))
     return record, artifacts, [delivery_view(d) for d in job_deliveries(log, job_id)]
-
-
-def _small_output(api: JobsApi, record: JobRecord, ref: ArtifactRef) -> bytes | None:
-    """An output's bytes when it is small enough to show inline (ADR-0048: made from
-    the job's response, or read from an older Foreman's file)."""
-    if ref.size > api.inline_max:
-        return None
-    path = api.store.path(record.job.id, ref.sha256)
-    if path.is_file():
-        return path.read_bytes()
-    return output_bytes(record.job.kind, _result(record), ref)
 
 
 async def _download(api: JobsApi, record: JobRecord, ref: ArtifactRef) -> Response:
