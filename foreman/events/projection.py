@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import operator
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from foreman.events.types import RecordedEvent
@@ -130,16 +130,21 @@ class Fold(Generic[S]):
     def evolve(self, events: Iterable[RecordedEvent]) -> dict[str, S | None]:
         """The states ``events`` lead to, without keeping them; raises on a refused event."""
         key_of = self.projection.key
-        return self._evolve([(key_of(event), event) for event in events])
+        return self._evolve([(key_of(event), event) for event in events], self._current)
 
-    def _evolve(self, keyed: list[tuple[str | None, RecordedEvent]]) -> dict[str, S | None]:
+    def _evolve(
+        self,
+        keyed: list[tuple[str | None, RecordedEvent]],
+        current: Callable[[str], S | None],
+    ) -> dict[str, S | None]:
+        """The states the keyed events lead to; ``current`` gives a key's state before
+        them (``self.states.get`` when they were all fetched beforehand: replay's loop,
+        run once per event, then makes no Python call of its own)."""
         evolve = self.projection.evolve
         changes: dict[str, S | None] = {}
         for key, event in keyed:
-            if key is None:
-                continue
-            state = changes[key] if key in changes else self._current(key)
-            changes[key] = evolve(state, event)
+            if key is not None:
+                changes[key] = evolve(changes[key] if key in changes else current(key), event)
         return changes
 
     def keep(self, changes: Mapping[str, S | None]) -> None:
@@ -157,14 +162,7 @@ class Fold(Generic[S]):
         key_of = self.projection.key
         keyed = [(key_of(event), event) for event in events]
         self.prefetch({key for key, _ in keyed if key is not None})
-        # _evolve, for states all at hand: replay's loop, run once per event.
-        evolve = self.projection.evolve
-        states = self.states
-        changes: dict[str, S | None] = {}
-        for key, event in keyed:
-            if key is not None:
-                changes[key] = evolve(changes[key] if key in changes else states.get(key), event)
-        self.keep(changes)
+        self.keep(self._evolve(keyed, self.states.get))
 
     def flush(self) -> None:
         """Write every changed state, then :meth:`trim`."""
