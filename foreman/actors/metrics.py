@@ -247,21 +247,20 @@ class Metrics:
         """Fold ``events``; what they need of a job submitted in another commit is read
         from the jobs projection, all of it in one read (a sync call to a free GPU
         commits its submission and start together: ADR-0048)."""
-        jobs = {
-            recorded.stream: _Job.submitted_by(recorded)
-            for recorded in events
-            if recorded.type == "JobSubmitted" and recorded.seq > self._seen
-        }
-        unknown = [
+        needed = {
             recorded.stream
             for recorded in events
             if recorded.type in _JOB_FOLDED
             and recorded.seq > self._seen
             and recorded.stream not in self._started
-            and recorded.stream not in jobs
-        ]
-        if unknown:
-            jobs.update(await self._reader.read(_jobs, unknown))
+        }
+        jobs = {
+            recorded.stream: _Job.submitted_by(recorded)
+            for recorded in events
+            if recorded.type == "JobSubmitted" and recorded.stream in needed
+        }
+        if unknown := needed - jobs.keys():
+            jobs.update(await self._reader.read(_jobs, sorted(unknown)))
         for recorded in events:
             if recorded.type in _JOB_FOLDED:
                 if recorded.seq > self._seen and recorded.readable:
