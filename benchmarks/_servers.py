@@ -15,11 +15,12 @@ import os
 import re
 import signal
 import sqlite3
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -54,6 +55,23 @@ def limits(connections: int) -> httpx.Limits:
     return httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
 
 
+@asynccontextmanager
+async def one_client_each(count: int) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """``count`` httpx clients of one connection each, for a burst of requests in flight
+    at once. One client's pool scans all its connections whenever a response closes
+    (httpcore's ``_assign_requests_to_connections``), quadratic in the burst: with 300
+    in flight that was most of swaps.py's client CPU, and answers reached it up to
+    1.3 s after Foreman had logged them. They share one SSL context (unused over
+    http), which httpx would make anew for each: 20 ms a client."""
+    context = ssl.create_default_context()
+    async with AsyncExitStack() as stack:
+        transports = [httpx.AsyncHTTPTransport(verify=context) for _ in range(count)]
+        yield [
+            await stack.enter_async_context(httpx.AsyncClient(transport=t, timeout=None))
+            for t in transports
+        ]
+
+
 def chat_body(model: str, n: int) -> dict[str, Any]:
     return {
         "model": model,
@@ -62,9 +80,27 @@ def chat_body(model: str, n: int) -> dict[str, Any]:
     }
 
 
-async def chat(client: httpx.AsyncClient, url: str, model: str, n: int) -> None:
+class FirstSent:
+    """When the first of a burst's requests began to leave the client: the start of its
+    headers' write, from httpcore's ``trace`` extension. One httpx client opening
+    hundreds of connections at once spends a few hundred milliseconds before its first
+    byte is on the wire; a burst's makespan starts at that byte, not while the client
+    is still getting ready."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    async def trace(self, event: str, info: dict[str, Any]) -> None:
+        if self.at is None and event == "http11.send_request_headers.started":
+            self.at = time.time()
+
+
+async def chat(
+    client: httpx.AsyncClient, url: str, model: str, n: int, sent: FirstSent | None = None
+) -> None:
     """One non-streaming chat; raises unless it answered 200 with a done response."""
-    response = await client.post(f"{url}/api/chat", json=chat_body(model, n))
+    extensions = {} if sent is None else {"trace": sent.trace}
+    response = await client.post(f"{url}/api/chat", json=chat_body(model, n), extensions=extensions)
     if response.status_code != 200 or not response.json().get("done"):
         raise RuntimeError(f"{url}/api/chat answered {response.status_code}: {response.text}")
 
@@ -75,13 +111,18 @@ the connection is reset before the server has read the request."""
 
 
 async def submit(
-    client: httpx.AsyncClient, url: str, model: str, n: int, resets: list[int]
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    n: int,
+    resets: list[int],
+    sent: FirstSent | None = None,
 ) -> None:
     """:func:`chat`, sent again after a connection reset (counted in ``resets``): a burst
     of connections beyond the server's listen backlog gets some reset."""
     while True:
         try:
-            return await chat(client, url, model, n)
+            return await chat(client, url, model, n, sent)
         except BACKLOG_RESETS:
             resets.append(n)
 
@@ -154,10 +195,12 @@ def sim_config(load_latency: float, token_latency: float, tokens: int) -> Simula
 
 @asynccontextmanager
 async def _process(
-    name: str, args: list[str], env: dict[str, str], ready: str
+    name: str, args: list[str], env: dict[str, str], ready: str, tree: Path = ROOT
 ) -> AsyncIterator[str]:
-    """Run ``python -m foreman.cli ARGS`` (see :func:`program`); yields its URL."""
-    async with program(name, [sys.executable, "-m", "foreman.cli", *args], env, ready) as served:
+    """Run ``python -m foreman.cli ARGS`` from the source ``tree`` (see :func:`program`);
+    yields its URL."""
+    argv = [sys.executable, "-m", "foreman.cli", *args]
+    async with program(name, argv, _from(tree, env), ready, cwd=tree) as served:
         yield served.url
 
 
@@ -197,16 +240,20 @@ async def foreman(
     *,
     max_wait: float = 60.0,
     key: KeyIssued | None = None,
+    tree: Path = ROOT,
 ) -> AsyncIterator[tuple[str, Path]]:
     """A running Foreman in front of ``backend`` on a fresh log; yields (URL, log path).
-    With ``key`` issued in the log first, every request must carry it."""
+    With ``key`` issued in the log first, every request must carry it. A subprocess
+    runs from the source ``tree`` (another commit's worktree: a baseline)."""
     db = fresh_log(name, key)
     if mode == "subprocess":
         args = ["serve", "--backend", backend, "--listen", "127.0.0.1:0", "--db", str(db)]
         env = {"FOREMAN_DURABILITY": durability.value, "FOREMAN_MAX_WAIT": str(max_wait)}
-        async with _process(f"foreman-{name}", args, env, "http: listening on") as url:
+        async with _process(f"foreman-{name}", args, env, "http: listening on", tree) as url:
             yield url, db
         return
+    if tree != ROOT:
+        raise ValueError("a baseline tree runs in subprocess mode only")
     settings = load_settings(
         listen="127.0.0.1:0", backend=backend, db=db, durability=durability, max_wait=max_wait
     )
@@ -279,8 +326,12 @@ def foreman_on(
     commit's worktree: its baseline)."""
     argv = [sys.executable, "-m", "foreman.cli", "serve", "--backend", backend]
     argv += ["--listen", "127.0.0.1:0", "--db", str(db.resolve())]
-    env = {**env, "PYTHONPATH": str(tree)} if tree != ROOT else env
-    return program(f"foreman-{name}", argv, env, "http: listening on", cwd=tree)
+    return program(f"foreman-{name}", argv, _from(tree, env), "http: listening on", cwd=tree)
+
+
+def _from(tree: Path, env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a process run from the source ``tree``."""
+    return {**env, "PYTHONPATH": str(tree)} if tree != ROOT else env
 
 
 async def stall_backend(client: httpx.AsyncClient, sim: str) -> None:
