@@ -175,6 +175,7 @@ class Batcher:
             unended = await self._reader.read(unended_batches)
             for found in unended:
                 await self._take_up(nursery, found)
+            self._changed.set()  # a look once taken up: lines may have ended meanwhile
             logger.info("batcher: started, %d batches taken up", len(unended))
             nursery.start_soon(self._watch, nursery)
             task_status.started(BatcherClient(send))
@@ -289,9 +290,10 @@ class Batcher:
         self._changed.set()
 
     async def _follow(self, commits: trio.MemoryReceiveChannel[list[RecordedEvent]]) -> None:
-        """A commit that ends jobs may have ended a batch's last line: look again."""
+        """A commit that ends jobs may have ended a batch's last line: look again (not
+        while no batch runs: a sync call's end wakes nothing)."""
         async for commit in commits:
-            if any(event.type in JOB_ENDS for event in commit):
+            if self._runs and any(event.type in JOB_ENDS for event in commit):
                 self._changed.set()
 
     async def _watch(self, nursery: trio.Nursery) -> None:

@@ -236,12 +236,19 @@ class Metrics:
     async def _fold_backlog(self) -> None:
         """Fold every commit taken so far, in order, one fold at a time (a fold may wait
         for a read, and a scrape may take commits meanwhile): all those waiting at once,
-        with one read."""
-        async with self._folding:
+        with one read. A free lock is taken without a turn of Trio's loop, as every
+        commit comes here."""
+        try:
+            self._folding.acquire_nowait()
+        except trio.WouldBlock:
+            await self._folding.acquire()
+        try:
             while self._backlog:
                 events = list(itertools.chain.from_iterable(self._backlog))
                 self._backlog.clear()
                 await self._fold(events)
+        finally:
+            self._folding.release()
 
     async def _fold(self, events: list[RecordedEvent]) -> None:
         """Fold ``events``; what they need of a job submitted in another commit is read
