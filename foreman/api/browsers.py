@@ -51,10 +51,13 @@ def origins_pattern(extra: Iterable[str] = ()) -> str:
     return "|".join(f"(?:{pattern})" for pattern in patterns)
 
 
+@functools.lru_cache(maxsize=256)
 def local_host(host: str) -> bool:
     """Whether a ``Host`` header's name is one of this machine's, as Ollama judges it:
     a loopback, private or unspecified address, ``localhost``, the machine's own
-    name, or a name under ``.localhost``, ``.local`` or ``.internal``."""
+    name, or a name under ``.localhost``, ``.local`` or ``.internal``. Remembered for
+    the last 256 names: every request asks, nearly always for the same one, and an
+    address's ``is_private`` tries a dozen networks."""
     name = host.lower()
     if name.startswith("["):  # [::1]:11435
         name = name[1:].partition("]")[0]

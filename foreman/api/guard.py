@@ -167,9 +167,11 @@ class _Exchange:
             return
         self._last_sent = trio.Event()
         try:
+            if self._body_complete:
+                await self._send(message)
+                return
             async with trio.open_nursery() as nursery:
-                if not self._body_complete:
-                    nursery.start_soon(self._drain)
+                nursery.start_soon(self._drain)
                 await self._send(message)
                 nursery.cancel_scope.cancel()
         finally:
