@@ -15,6 +15,7 @@ from foreman.events.projection import IllegalTransition
 from foreman.events.store import open_log
 from foreman.events.types import (
     AnyEvent,
+    BatchLine,
     EventDecodeError,
     JobSubmitted,
     UnknownEventType,
@@ -316,6 +317,49 @@ def test_events_at_reads_the_events_of_given_seqs_in_order(log: EventLog) -> Non
         (3, "JobSucceeded"),
     ]
     assert log.events_at([99]) == []
+
+
+def test_a_submission_folds_into_the_job_its_fields_name(log: EventLog) -> None:
+    # The jobs fold builds a new job by position, not by keyword (ADR-0047): each field
+    # must land in its own column.
+    job_id = new_ulid()
+    event = JobSubmitted(
+        kind="generate",
+        model="qwen",
+        request={"prompt": "hi"},
+        priority=-3,
+        origin="batch",
+        idempotency_key="key-1",
+        metadata={"note": "é"},
+        batch=BatchLine(batch_id="batch_1", line=7, custom_id="line-7"),
+        tenant="acme",
+    )
+    (recorded,) = log.append(job_id, [event])
+    at = recorded.recorded_at
+    expected = Job(
+        id=job_id,
+        kind="generate",
+        model="qwen",
+        state="queued",
+        priority=-3,
+        origin="batch",
+        attempts=0,
+        version=1,
+        created_at=at,
+        updated_at=at,
+        idempotency_key="key-1",
+        metadata='{"note": "\\u00e9"}',
+        batch_id="batch_1",
+        batch_line=7,
+        tenant="acme",
+    )
+    assert jobs(log) == {job_id: expected}
+    hooked = JobSubmitted(
+        kind="chat", model="m", request={}, origin="async", state_webhook_url="http://h/"
+    )
+    hooked_id = new_ulid()
+    log.append(hooked_id, [hooked])
+    assert jobs(log)[hooked_id].state_webhook_url == "http://h/"
 
 
 def test_stored_data_is_what_model_dump_json_writes() -> None:
