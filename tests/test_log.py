@@ -11,7 +11,7 @@ from foreman.events.audit import verify
 from foreman.events.chain import GENESIS, chain_hash
 from foreman.events.jobs import Job, JobError, JobsProjection
 from foreman.events.log import Append, ConcurrencyError, Durability, EventLog, LogError
-from foreman.events.projection import IllegalTransition
+from foreman.events.projection import IllegalTransition, insert_rows
 from foreman.events.store import open_log
 from foreman.events.types import (
     AnyEvent,
@@ -360,6 +360,15 @@ def test_a_submission_folds_into_the_job_its_fields_name(log: EventLog) -> None:
     hooked_id = new_ulid()
     log.append(hooked_id, [hooked])
     assert jobs(log)[hooked_id].state_webhook_url == "http://h/"
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 128, 129, 300])
+def test_insert_rows_writes_every_row_in_order_the_last_of_a_key_kept(count: int) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    rows = [(n % 100, f"v{n}") for n in range(count)]
+    insert_rows(conn, "INSERT OR REPLACE INTO t (k, v)", rows)
+    assert conn.execute("SELECT k, v FROM t ORDER BY k").fetchall() == sorted(dict(rows).items())
 
 
 def test_stored_data_is_what_model_dump_json_writes() -> None:
