@@ -78,6 +78,15 @@ def upsert(
     left to SQLite's default, NULL (ADR-0047). The rows of one shape share statements
     (:func:`insert_rows`).
     """
+    for head, shaped in by_shape(table, columns, rows):
+        insert_rows(conn, head, shaped)
+
+
+def by_shape(
+    table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """:func:`upsert`'s statement heads (``INSERT OR REPLACE INTO table (<columns>)``),
+    each with its rows' values: the rows grouped by which of their columns are not None."""
     nones = (None,) * len(columns)
     shapes: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
     for row in rows:
@@ -87,9 +96,13 @@ def upsert(
             shapes[shape].append(values)
         else:
             shapes[shape] = [values]
-    for shape, shaped in shapes.items():
-        names = ", ".join(itertools.compress(columns, shape))
-        insert_rows(conn, f"INSERT OR REPLACE INTO {table} ({names})", shaped)
+    return [
+        (
+            f"INSERT OR REPLACE INTO {table} ({', '.join(itertools.compress(columns, shape))})",
+            shaped,
+        )
+        for shape, shaped in shapes.items()
+    ]
 
 
 class Projection(Protocol[S]):
