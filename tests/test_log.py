@@ -371,6 +371,15 @@ def test_insert_rows_writes_every_row_in_order_the_last_of_a_key_kept(count: int
     assert conn.execute("SELECT k, v FROM t ORDER BY k").fetchall() == sorted(dict(rows).items())
 
 
+def test_insert_rows_keeps_within_sqlites_variables_per_statement() -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 50)  # 25 rows of 2 at most
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    rows = [(n, f"v{n}") for n in range(300)]
+    insert_rows(conn, "INSERT INTO t (k, v)", rows)
+    assert conn.execute("SELECT k, v FROM t ORDER BY k").fetchall() == rows
+
+
 def test_stored_data_is_what_model_dump_json_writes() -> None:
     # encode() calls pydantic's serializer directly (ADR-0047): the same text as
     # model_dump_json, which older logs were written with.

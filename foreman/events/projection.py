@@ -48,8 +48,10 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
     if not rows:
         return
     width = len(rows[0])
+    # SQLite before 3.32 takes at most 999 variables a statement.
+    most = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width)
     start = 0
-    for size in _ROWS_PER_STATEMENT:
+    for size in (min(size, most) for size in _ROWS_PER_STATEMENT):
         end = start + (len(rows) - start) // size * size
         if end > start:
             flat = list(itertools.chain.from_iterable(rows[start:end]))
