@@ -4,10 +4,11 @@ The work is first appended through the log (durability OFF, untimed), keeping fo
 each commit the rows it wrote: its events, the jobs rows its fold wrote (one per
 job the commit touched) and the projection checkpoint. The timed part writes those
 rows again into a fresh database of the same schema, one transaction per commit,
-with ``executemany`` and nothing else: no validation, hashing, encoding or lookups.
-The jobs rows are written as the log writes them (``projection.upsert``): each with a
-statement naming only its columns that are not NULL, grouped by shape before the
-clock starts, since binding None costs Python's sqlite3 more than any other value.
+and nothing else: no validation, hashing, encoding or lookups. The rows are written as
+the log writes them, many to a statement (``projection.insert_rows``), the jobs rows as
+``projection.upsert`` writes them: each with a statement naming only its columns that
+are not NULL, grouped by shape before the clock starts, since binding None costs
+Python's sqlite3 more than any other value.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from _logs import Work, chunked, remove_db, scratch
 from _report import Stopwatch
 
 from foreman.events.log import Durability
+from foreman.events.projection import insert_rows
 from foreman.events.store import open_log
 
 Rows = list[tuple[Any, ...]]
@@ -32,7 +34,8 @@ _LOOKUP_CHUNK = 500
 class Commit:
     events: Rows
     jobs: list[tuple[str, Rows]]
-    """Statements and their rows: the jobs rows grouped by which columns are not NULL."""
+    """Statement heads (``INSERT OR REPLACE INTO jobs (<columns>)``) and their rows: the jobs
+    rows grouped by which columns are not NULL."""
     checkpoints: Rows
 
 
@@ -56,9 +59,8 @@ def _jobs_rows(conn: sqlite3.Connection, ids: list[str]) -> list[tuple[str, Rows
     for row in rows:
         present = [value is not None for value in row]
         names = ", ".join(itertools.compress(columns, present))
-        marks = ", ".join("?" * sum(present))
-        sql = f"INSERT OR REPLACE INTO jobs ({names}) VALUES ({marks})"
-        statements.setdefault(sql, []).append(tuple(itertools.compress(row, present)))
+        head = f"INSERT OR REPLACE INTO jobs ({names})"
+        statements.setdefault(head, []).append(tuple(itertools.compress(row, present)))
     return list(statements.items())
 
 
@@ -106,14 +108,13 @@ def write(path: Path, recording: Recording, durability: Durability, watch: Stopw
             conn.execute(sql)
         conn.executemany(_insert("meta", recording.meta), recording.meta)
         first = recording.commits[0]
-        insert_events = _insert("events", first.events)
         upsert_checkpoints = _insert("projections", first.checkpoints, "INSERT OR REPLACE")
         with watch:
             for commit in recording.commits:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(insert_events, commit.events)
+                insert_rows(conn, "INSERT INTO events", commit.events)
                 for upsert_jobs, jobs in commit.jobs:
-                    conn.executemany(upsert_jobs, jobs)
+                    insert_rows(conn, upsert_jobs, jobs)
                 conn.executemany(upsert_checkpoints, commit.checkpoints)
                 conn.execute("COMMIT")
     finally:

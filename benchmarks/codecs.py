@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import itertools
 import json
+import operator
 import sqlite3
 import sys
 import time
@@ -28,8 +30,8 @@ from _report import emit, fmt_float, machine, progress, table
 
 from foreman.events.chain import GENESIS, chain_hash
 from foreman.events.jobs import Job, JobsProjection, _to_row
-from foreman.events.log import _INSERT_EVENT, _SCHEMA
-from foreman.events.projection import upsert
+from foreman.events.log import _SCHEMA, EVENT_COLUMNS
+from foreman.events.projection import insert_rows, upsert
 from foreman.events.types import EVENT_TYPES, STORED, Event, RecordedEvent, decode, encode
 
 Case = tuple[str, str, Callable[[], object]]
@@ -139,12 +141,26 @@ def hash_cases(rows: list[tuple[Any, ...]]) -> list[Case]:
     ]
 
 
+_INSERT_EVENT = f"INSERT INTO events VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+Insert = Callable[[Any, list[tuple[Any, ...]]], object]
+
+
+def _one_per_statement(conn: Any, chunk: list[tuple[Any, ...]]) -> None:
+    conn.executemany(_INSERT_EVENT, chunk)
+
+
+def _many_per_statement(conn: Any, chunk: list[tuple[Any, ...]]) -> None:
+    insert_rows(conn, "INSERT INTO events", chunk)
+
+
 def sqlite_cases(rows: list[tuple[Any, ...]], batch: int) -> list[Case]:
     chunks = [rows[i : i + batch] for i in range(0, len(rows), batch)]
 
-    def insert_and_read(name: str, connect: Callable[[str], Any]) -> Callable[[], None]:
-        """The event rows written a commit at a time, then read back, through ``connect``'s
-        driver (both take the same calls)."""
+    def insert_and_read(
+        name: str, connect: Callable[[str], Any], insert: Insert
+    ) -> Callable[[], None]:
+        """The event rows written a commit at a time by ``insert``, then read back, through
+        ``connect``'s driver (both take the same calls)."""
 
         def run() -> None:
             path = scratch(f"codecs-{name}.db")
@@ -155,7 +171,7 @@ def sqlite_cases(rows: list[tuple[Any, ...]], batch: int) -> list[Case]:
                 conn.execute(statement)
             for chunk in chunks:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(_INSERT_EVENT, chunk)
+                insert(conn, chunk)
                 conn.execute("COMMIT")
             list(conn.execute("SELECT * FROM events ORDER BY seq"))
             conn.close()
@@ -163,15 +179,22 @@ def sqlite_cases(rows: list[tuple[Any, ...]], batch: int) -> list[Case]:
 
         return run
 
-    with_sqlite3 = insert_and_read(
-        "sqlite3", lambda path: sqlite3.connect(path, isolation_level=None)
-    )
-    cases: list[Case] = [("sqlite", "sqlite3: insert + read back (kept)", with_sqlite3)]
+    def connect(path: str) -> sqlite3.Connection:
+        return sqlite3.connect(path, isolation_level=None)
+
+    cases: list[Case] = [
+        ("sqlite", "sqlite3: insert + read back, a row per statement (before)",
+         insert_and_read("sqlite3", connect, _one_per_statement)),
+        ("sqlite", "sqlite3: the same, insert_rows: 128 rows per statement",
+         insert_and_read("sqlite3-many", connect, _many_per_statement)),
+    ]  # fmt: skip
     if _available("apsw"):
         import apsw  # noqa: PLC0415 - optional: measured when installed
 
-        with_apsw = insert_and_read("apsw", apsw.Connection)
-        cases.append(("sqlite", f"apsw (SQLite {apsw.sqlite_lib_version()})", with_apsw))
+        with_apsw = insert_and_read("apsw", apsw.Connection, _one_per_statement)
+        cases.append(
+            ("sqlite", f"apsw (SQLite {apsw.sqlite_lib_version()}), a row per statement", with_apsw)
+        )
     return cases
 
 
@@ -198,11 +221,28 @@ def jobs_cases(rows: list[tuple[Any, ...]], batch: int) -> list[Case]:
         return run
 
     return [
-        ("jobs rows", "executemany, every column bound (before)",
+        ("jobs rows", "executemany, every column bound",
          write(lambda conn, chunk: conn.executemany(every, chunk))),
-        ("jobs rows", "projection.upsert: NULL columns not bound",
+        ("jobs rows", "NULL columns not bound, a row per statement (before)",
+         write(lambda conn, chunk: _upsert_one_per_statement(conn, Job._fields, chunk))),
+        ("jobs rows", "projection.upsert: the same, 128 rows per statement",
          write(lambda conn, chunk: upsert(conn, "jobs", Job._fields, chunk))),
     ]  # fmt: skip
+
+
+def _upsert_one_per_statement(
+    conn: sqlite3.Connection, columns: tuple[str, ...], rows: list[tuple[Any, ...]]
+) -> None:
+    """``projection.upsert`` as it was before ``insert_rows``: one statement per row."""
+    nones = (None,) * len(columns)
+    shapes: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+    for row in rows:
+        shape = tuple(map(operator.is_not, row, nones))
+        shapes.setdefault(shape, []).append(tuple(itertools.compress(row, shape)))
+    for shape, shaped in shapes.items():
+        names = ", ".join(itertools.compress(columns, shape))
+        marks = ", ".join("?" * len(shaped[0]))
+        conn.executemany(f"INSERT OR REPLACE INTO jobs ({names}) VALUES ({marks})", shaped)
 
 
 def timed(cases: list[Case], events: int, repeat: int) -> list[dict[str, Any]]:

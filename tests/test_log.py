@@ -11,10 +11,11 @@ from foreman.events.audit import verify
 from foreman.events.chain import GENESIS, chain_hash
 from foreman.events.jobs import Job, JobError, JobsProjection
 from foreman.events.log import Append, ConcurrencyError, Durability, EventLog, LogError
-from foreman.events.projection import IllegalTransition
+from foreman.events.projection import IllegalTransition, insert_rows
 from foreman.events.store import open_log
 from foreman.events.types import (
     AnyEvent,
+    BatchLine,
     EventDecodeError,
     JobSubmitted,
     UnknownEventType,
@@ -316,6 +317,67 @@ def test_events_at_reads_the_events_of_given_seqs_in_order(log: EventLog) -> Non
         (3, "JobSucceeded"),
     ]
     assert log.events_at([99]) == []
+
+
+def test_a_submission_folds_into_the_job_its_fields_name(log: EventLog) -> None:
+    # The jobs fold builds a new job by position, not by keyword (ADR-0047): each field
+    # must land in its own column.
+    job_id = new_ulid()
+    event = JobSubmitted(
+        kind="generate",
+        model="qwen",
+        request={"prompt": "hi"},
+        priority=-3,
+        origin="batch",
+        idempotency_key="key-1",
+        metadata={"note": "é"},
+        batch=BatchLine(batch_id="batch_1", line=7, custom_id="line-7"),
+        tenant="acme",
+    )
+    (recorded,) = log.append(job_id, [event])
+    at = recorded.recorded_at
+    expected = Job(
+        id=job_id,
+        kind="generate",
+        model="qwen",
+        state="queued",
+        priority=-3,
+        origin="batch",
+        attempts=0,
+        version=1,
+        created_at=at,
+        updated_at=at,
+        idempotency_key="key-1",
+        metadata='{"note": "\\u00e9"}',
+        batch_id="batch_1",
+        batch_line=7,
+        tenant="acme",
+    )
+    assert jobs(log) == {job_id: expected}
+    hooked = JobSubmitted(
+        kind="chat", model="m", request={}, origin="async", state_webhook_url="http://h/"
+    )
+    hooked_id = new_ulid()
+    log.append(hooked_id, [hooked])
+    assert jobs(log)[hooked_id].state_webhook_url == "http://h/"
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 128, 129, 300])
+def test_insert_rows_writes_every_row_in_order_the_last_of_a_key_kept(count: int) -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    rows = [(n % 100, f"v{n}") for n in range(count)]
+    insert_rows(conn, "INSERT OR REPLACE INTO t (k, v)", rows)
+    assert conn.execute("SELECT k, v FROM t ORDER BY k").fetchall() == sorted(dict(rows).items())
+
+
+def test_insert_rows_keeps_within_sqlites_variables_per_statement() -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 50)  # 25 rows of 2 at most
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    rows = [(n, f"v{n}") for n in range(300)]
+    insert_rows(conn, "INSERT INTO t (k, v)", rows)
+    assert conn.execute("SELECT k, v FROM t ORDER BY k").fetchall() == rows
 
 
 def test_stored_data_is_what_model_dump_json_writes() -> None:

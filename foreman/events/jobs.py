@@ -117,23 +117,35 @@ def _submitted(job: Job | None, recorded: RecordedEvent) -> Job:
     if job is not None or recorded.version != 1:
         raise _refuse(job, recorded, "already submitted: a job's stream starts with it")
     event = cast(JobSubmitted, recorded.event)
-    return Job(
-        id=recorded.stream,
-        kind=event.kind,
-        model=event.model,
-        state="queued",
-        priority=event.priority,
-        origin=event.origin,
-        attempts=0,
-        version=recorded.version,
-        created_at=recorded.recorded_at,
-        updated_at=recorded.recorded_at,
-        state_webhook_url=event.state_webhook_url,
-        idempotency_key=event.idempotency_key,
-        metadata=None if event.metadata is None else json.dumps(event.metadata),
-        batch_id=event.batch.batch_id if event.batch else None,
-        batch_line=event.batch.line if event.batch else None,
-        tenant=event.tenant,
+    batch, metadata, at = event.batch, event.metadata, recorded.recorded_at
+    # Job(id=recorded.stream, kind=event.kind, ...) by position, in half its time: a
+    # NamedTuple's keywords cost a Python call, and every job passes here.
+    return _job(
+        [
+            recorded.stream,  # id
+            event.kind,
+            event.model,
+            "queued",  # state
+            event.priority,
+            event.origin,
+            0,  # attempts
+            recorded.version,
+            at,  # created_at
+            at,  # updated_at
+            None,  # started_at
+            None,  # finished_at
+            event.state_webhook_url,
+            event.idempotency_key,
+            None,  # error
+            None,  # result_seq
+            None,  # cancel_reason
+            None if metadata is None else json.dumps(metadata),
+            None,  # unreadable
+            None,  # backend
+            None if batch is None else batch.batch_id,
+            None if batch is None else batch.line,
+            event.tenant,
+        ]
     )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from foreman.events.chain import GENESIS
-from foreman.events.projection import Fold, IllegalTransition, Projection
+from foreman.events.projection import Fold, IllegalTransition, Projection, insert_rows
 from foreman.events.types import Event, RecordedEvent, encode
 from foreman.ids import new_ulids
 
@@ -67,7 +67,6 @@ EVENT_COLUMNS = (
     "hash",
 )
 _SELECT_EVENTS = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
-_INSERT_EVENT = f"INSERT INTO events VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 _LOOKUP_CHUNK = 500
 STATE_CACHE = 100_000
 """Projection states and stream versions an appending log keeps in memory."""
@@ -466,7 +465,7 @@ class EventLog:
             versions.update(start_versions)
             return None
         if rows:
-            self.conn.executemany(_INSERT_EVENT, rows)
+            insert_rows(self.conn, "INSERT INTO events", rows)
             for fold in self._folds:
                 fold.flush()
                 self.set_checkpoint(fold.projection, seq, head)
