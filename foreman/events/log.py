@@ -169,6 +169,9 @@ class EventLog:
         self._folds = [
             Fold(projection, conn, cache_limit=STATE_CACHE) for projection in self.projections
         ]
+        # Every commit moves every projection's checkpoint: one statement for all of them.
+        marks = ", ".join(["(?, ?, ?, ?)"] * len(self.projections))
+        self._set_checkpoints = f"INSERT OR REPLACE INTO projections VALUES {marks}"
 
     @classmethod
     def open(
@@ -465,12 +468,20 @@ class EventLog:
             versions.update(start_versions)
             return None
         if rows:
-            insert_rows(self.conn, "INSERT INTO events", rows)
-            for fold in self._folds:
-                fold.flush()
-                self.set_checkpoint(fold.projection, seq, head)
+            self._write(rows, seq, head)
         self._known_head = (seq, head)
         return results
+
+    def _write(self, rows: list[tuple[Any, ...]], seq: int, head: str) -> None:
+        """Write the events' rows and the projections' changed rows, and move every
+        projection's checkpoint to ``(seq, head)`` in one statement."""
+        insert_rows(self.conn, "INSERT INTO events", rows)
+        checkpoints: list[object] = []
+        for fold in self._folds:
+            fold.flush()
+            checkpoints += (fold.projection.name, fold.projection.version, seq, head)
+        if checkpoints:
+            self.conn.execute(self._set_checkpoints, checkpoints)
 
     def _fold(self, events: list[RecordedEvent]) -> IllegalTransition | None:
         """Fold ``events`` into every projection, all or nothing: the refusal, if any."""
