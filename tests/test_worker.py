@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,13 @@ from foreman.artifacts import output_bytes
 from foreman.backend import Backend
 from foreman.events.jobs import Job, JobsProjection
 from foreman.events.log import EventLog
-from foreman.events.types import JobCancelled, JobSubmitted, JobSucceeded
+from foreman.events.types import (
+    JOB_ENDS,
+    JobCancelled,
+    JobSubmitted,
+    JobSucceeded,
+    RecordedEvent,
+)
 from foreman.simulator import SimulatorConfig, serve_simulator
 from tests.running import event_types, recorded, until
 
@@ -32,6 +38,10 @@ class Rig:
     scheduler: SchedulerClient
     simulator: str
     nursery: trio.Nursery
+    ends: dict[int, tuple[str, trio.MemoryReceiveChannel[list[RecordedEvent]]]] = field(
+        default_factory=dict
+    )
+    """A waiting job's id and the commits since it was submitted, by its answers' id()."""
 
     async def submit(
         self, body: dict[str, Any], kind: str = "chat", *, wait: bool = True
@@ -42,8 +52,21 @@ class Rig:
             return (await self.scheduler.submit(async_job)).job_id, None
         submitted = JobSubmitted(kind=kind, model=body["model"], request=body, origin="sync")
         send, receive = trio.open_memory_channel[Answer](16)
+        committed = await self.journal.subscribe()
         job_id = await self.scheduler.submit_waiting(submitted, json.dumps(body).encode(), send)
+        self.ends[id(receive)] = job_id, committed
         return job_id, receive
+
+    async def answer(self, output: trio.MemoryReceiveChannel[Answer] | None) -> list[Answer]:
+        """The job's answers, once its end is in the log: its caller is let go first,
+        and the end may wait a few milliseconds to share a commit (ADR-0050)."""
+        assert output is not None
+        job_id, committed = self.ends.pop(id(output))
+        with trio.fail_after(10):
+            answers = [message async for message in output]
+        async with committed:
+            await until(committed, recorded(job_id, *JOB_ENDS))
+        return answers
 
     def start_worker(self, backend: str | None = None, **options: Any) -> None:
         worker = Worker(
@@ -80,12 +103,6 @@ async def rig(db_path: Path, nursery: trio.Nursery) -> AsyncIterator[Rig]:
     yield Rig(db_path, journal, scheduler, url, nursery)
 
 
-async def answer(output: trio.MemoryReceiveChannel[Answer] | None) -> list[Answer]:
-    assert output is not None
-    with trio.fail_after(10):
-        return [message async for message in output]
-
-
 def chat(model: str = "llama3", *, stream: bool = False, **extra: Any) -> dict[str, Any]:
     messages = [{"role": "user", "content": "why is the sky blue?"}]
     return {"model": model, "messages": messages, "stream": stream, **extra}
@@ -94,7 +111,7 @@ def chat(model: str = "llama3", *, stream: bool = False, **extra: Any) -> dict[s
 async def test_a_chat_job_runs_and_its_answer_reaches_the_caller(rig: Rig) -> None:
     rig.start_worker()
     job_id, output = await rig.submit(chat())
-    (line,) = await answer(output)
+    (line,) = await rig.answer(output)
     assert isinstance(line, AnswerLine)
     response = json.loads(line.data)
     assert response["done"] is True
@@ -107,7 +124,7 @@ async def test_a_chat_job_runs_and_its_answer_reaches_the_caller(rig: Rig) -> No
 async def test_a_stream_is_relayed_line_by_line_and_stored_whole(rig: Rig) -> None:
     rig.start_worker()
     job_id, output = await rig.submit({"model": "llama3", "prompt": "hi"}, kind="generate")
-    lines = await answer(output)
+    lines = await rig.answer(output)
     chunks = [json.loads(line.data) for line in lines if isinstance(line, AnswerLine)]
     assert len(chunks) > 2
     assert [chunk["done"] for chunk in chunks] == [False] * (len(chunks) - 1) + [True]
@@ -119,7 +136,7 @@ async def test_a_stream_is_relayed_line_by_line_and_stored_whole(rig: Rig) -> No
 async def test_an_unknown_model_fails_at_once_with_the_backends_404(rig: Rig) -> None:
     rig.start_worker()
     job_id, output = await rig.submit(chat("no-such-model"))
-    assert await answer(output) == [AnswerError(404, "model 'no-such-model' not found")]
+    assert await rig.answer(output) == [AnswerError(404, "model 'no-such-model' not found")]
     job = rig.job(job_id)
     assert (job.state, job.attempts, job.error.status if job.error else None) == (
         "failed",
@@ -132,7 +149,7 @@ async def test_a_backend_error_status_is_final_not_retried(rig: Rig) -> None:
     await rig.sim("POST", "/_sim/faults", {"kind": "status", "status": 500, "error": "oom"})
     rig.start_worker()
     job_id, output = await rig.submit(chat())
-    assert await answer(output) == [AnswerError(500, "oom")]
+    assert await rig.answer(output) == [AnswerError(500, "oom")]
     assert rig.events(job_id) == ["JobSubmitted", "JobStarted", "JobFailed"]
 
 
@@ -158,7 +175,7 @@ async def test_jobs_are_retried_while_the_backend_is_down_then_run(rig: Rig) -> 
     await first_failure.wait()  # refused: nothing listens there yet
     config = SimulatorConfig(listen=f"127.0.0.1:{port}")
     await rig.nursery.start(serve_simulator, config)
-    (line,) = await answer(output)
+    (line,) = await rig.answer(output)
     assert isinstance(line, AnswerLine)
     job = rig.job(job_id)
     assert job.state == "succeeded"
@@ -175,7 +192,7 @@ async def test_jobs_are_retried_while_the_backend_is_down_then_run(rig: Rig) -> 
 async def test_a_job_fails_once_every_attempt_found_the_backend_down(rig: Rig) -> None:
     rig.start_worker(f"http://127.0.0.1:{free_port()}", max_attempts=3, backoff=lambda _: 0)
     job_id, output = await rig.submit(chat())
-    (failed,) = await answer(output)
+    (failed,) = await rig.answer(output)
     assert isinstance(failed, AnswerError)
     assert failed.status == 503
     assert "unreachable 3 times" in failed.message
@@ -199,7 +216,7 @@ async def test_a_caller_that_hangs_up_mid_stream_cancels_the_running_job(rig: Ri
     await rig.scheduler.cancel(job_id, "client_disconnected")
     cancelled = await until(committed, recorded(job_id, "JobCancelled"))
     assert cancelled.event == JobCancelled(reason="client_disconnected")
-    assert await answer(output) == []  # the stream just ends
+    assert await rig.answer(output) == []  # the stream just ends
 
 
 async def test_a_caller_that_stops_reading_cancels_the_job(rig: Rig) -> None:
@@ -215,10 +232,10 @@ async def test_a_caller_that_stops_reading_cancels_the_job(rig: Rig) -> None:
 async def test_a_cancelled_queued_job_never_runs(rig: Rig) -> None:
     job_id, output = await rig.submit(chat())
     await rig.scheduler.cancel(job_id, "client_disconnected")
-    assert await answer(output) == []
+    assert await rig.answer(output) == []
     _, other = await rig.submit(chat())
     rig.start_worker()
-    await answer(other)
+    await rig.answer(other)
     assert rig.events(job_id) == ["JobSubmitted", "JobCancelled"]
     assert len((await rig.sim("GET", "/_sim/stats"))["generations"]) == 1
 
@@ -228,7 +245,7 @@ async def test_queued_jobs_drain_by_model(rig: Rig) -> None:
     submitted = [await rig.submit(chat(model)) for model in models]
     rig.start_worker()  # the queue is full before the worker asks
     for _, output in submitted:
-        await answer(output)
+        await rig.answer(output)
     stats = await rig.sim("GET", "/_sim/stats")
     run_order = [generation["model"] for generation in stats["generations"]]
     assert run_order == ["llama3:latest"] * 3 + ["qwen2:latest"] * 3
@@ -239,7 +256,7 @@ async def test_an_attempt_over_the_job_timeout_before_answering_is_retried(rig: 
     await rig.sim("POST", "/_sim/faults", {"kind": "stall", "seconds": 5, "times": 1})
     rig.start_worker(job_timeout=0.3, backoff=lambda _: 0)
     job_id, output = await rig.submit(chat())
-    (line,) = await answer(output)
+    (line,) = await rig.answer(output)
     assert isinstance(line, AnswerLine)
     assert rig.events(job_id) == [
         "JobSubmitted",
@@ -256,7 +273,7 @@ async def test_an_attempt_over_the_job_timeout_mid_answer_fails(rig: Rig) -> Non
     await rig.sim("POST", "/_sim/faults", stall)
     rig.start_worker(job_timeout=0.3)
     job_id, output = await rig.submit(chat(stream=True))
-    messages = await answer(output)
+    messages = await rig.answer(output)
     assert isinstance(messages[-1], AnswerError)
     assert "job timeout" in messages[-1].message
     assert rig.events(job_id) == ["JobSubmitted", "JobStarted", "JobFailed"]
@@ -281,8 +298,8 @@ async def test_the_next_job_for_the_loaded_model_waits_at_the_backend(rig: Rig) 
     # Sent, but not started: it has not got the GPU. The other model waits in Foreman.
     assert rig.events(behind) == rig.events(other_model) == ["JobSubmitted"]
     await rig.scheduler.cancel(running, "client_disconnected")
-    await answer(behind_output)
-    await answer(other_output)
+    await rig.answer(behind_output)
+    await rig.answer(other_output)
     assert rig.events(behind) == ["JobSubmitted", "JobStarted", "JobSucceeded"]
     stats = await rig.sim("GET", "/_sim/stats")
     assert [run["model"] for run in stats["generations"]] == ["llama3:latest", "qwen2:latest"]
@@ -298,12 +315,12 @@ async def test_a_job_cancelled_while_waiting_at_the_backend_never_starts(rig: Ri
     behind, behind_output = await rig.submit(chat())
     await waiting_at_backend(rig, 1)
     await rig.scheduler.cancel(behind, "client_disconnected")
-    assert await answer(behind_output) == []
+    assert await rig.answer(behind_output) == []
     await waiting_at_backend(rig, 0)  # the backend was told: its request is gone
     assert rig.events(behind) == ["JobSubmitted", "JobCancelled"]
     _, last_output = await rig.submit(chat())
     await rig.scheduler.cancel(running, "client_disconnected")
-    await answer(last_output)
+    await rig.answer(last_output)
     assert len((await rig.sim("GET", "/_sim/stats"))["generations"]) == 1  # only the last
 
 
@@ -315,8 +332,8 @@ async def test_the_job_timeout_counts_from_the_start_not_from_waiting_behind(rig
     first, first_output = await rig.submit(chat())
     second, second_output = await rig.submit(chat())
     rig.start_worker(job_timeout=1.5)
-    await answer(first_output)
-    await answer(second_output)
+    await rig.answer(first_output)
+    await rig.answer(second_output)
     assert rig.events(first) == rig.events(second) == ["JobSubmitted", "JobStarted", "JobSucceeded"]
 
 
@@ -326,7 +343,7 @@ async def test_a_succeeded_job_names_the_outputs_its_response_makes_writing_none
     committed = await rig.journal.subscribe()
     rig.start_worker()
     job_id, output = await rig.submit(chat())
-    await answer(output)
+    await rig.answer(output)
     succeeded = await until(committed, recorded(job_id, "JobSucceeded"))
     event = succeeded.event
     assert isinstance(event, JobSucceeded)

@@ -8,10 +8,11 @@ takes whatever appends are waiting, up to ``max_batch`` events, and commits
 them in one transaction and one fsync (group commit): the more writers, the
 bigger the batches, so throughput grows with load instead of collapsing.
 
-A *lazy* append (a batch's line starting or ending, ADR-0038) may wait up to
+A *lazy* append (a batch's line starting or ending, ADR-0038; an answered
+caller's job ending, ADR-0050, within a few milliseconds) may wait up to
 ``linger`` seconds for company: the journal holds a commit made only of lazy
 appends until then, or until an append that is not lazy rings its bell, and
-commits them all together. Losing one in a crash only means a line runs again;
+commits them all together. Losing one in a crash only means a job runs again;
 lazy appends do not even wake the journal.
 
 A commit the storage refuses (the disk is full, the file cannot be written:
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -115,6 +117,8 @@ class _Request:
     append: Append
     reply: Reply[list[RecordedEvent]]
     lazy: bool
+    within: float = math.inf
+    """A lazy append's longest wait for company, if shorter than the journal's linger."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,12 +178,13 @@ class JournalClient:
         expected_version: int | None = None,
         *,
         lazy: bool = False,
+        within: float = math.inf,
     ) -> list[RecordedEvent]:
         """Append and wait until the events are durable (while the storage refuses
         them, until it takes them); raises when they are refused
         (:class:`~foreman.events.log.ConcurrencyError`,
         :class:`~foreman.events.projection.IllegalTransition`)."""
-        committed = await self.enqueue(stream, events, expected_version, lazy=lazy)
+        committed = await self.enqueue(stream, events, expected_version, lazy=lazy, within=within)
         return await committed.wait()
 
     async def enqueue(
@@ -189,13 +194,15 @@ class JournalClient:
         expected_version: int | None = None,
         *,
         lazy: bool = False,
+        within: float = math.inf,
     ) -> Reply[list[RecordedEvent]]:
         """Hand an append to the journal without waiting for its commit: appends are
         committed in the order they are handed over. The reply says how it went.
 
-        ``lazy``: the commit may wait up to the journal's linger for other appends
-        to share it; for events whose loss in a crash only means work done again."""
-        request = _Request(Append(stream, events, expected_version), Reply(), lazy)
+        ``lazy``: the commit may wait up to the journal's linger (or ``within``
+        seconds, if sooner) for other appends to share it; for events whose loss in a
+        crash only means work done again."""
+        request = _Request(Append(stream, events, expected_version), Reply(), lazy, within)
         try:
             await self._send(request, lazy=lazy)
         except trio.BrokenResourceError:
@@ -286,7 +293,7 @@ class Journal:
                 batch.take(first)
                 batch.take_waiting(receive)
                 if batch.lazy:
-                    await batch.linger(receive, bell, self.linger)
+                    await batch.linger(receive, bell, min(self.linger, batch.within))
                 if batch.requests:
                     committed = await self._commit(thread, log, batch.requests)
                     if committed:
@@ -369,6 +376,8 @@ class _Batch:
         self.requests: list[_Request] = []
         self._size = 0
         self._eager = False  # an append that is not lazy is in it
+        self.within = math.inf
+        """The shortest wait for company its lazy appends allow."""
         self._max = max_batch
         self._subscribers = subscribers
 
@@ -389,6 +398,8 @@ class _Batch:
             self.requests.append(message)
             self._size += len(message.append.events)
             self._eager |= not message.lazy
+            if message.lazy:
+                self.within = min(self.within, message.within)
 
     def take_waiting(self, receive: trio.MemoryReceiveChannel[_Message]) -> None:
         """Whatever is waiting already, until full."""

@@ -53,6 +53,11 @@ from foreman.events.types import (
 )
 from foreman.scheduling import QueuedJob
 
+OUTCOME_WAIT = 0.005
+"""Seconds the end of a job whose caller has its whole answer may wait to share a
+commit: one user or script calling back to back then costs one commit a call, the
+previous call's end going with the next call's submission (ADR-0050)."""
+
 
 @dataclass(frozen=True, slots=True)
 class AnswerLine:
@@ -393,9 +398,16 @@ class Worker:
         self, work: Work, events: list[Event], failed: AnswerError | None = None
     ) -> None:
         """Record the job's end, then tell its caller (if still there) and let it go.
+        A caller with nothing more to hear (its answer whole, or it left) is let go
+        first, and the end may wait :data:`OUTCOME_WAIT` to share a commit (ADR-0050).
         Shielded: an outcome already produced is recorded even at shutdown."""
+        job_id = work.job.job_id
         with trio.CancelScope(shield=True):
-            await self._journal.append(work.job.job_id, events, lazy=work.job.batch)
+            if failed is None and work.answers is not None:
+                await self._let_go(work, None)
+                await self._journal.append(job_id, events, lazy=True, within=OUTCOME_WAIT)
+                return
+            await self._journal.append(job_id, events, lazy=work.job.batch)
         await self._let_go(work, failed)
 
     @staticmethod
