@@ -155,6 +155,26 @@ async def test_lazy_appends_wait_for_company_and_an_eager_one_takes_them_along(
     assert alone.stream == lines[2]
 
 
+async def test_a_lazy_append_waits_no_longer_than_it_allows(
+    db_path: Path, nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """An answered caller's job end waits a few milliseconds for company (ADR-0050),
+    not the journal's whole linger: a commit waits as long as its most pressed lazy
+    append allows."""
+    client: JournalClient = await nursery.start(Journal(db_path, linger=10).run)
+    began = trio.current_time()
+    line = await client.enqueue(new_ulid(), [submitted()], lazy=True)
+    end = await client.enqueue(new_ulid(), [submitted()], lazy=True, within=0.005)
+    await trio.testing.wait_all_tasks_blocked()
+    mock_clock.jump(0.004)
+    await trio.testing.wait_all_tasks_blocked()
+    assert _committed(db_path) == []  # within its wait: still waiting for company
+    mock_clock.autojump_threshold = 0  # the clock moves on whenever all tasks wait
+    together = [*(await line.wait()), *(await end.wait())]
+    assert trio.current_time() - began < 1  # 5 ms, not the linger's 10 s
+    assert len({e.recorded_at for e in together}) == 1  # both, in one commit
+
+
 async def test_appends_the_storage_refuses_wait_and_go_through_in_order_once_it_takes_them(
     tmp_path: Path,
     nursery: trio.Nursery,

@@ -121,6 +121,31 @@ async def test_a_chat_job_runs_and_its_answer_reaches_the_caller(rig: Rig) -> No
     assert rig.events(job_id) == ["JobSubmitted", "JobStarted", "JobSucceeded"]
 
 
+async def test_a_call_back_to_back_shares_its_commit_with_the_last_calls_end(rig: Rig) -> None:
+    """An answered caller is let go once its job's end is handed to the journal, where
+    it waits for company (ADR-0050): the caller's next call commits it."""
+    rig.start_worker()
+    committed = await rig.journal.subscribe()
+    ids = []
+    for _ in range(2):  # as the front door calls, subscribing to nothing
+        body = chat()
+        send, answers = trio.open_memory_channel[Answer](16)
+        submitted = JobSubmitted(kind="chat", model="llama3", request=body, origin="sync")
+        ids.append(await rig.scheduler.submit_waiting(submitted, json.dumps(body).encode(), send))
+        async with answers:
+            assert [type(line) async for line in answers] == [AnswerLine]
+    first, second = ids
+    submission = await until(committed, recorded(second, "JobSubmitted"))
+    log = EventLog.open(rig.db_path, read_only=True)
+    try:
+        (ended,) = [e for e in log.read_stream(first) if e.type == "JobSucceeded"]
+    finally:
+        log.close()
+    assert ended.recorded_at == submission.recorded_at  # one commit
+    assert ended.seq < submission.seq  # handed over first
+    await until(committed, recorded(second, "JobSucceeded"))  # alone, 5 ms later
+
+
 async def test_a_stream_is_relayed_line_by_line_and_stored_whole(rig: Rig) -> None:
     rig.start_worker()
     job_id, output = await rig.submit({"model": "llama3", "prompt": "hi"}, kind="generate")

@@ -398,14 +398,17 @@ class Worker:
         self, work: Work, events: list[Event], failed: AnswerError | None = None
     ) -> None:
         """Record the job's end, then tell its caller (if still there) and let it go.
-        A caller with nothing more to hear (its answer whole, or it left) is let go
-        first, and the end may wait :data:`OUTCOME_WAIT` to share a commit (ADR-0050).
-        Shielded: an outcome already produced is recorded even at shutdown."""
+        A caller with nothing more to hear (its answer whole, or it left) is let go as
+        soon as the end is handed to the journal, where it may wait
+        :data:`OUTCOME_WAIT` to share a commit with whatever comes next, such as that
+        caller's next call (ADR-0050). Shielded: an outcome already produced is
+        recorded even at shutdown."""
         job_id = work.job.job_id
         with trio.CancelScope(shield=True):
             if failed is None and work.answers is not None:
+                end = await self._journal.enqueue(job_id, events, lazy=True, within=OUTCOME_WAIT)
                 await self._let_go(work, None)
-                await self._journal.append(job_id, events, lazy=True, within=OUTCOME_WAIT)
+                await end.wait()
                 return
             await self._journal.append(job_id, events, lazy=work.job.batch)
         await self._let_go(work, failed)
