@@ -175,6 +175,22 @@ async def test_a_lazy_append_waits_no_longer_than_it_allows(
     assert len({e.recorded_at for e in together}) == 1  # both, in one commit
 
 
+async def test_a_lazy_append_that_may_wait_less_ends_a_longer_linger(
+    db_path: Path, nursery: trio.Nursery, mock_clock: trio.testing.MockClock
+) -> None:
+    """A job's end that may wait 5 ms (ADR-0050) arriving while the journal lingers for
+    a batch's line does not wait out that linger: it has company, and both commit."""
+    client: JournalClient = await nursery.start(Journal(db_path, linger=10).run)
+    began = trio.current_time()
+    line = await client.enqueue(new_ulid(), [submitted()], lazy=True)
+    await trio.testing.wait_all_tasks_blocked()  # the journal lingers for company
+    end = await client.enqueue(new_ulid(), [submitted()], lazy=True, within=0.005)
+    mock_clock.autojump_threshold = 0  # the clock moves on whenever all tasks wait
+    together = [*(await line.wait()), *(await end.wait())]
+    assert trio.current_time() - began < 1  # not the line's 10 s
+    assert len({e.recorded_at for e in together}) == 1
+
+
 async def test_appends_the_storage_refuses_wait_and_go_through_in_order_once_it_takes_them(
     tmp_path: Path,
     nursery: trio.Nursery,

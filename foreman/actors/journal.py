@@ -203,8 +203,8 @@ class JournalClient:
         seconds, if sooner) for other appends to share it; for events whose loss in a
         crash only means work done again."""
         request = _Request(Append(stream, events, expected_version), Reply(), lazy, within)
-        try:
-            await self._send(request, lazy=lazy)
+        try:  # one that may wait less than the linger rings: a longer linger has company
+            await self._send(request, lazy=lazy and within >= math.inf)
         except trio.BrokenResourceError:
             raise JournalFailed("the journal has stopped: nothing was appended") from None
         return request.reply
