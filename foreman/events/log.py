@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from foreman.events.chain import GENESIS
-from foreman.events.projection import Fold, IllegalTransition, Projection, insert_rows
+from foreman.events.projection import (
+    Fold,
+    IllegalTransition,
+    Projection,
+    insert_rows,
+    values_statement,
+)
 from foreman.events.types import Event, RecordedEvent, encode
 from foreman.ids import new_ulids
 
@@ -170,8 +176,9 @@ class EventLog:
             Fold(projection, conn, cache_limit=STATE_CACHE) for projection in self.projections
         ]
         # Every commit moves every projection's checkpoint: one statement for all of them.
-        marks = ", ".join(["(?, ?, ?, ?)"] * len(self.projections))
-        self._set_checkpoints = f"INSERT OR REPLACE INTO projections VALUES {marks}"
+        self._set_checkpoints = values_statement(
+            "INSERT OR REPLACE INTO projections", 4, len(self.projections)
+        )
 
     @classmethod
     def open(

@@ -57,14 +57,15 @@ def insert_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[Any
             flat = list(itertools.chain.from_iterable(rows[start:end]))
             step = size * width
             conn.executemany(
-                _values(head, width, size),
+                values_statement(head, width, size),
                 [flat[at : at + step] for at in range(0, len(flat), step)],
             )
             start = end
 
 
 @functools.cache
-def _values(head: str, width: int, size: int) -> str:
+def values_statement(head: str, width: int, size: int) -> str:
+    """``{head} VALUES (?, ...), ...``: ``size`` rows of ``width`` values."""
     row = f"({', '.join('?' * width)})"
     return f"{head} VALUES {', '.join([row] * size)}"
 
