@@ -288,8 +288,11 @@ class Worker:
                     call.turn = turn.cancel_scope
                     turn.start_soon(self._take_turn, call, before)
                     outcome = await call.run(self._backend, self.stream_stall)
-                    if isinstance(outcome, Stop) and not call.started:
-                        turn.cancel_scope.cancel()  # cancelled while waiting: never started
+                    # Cancelled while waiting: never started (the stop may have come just
+                    # as the answer ended, too late to cancel the call but not its turn).
+                    stopped = isinstance(outcome, Stop) or call.stopped_before_start is not None
+                    if stopped and not call.started:
+                        turn.cancel_scope.cancel()
             outcome = call.stopped_before_start or outcome
         except BaseException:
             if call.started:  # cancelled (shutdown after its grace): back to the queue
