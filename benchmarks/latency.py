@@ -18,6 +18,7 @@ client, raw ASGI: Foreman's own share is its added latency less the proxy's.
 
     python benchmarks/latency.py [--requests N] [--durability full normal] [--json]
     python benchmarks/latency.py --baseline /tmp/base  # also a Foreman run from that tree
+    python benchmarks/latency.py --repeat 3         # three rounds: how often targets are met
     python benchmarks/latency.py --key              # with API keys in use (ADR-0043)
     python benchmarks/latency.py --scrape 1         # GET /metrics every second (ADR-0044)
     python benchmarks/latency.py --dashboard        # an open /ui page meanwhile (ADR-0046)
@@ -81,6 +82,7 @@ class Series:
     ms: tuple[float, ...]
     cpu_ms: float
     """CPU per call of the target's process."""
+    round: int = 1
 
     @property
     def p50(self) -> float:
@@ -96,6 +98,7 @@ class Series:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "round": self.round,
             "order": self.order,
             "target": self.target.name,
             "durability": self.target.durability,
@@ -115,22 +118,25 @@ async def timed(client: httpx.AsyncClient, target: Target, model: str, n: int) -
 
 
 async def back_to_back(
-    targets: list[Target], clients: list[httpx.AsyncClient], args: argparse.Namespace
+    targets: list[Target], clients: list[httpx.AsyncClient], args: argparse.Namespace, round_: int
 ) -> list[Series]:
     series = []
     for target, client in zip(targets, clients, strict=True):
-        progress(f"back to back: {args.requests:,} calls to {target.name} ...")
+        progress(f"round {round_}, back to back: {args.requests:,} calls to {target.name} ...")
         before = cpu_seconds(target.pid)
         ms = [await timed(client, target, args.model, n) for n in range(args.requests)]
         cpu = (cpu_seconds(target.pid) - before) * 1000 / args.requests
-        series.append(Series("back-to-back", target, tuple(ms), cpu))
+        series.append(Series("back-to-back", target, tuple(ms), cpu, round_))
     return series
 
 
 async def interleaved(
-    targets: list[Target], clients: list[httpx.AsyncClient], args: argparse.Namespace
+    targets: list[Target], clients: list[httpx.AsyncClient], args: argparse.Namespace, round_: int
 ) -> list[Series]:
-    progress(f"interleaved: {args.requests:,} calls to each of {len(targets)} targets ...")
+    progress(
+        f"round {round_}, interleaved: {args.requests:,} calls to each of "
+        f"{len(targets)} targets ..."
+    )
     before = [cpu_seconds(target.pid) for target in targets]
     ms: list[list[float]] = [[] for _ in targets]
     for n in range(args.requests):
@@ -140,7 +146,7 @@ async def interleaved(
     for target, times, start in zip(targets, ms, before, strict=True):
         calls = args.requests * (len(targets) if target.name == "direct" else 1)
         cpu = (cpu_seconds(target.pid) - start) * 1000 / calls
-        series.append(Series("interleaved", target, tuple(times), cpu))
+        series.append(Series("interleaved", target, tuple(times), cpu, round_))
     return series
 
 
@@ -194,29 +200,35 @@ async def measure(args: argparse.Namespace) -> list[Series]:
             for target, client in zip(targets, clients, strict=True):
                 await chat(client, target.url, args.model, n)
         series = []
-        for order in args.orders:
-            run = back_to_back if order == "back-to-back" else interleaved
-            series += await run(targets, clients, args)
+        for round_ in range(1, args.repeat + 1):
+            for order in args.orders:
+                run = back_to_back if order == "back-to-back" else interleaved
+                series += await run(targets, clients, args, round_)
         return series
 
 
-HEADERS = ["order", "target", "calls", "p50 ms", "p99 ms", "mean ms", "added p50", "added p99",
-           "own p50", "own p99", "CPU ms/call"]  # fmt: skip
+HEADERS = ["round", "order", "target", "calls", "p50 ms", "p99 ms", "mean ms", "added p50",
+           "added p99", "own p50", "own p99", "CPU ms/call"]  # fmt: skip
 
 
-def _of(series: list[Series], order: str, name: str) -> Series:
-    return next(s for s in series if s.order == order and s.target.name == name)
+def _of(series: list[Series], like: Series, name: str) -> Series:
+    """The series of target ``name`` in ``like``'s round and order."""
+    return next(
+        s for s in series if (s.round, s.order, s.target.name) == (like.round, like.order, name)
+    )
 
 
 def report(series: list[Series], args: argparse.Namespace) -> str:
     rows: list[list[Cell]] = []
     verdicts = []
+    met_in: dict[tuple[str, str], int] = {}
     for s in series:
-        direct, proxy = _of(series, s.order, "direct"), _of(series, s.order, "proxy")
+        direct, proxy = _of(series, s, "direct"), _of(series, s, "proxy")
         is_foreman = s.target.durability is not None
         own_p50, own_p99 = s.p50 - proxy.p50, s.p99 - proxy.p99
         rows.append(
             [
+                s.round,
                 s.order,
                 s.target.name,
                 len(s.ms),
@@ -232,11 +244,13 @@ def report(series: list[Series], args: argparse.Namespace) -> str:
         )
         if is_foreman and s.target.durability == Durability.FULL.value:
             met = own_p50 <= SHARE_P50_MS and own_p99 <= SHARE_P99_MS and s.cpu_ms <= CPU_MS
+            key = (s.order, s.target.name)
+            met_in[key] = met_in.get(key, 0) + met
             verdicts.append(
-                f"target ({s.order}, {s.target.name}): own share <= {SHARE_P50_MS:g} ms p50 and "
-                f"<= {SHARE_P99_MS:g} ms p99, CPU <= {CPU_MS:g} ms a call: "
-                f"{'met' if met else 'NOT met'} ({own_p50:.2f} / {own_p99:.2f} ms, "
-                f"{s.cpu_ms:.2f} ms CPU)"
+                f"target (round {s.round}, {s.order}, {s.target.name}): own share <= "
+                f"{SHARE_P50_MS:g} ms p50 and <= {SHARE_P99_MS:g} ms p99, "
+                f"CPU <= {CPU_MS:g} ms a call: {'met' if met else 'NOT met'} "
+                f"({own_p50:.2f} / {own_p99:.2f} ms, {s.cpu_ms:.2f} ms CPU)"
             )
     lines = [
         table(HEADERS, rows, left=2),
@@ -248,6 +262,11 @@ def report(series: list[Series], args: argparse.Namespace) -> str:
         "CPU ms/call: user + system CPU of the target's process in that phase per call it "
         "served (direct: the simulator's, per backend call).",
         *verdicts,
+        *(
+            f"{order}, {name}: all three targets met in {met} of {args.repeat} rounds"
+            for (order, name), met in met_in.items()
+            if args.repeat > 1
+        ),
     ]
     return "\n".join(lines)
 
@@ -264,6 +283,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="a Foreman (fresh log) per durability, all running at once",
     )
     parser.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS))
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds, each every order (the machine drifts)"
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -294,6 +316,7 @@ def main(argv: list[str]) -> None:
         "machine": info,
         "requests": args.requests,
         "warmup": args.warmup,
+        "rounds": args.repeat,
         "tokens": args.tokens,
         "baseline": str(args.baseline) if args.baseline else None,
         "scrape_every_s": args.scrape,
