@@ -288,11 +288,8 @@ class Worker:
                     call.turn = turn.cancel_scope
                     turn.start_soon(self._take_turn, call, before)
                     outcome = await call.run(self._backend, self.stream_stall)
-                    # Cancelled while waiting: never started (the stop may have come just
-                    # as the answer ended, too late to cancel the call but not its turn).
-                    stopped = isinstance(outcome, Stop) or call.stopped_before_start is not None
-                    if stopped and not call.started:
-                        turn.cancel_scope.cancel()
+                    if isinstance(outcome, Stop) and not call.started:
+                        turn.cancel_scope.cancel()  # cancelled while waiting: never started
             outcome = call.stopped_before_start or outcome
         except BaseException:
             if call.started:  # cancelled (shutdown after its grace): back to the queue
@@ -474,9 +471,12 @@ class _Call:
         while nothing was answered yet, and a BackendError once the answer began."""
         relay = _Relay(self.work, stream_stall)
         try:
-            return await self._call(backend, relay)
+            outcome = await self._call(backend, relay)
         finally:
             self._answered = True
+        # A stop that came as the answer ended (too late to cancel the call) still
+        # means a call that had not started never does.
+        return self.stopped_before_start or outcome
 
     async def _call(self, backend: Backend, relay: _Relay) -> Outcome:
         job_id = self.work.job.job_id
