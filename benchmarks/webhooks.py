@@ -22,6 +22,12 @@ wall-clock arrival). Rows:
               the dispatcher drains them with nothing else to do. Its delays are
               meaningless (the events are older than the process).
   jobs only   the live row's jobs without ``state_webhook_url``: the job pipeline alone.
+  bare proxy  not Foreman: the jobs' requests as ``/api/chat`` calls from
+              ``--proxy-clients`` clients (enough to keep both cores busy) through
+              ``_proxy.py`` (Hypercorn + trio + one httpx client, nothing kept) to the
+              same simulator: one HTTP request in and one out a call, the least any
+              pipeline on this stack spends a job; its calls/s and the CPU a call of
+              every process bound what the jobs-only row can reach here.
 The rows above are Foreman's, on durability FULL by default (``--durability``); the
 baselines are sent once a round:
   baseline    the same receiver process sent the live row's requests again (its bodies
@@ -58,6 +64,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,14 +75,15 @@ from _logs import batches, job_events, scratch
 from _report import ROOT, Cell, emit, fmt_float, machine, median_run, progress, rate, table
 from _servers import (
     Served,
+    chat,
     cpu_seconds,
     foreman_on,
     limits,
     percentile,
     program,
+    sim_args,
     sim_config,
     sim_reset,
-    simulator,
     unix_seconds,
     wait_healthy,
 )
@@ -93,6 +101,11 @@ TRANSITIONS = ("job.queued", "job.running", "job.succeeded")
 """What each job of the workload owes its receiver."""
 SECRET = "whsec_" + base64.b64encode(b"foreman webhook benchmark key 32").decode()
 RECEIVER = Path(__file__).resolve().parent / "_receiver.py"
+PROXY = RECEIVER.with_name("_proxy.py")
+TARGET_JOBS = 500.0
+"""Async jobs per second end to end (issue 16, goal 2)."""
+CORES_MS_A_JOB = 2 * 1000 / TARGET_JOBS
+"""CPU a job (ms) every process together may spend for 500 jobs/s on this 2-core machine."""
 RECEIVER_HOST = "127.0.0.1"
 """Where the receiver listens: on loopback, so FOREMAN_WEBHOOK_ALLOWED_HOSTS names it."""
 HOOK = "/hook"
@@ -134,6 +147,7 @@ class Row:
     """Wall seconds the CPU figures cover."""
     server_cpu: float = 0.0
     receiver_cpu: float = 0.0
+    sim_cpu: float = 0.0
     client_cpu: float = 0.0
 
     @property
@@ -182,6 +196,7 @@ class Row:
             "mean_body_bytes": self.body_bytes or None,
             "cpu_window_seconds": self.window,
             "server_cpu_seconds": self.server_cpu,
+            "simulator_cpu_seconds": self.sim_cpu,
             "receiver_cpu_seconds": self.receiver_cpu,
             "client_cpu_seconds": self.client_cpu,
         }
@@ -353,11 +368,12 @@ def foreman_env(args: argparse.Namespace, durability: Durability) -> dict[str, s
 
 
 class CpuMeter:
-    """Wall time, and the CPU time of the receiver, Foreman (if any) and this process, from
-    :meth:`start` to :meth:`stop`."""
+    """Wall time, and the CPU time of the given processes (``receiver_cpu``,
+    ``server_cpu``, ``sim_cpu``: their PIDs) and of this process, from :meth:`start` to
+    :meth:`stop`."""
 
-    def __init__(self, receiver: int, server: int | None = None) -> None:
-        self._pids = {"receiver_cpu": receiver} | ({} if server is None else {"server_cpu": server})
+    def __init__(self, **pids: int) -> None:
+        self._pids = pids
 
     def start(self) -> None:
         self._wall, self._own = time.perf_counter(), time.process_time()
@@ -371,7 +387,7 @@ class CpuMeter:
 
 async def live(
     args: argparse.Namespace,
-    sim: str,
+    sim: Served,
     receiver: Served,
     control: httpx.AsyncClient,
     durability: Durability,
@@ -394,11 +410,11 @@ async def live(
     db = scratch(f"{name}.db")
     hook = receiver.url + HOOK if hooked else None
     owed = len(TRANSITIONS) if hooked else 0
-    await sim_reset(control, sim)
+    await sim_reset(control, sim.url)
     if mode == "gpu":
         hold = {"kind": "stall", "seconds": args.gpu_ms / 1000, "after_tokens": 0, "times": None}
-        (await control.post(f"{sim}/_sim/faults", json=hold)).raise_for_status()
-    async with foreman_on(name, db, sim, foreman_env(args, durability), tree=tree) as served:
+        (await control.post(f"{sim.url}/_sim/faults", json=hold)).raise_for_status()
+    async with foreman_on(name, db, sim.url, foreman_env(args, durability), tree=tree) as served:
         await wait_healthy(control, served.url)
         progress(f"{name}: {args.warmup} warm-up jobs, then {count:,} jobs ...")
         with trio.fail_after(args.timeout):
@@ -407,7 +423,7 @@ async def live(
             await wait_recorded(db, "WebhookDelivered", owed * args.warmup)
             await wait_recorded(db, "JobSucceeded", args.warmup)
         await forget(control)
-        meter = CpuMeter(receiver.pid, served.pid)
+        meter = CpuMeter(receiver_cpu=receiver.pid, server_cpu=served.pid, sim_cpu=sim.pid)
         meter.start()
         total = args.warmup + count
         with trio.fail_after(args.timeout):
@@ -457,7 +473,7 @@ async def live(
 
 async def backlog(
     args: argparse.Namespace,
-    sim: str,
+    sim: Served,
     receiver: Served,
     control: httpx.AsyncClient,
     durability: Durability,
@@ -470,8 +486,8 @@ async def backlog(
     jobs = build_backlog(db, receiver.url + HOOK, args.jobs)
     await forget(control)
     progress(f"{name}: {owed:,} notifications pending at start ...")
-    async with foreman_on(name, db, sim, foreman_env(args, durability), tree=tree) as served:
-        meter = CpuMeter(receiver.pid, served.pid)
+    async with foreman_on(name, db, sim.url, foreman_env(args, durability), tree=tree) as served:
+        meter = CpuMeter(receiver_cpu=receiver.pid, server_cpu=served.pid)
         meter.start()
         with trio.fail_after(args.timeout):
             await wait_received(control, owed)
@@ -530,7 +546,7 @@ async def baseline(
         await send_all(http, requests[: 2 * tasks], False)
         await forget(control)
         sent.clear()
-        meter = CpuMeter(receiver.pid)
+        meter = CpuMeter(receiver_cpu=receiver.pid)
         meter.start()
         await send_all(http, requests, True)
         cpu = meter.stop()
@@ -543,6 +559,37 @@ async def baseline(
         round_trips_ms=tuple(round_trips),
         **cpu,
     )
+
+
+async def bare_proxy(args: argparse.Namespace, sim: Served, proxy: Served) -> Row:
+    """The jobs' requests as ``/api/chat`` calls from ``args.proxy_clients`` clients, each on
+    its own keep-alive connection, through the bare proxy to the simulator; the first
+    ``args.warmup`` untimed."""
+
+    async def client(http: httpx.AsyncClient, numbers: Iterator[int]) -> None:
+        for n in numbers:
+            await chat(http, proxy.url, MODEL, n)
+
+    async def calls(numbers: range) -> None:
+        shared = iter(numbers)
+        async with trio.open_nursery() as nursery:
+            for http in clients:
+                nursery.start_soon(client, http, shared)
+
+    progress(f"bare proxy: {args.warmup} warm-up calls, then {args.jobs:,} calls ...")
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(limits=limits(1), timeout=60))
+            for _ in range(args.proxy_clients)
+        ]
+        await calls(range(args.warmup))
+        meter = CpuMeter(server_cpu=proxy.pid, sim_cpu=sim.pid)
+        meter.start()
+        with trio.fail_after(args.timeout):
+            await calls(range(args.warmup, args.warmup + args.jobs))
+        cpu = meter.stop()
+    name = f"bare proxy, {args.proxy_clients} clients calling /api/chat"
+    return Row(name, jobs=args.jobs, job_seconds=cpu["window"], **cpu)
 
 
 # -- The rounds -----------------------------------------------------------------------------
@@ -566,8 +613,10 @@ async def run_all(args: argparse.Namespace) -> dict[str, list[Row]]:
     """Every row ``--repeat`` times, interleaved, so each round's rows see the same machine."""
     runs: dict[str, list[Row]] = {}
     argv = [sys.executable, str(RECEIVER), "--listen", f"{RECEIVER_HOST}:0"]
+    sim_argv = [sys.executable, "-m", "foreman.cli", *sim_args(sim_config(0.0, 0.0, args.tokens))]
     async with (
-        simulator("subprocess", sim_config(0.0, 0.0, args.tokens)) as sim,
+        program("simulator", sim_argv, {}, "simulator on") as sim,
+        program("proxy", [sys.executable, str(PROXY), "--backend", sim.url], {}, "proxy:") as proxy,
         program("webhooks-receiver", argv, {}, "receiver: listening on") as receiver,
         httpx.AsyncClient(base_url=receiver.url, timeout=30) as control,
     ):
@@ -598,6 +647,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, list[Row]]:
                 name = "baseline: httpx, one at a time"
                 row = await baseline(name, replay[: args.sequential], 1, receiver, control)
                 runs.setdefault("baseline-1", []).append(row)
+                runs.setdefault("proxy", []).append(await bare_proxy(args, sim, proxy))
     return runs
 
 
@@ -636,12 +686,19 @@ def _line(row: Row, top: Row) -> list[Cell]:
     ]
 
 
+def _cpu_a_job(label: str, row: Row) -> str:
+    parts = {"server": row.server_cpu, "simulator": row.sim_cpu, "client": row.client_cpu}
+    each = ", ".join(f"{name} {seconds / row.jobs * 1000:.2f}" for name, seconds in parts.items())
+    total = sum(parts.values()) / row.jobs * 1000
+    return f"{label}: CPU a job (ms): {each}; all {total:.2f} ({row.job_rate:,.0f} jobs/s)"
+
+
 def report(rows: dict[str, Row], runs: dict[str, list[Row]], args: argparse.Namespace) -> str:
     top = rows["baseline"]
     every = "; ".join(
         f"{key} " + ", ".join(f"{r.rate:,.0f}" for r in each) + " deliveries/s"
         for key, each in runs.items()
-        if not key.endswith("-jobs")
+        if any(r.arrivals for r in each)
     )
     text = [
         table(HEADERS, [_line(row, top) for row in rows.values()]),
@@ -695,6 +752,15 @@ def report(rows: dict[str, Row], runs: dict[str, list[Row]], args: argparse.Name
                     f"notification: {kinds} ms; arrival to recorded p50 "
                     f"{_ms(light.recorded_ms, 50)} ms"
                 )
+    if floor_row := rows.get("proxy"):
+        for key in [f"{d.value}{_suffix(tree)}-jobs" for d, tree in foremen(args)] + ["proxy"]:
+            if measured := rows.get(key):
+                text.append(_cpu_a_job(key.upper().removesuffix("-JOBS"), measured))
+        text.append(
+            f"the bare proxy: {floor_row.job_rate:,.0f} calls/s; {TARGET_JOBS:,.0f} jobs/s on "
+            f"this machine's 2 cores allows {CORES_MS_A_JOB:.1f} ms of CPU a job, every process "
+            "together"
+        )
     checked = [each for key, each in runs.items() if not key.startswith("baseline")]
     duplicates = sum(r.requests - r.distinct for each in checked for r in each)
     retries = sum(r.retries for each in checked for r in each)
@@ -753,6 +819,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--gpu-ms", type=float, default=40.0, help="the GPU-bound row's time on the GPU a job"
+    )
+    parser.add_argument(
+        "--proxy-clients", type=int, default=16, help="concurrent callers of the bare proxy row"
     )
     parser.add_argument(
         "--sequential", type=int, default=500, help="requests of the one-at-a-time baseline"
