@@ -64,7 +64,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +78,7 @@ from _servers import (
     cpu_seconds,
     foreman_on,
     limits,
+    one_client_each,
     percentile,
     program,
     sim_args,
@@ -577,11 +577,7 @@ async def bare_proxy(args: argparse.Namespace, sim: Served, proxy: Served) -> Ro
                 nursery.start_soon(client, http, shared)
 
     progress(f"bare proxy: {args.warmup} warm-up calls, then {args.jobs:,} calls ...")
-    async with AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(httpx.AsyncClient(limits=limits(1), timeout=60))
-            for _ in range(args.proxy_clients)
-        ]
+    async with one_client_each(args.proxy_clients) as clients:
         await calls(range(args.warmup))
         meter = CpuMeter(server_cpu=proxy.pid, sim_cpu=sim.pid)
         meter.start()
